@@ -1,0 +1,48 @@
+"""Physics of thermal compensation (pure NumPy, no I/O)."""
+
+from cmm_twin.physics.materials import MATERIALS, Material, lookup_material, materials_with_overrides
+from cmm_twin.physics.thermal import (
+    FLAG_NAMES,
+    REFERENCE_TEMP_C,
+    VERDICT_NAMES,
+    DecisionRule,
+    Evaluation,
+    Flag,
+    PhysicsConfig,
+    ThermalLimits,
+    UncertaintyInputs,
+    Verdict,
+    cmm_mpe_um,
+    compensate_linear,
+    compensate_to_20c,
+    decide,
+    evaluate,
+    expand_from_20c,
+    flag_names,
+    standard_uncertainty_um,
+)
+
+__all__ = [
+    "FLAG_NAMES",
+    "MATERIALS",
+    "REFERENCE_TEMP_C",
+    "VERDICT_NAMES",
+    "DecisionRule",
+    "Evaluation",
+    "Flag",
+    "Material",
+    "PhysicsConfig",
+    "ThermalLimits",
+    "UncertaintyInputs",
+    "Verdict",
+    "cmm_mpe_um",
+    "compensate_linear",
+    "compensate_to_20c",
+    "decide",
+    "evaluate",
+    "expand_from_20c",
+    "flag_names",
+    "lookup_material",
+    "materials_with_overrides",
+    "standard_uncertainty_um",
+]
