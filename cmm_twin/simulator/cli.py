@@ -1,0 +1,326 @@
+"""Command line of the CMM simulator (DESIGN.md section 6).
+
+`cmm_simulator.py --outdir DIR [--machines N] [--count N] [--rate HZ] [--seed S] [--truth-dir DIR]
+[--speedup X] [--start ISO8601] [--log-level LEVEL]`. Every flag has an environment variable
+`CMM_<FLAG>` (`CMM_OUTDIR`, `CMM_RATE`, `CMM_TRUTH_DIR`, ...) used when the flag is absent; an
+empty variable counts as unset. Invalid values exit with code 2 and one line on stderr naming the
+flag or variable. SIGINT and SIGTERM finish the file in hand and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from cmm_twin.errors import ConfigError
+from cmm_twin.simulator.shop import BLOCK_PARTS, MAX_MACHINES, ShopModel, ShopScenario
+from cmm_twin.simulator.writer import PartFileWriter, format_timestamp
+
+log = logging.getLogger(__name__)
+
+PROG = "cmm_simulator"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_STOP_POLL_S = 0.2
+"""Longest pacing sleep between checks of the stop request."""
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """Validated settings of one simulator run."""
+
+    outdir: Path
+    machines: int = 3
+    count: int | None = None
+    """Parts to write; None runs until stopped."""
+    rate_hz: float = 1.0
+    """Parts per wall-clock second; 0 writes as fast as possible."""
+    seed: int = 0
+    truth_dir: Path | None = None
+    speedup: float = 60.0
+    """Shop seconds per wall second of time stamps."""
+    start: datetime | None = None
+    """Time stamp of part 0; None means now, truncated to the second."""
+    log_level: str = "INFO"
+
+    @property
+    def wall_step_s(self) -> float:
+        """Time-stamp step between parts: 1 / rate, or 1 s when writing as fast as possible."""
+        return 1.0 / self.rate_hz if self.rate_hz > 0 else 1.0
+
+    @property
+    def shop_step_s(self) -> float:
+        """Shop time between parts: wall step x speedup."""
+        return self.wall_step_s * self.speedup
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did."""
+
+    parts: int
+    measurements: int
+    elapsed_s: float
+    stopped: bool
+    """True when a stop request (signal) ended the run before --count."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ----------------------------------------------------------------------------- value parsers
+# Each takes the raw text and returns the value or raises ValueError with the reason.
+
+
+def _parse_int(text: str, lower: int, upper: int | None = None) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+    if value < lower or (upper is not None and value > upper):
+        bound = f"in {lower}..{upper}" if upper is not None else f">= {lower}"
+        raise ValueError(f"must be {bound}, got {value}")
+    return value
+
+
+def _parse_float(text: str, lower: float, strict: bool) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    if value < lower or (strict and value == lower):
+        raise ValueError(f"must be {'>' if strict else '>='} {lower:g}, got {value:g}")
+    return value
+
+
+def _parse_start(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 time such as 2024-05-01T08:00:00Z, got {text!r}") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"needs a UTC offset (Z or +HH:MM), got {text!r}")
+    return moment.astimezone(UTC)
+
+
+def _parse_dir(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return Path(text).expanduser()
+
+
+def _parse_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+_OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
+    # settings field: (flag, metavar, parser, help)
+    "outdir": ("--outdir", "DIR", _parse_dir, "inbox directory the CSV files go to (required; created if missing)"),
+    "machines": ("--machines", "N", lambda t: _parse_int(t, 1, MAX_MACHINES), f"CMMs, 1..{MAX_MACHINES} (default 3)"),
+    "count": ("--count", "N", lambda t: _parse_int(t, 1), "stop after N parts (default: run until stopped)"),
+    "rate_hz": ("--rate", "HZ", lambda t: _parse_float(t, 0.0, strict=False), "parts per second (default 1; 0 = max)"),
+    "seed": ("--seed", "S", lambda t: _parse_int(t, 0), "random seed (default 0)"),
+    "truth_dir": ("--truth-dir", "DIR", _parse_dir, "also write the ground truth of every part here"),
+    "speedup": (
+        "--speedup",
+        "X",
+        lambda t: _parse_float(t, 0.0, strict=True),
+        "shop seconds per second of time stamps (default 60: a shop day in 24 min at 1 Hz)",
+    ),
+    "start": ("--start", "ISO8601", _parse_start, "time stamp of part 0 (default: now, to the second)"),
+    "log_level": ("--log-level", "LEVEL", _parse_level, f"one of {', '.join(LOG_LEVELS)} (default INFO)"),
+}
+
+
+def env_name(flag: str) -> str:
+    """Environment variable of a flag: `--truth-dir` -> `CMM_TRUTH_DIR`."""
+    return "CMM_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; values stay text here and are validated by `parse_settings`."""
+    parser = _OneLineParser(
+        prog=PROG,
+        description="Simulate CMMs in a shop with drifting temperature; write one CSV file per part.",
+        epilog="Every flag can also be set by the environment variable CMM_<FLAG>, e.g. CMM_RATE=0.",
+        allow_abbrev=False,
+    )
+    for field, (flag, metavar, _, help_text) in _OPTIONS.items():
+        parser.add_argument(flag, dest=field, metavar=metavar, help=f"{help_text} [{env_name(flag)}]")
+    return parser
+
+
+def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> SimulatorSettings:
+    """Validated settings from the command line, then the environment, then the defaults.
+
+    Raises ConfigError naming the flag (or environment variable) of the first invalid value.
+    """
+    namespace = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for field, (flag, _, parse, _) in _OPTIONS.items():
+        raw: str | None = getattr(namespace, field)
+        key = flag
+        if raw is None:
+            key = env_name(flag)
+            raw = environ.get(key) or None
+        if raw is None:
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if "outdir" not in values:
+        raise ConfigError("--outdir", f"is required (or set {env_name('--outdir')})")
+    settings = SimulatorSettings(**values)
+    if settings.truth_dir is not None and _same_path(settings.truth_dir, settings.outdir):
+        raise ConfigError("--truth-dir", "must differ from --outdir (truth files share the inbox file names)")
+    return settings
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(settings: SimulatorSettings, stop_requested: Callable[[], bool] = lambda: False) -> RunSummary:
+    """Simulate and write parts until `settings.count` or `stop_requested()`; paced at `rate_hz`.
+
+    Pacing targets absolute monotonic times (start + n / rate), so delays do not accumulate.
+    The stop request is checked before every file: the file in hand is always finished.
+    """
+    start = settings.start or datetime.now(UTC).replace(microsecond=0)
+    scenario = dataclasses.replace(ShopScenario(), shop_step_s=settings.shop_step_s)
+    model = ShopModel(scenario, seed=settings.seed, machines=settings.machines)
+    writer = PartFileWriter(
+        settings.outdir,
+        model.machine_ids,
+        model.material.key,
+        start,
+        settings.wall_step_s,
+        truth_dir=settings.truth_dir,
+    )
+    writer.prepare()
+    log.info(
+        "simulator started: outdir=%s machines=%d count=%s seed=%d rate=%g Hz speedup=%g start=%s truth_dir=%s",
+        settings.outdir,
+        settings.machines,
+        "unlimited" if settings.count is None else settings.count,
+        settings.seed,
+        settings.rate_hz,
+        settings.speedup,
+        format_timestamp(start),
+        settings.truth_dir or "-",
+    )
+
+    period_s = 1.0 / settings.rate_hz if settings.rate_hz > 0 else 0.0
+    t0 = time.monotonic()
+    parts = measurements = 0
+    stopped = False
+    block = 0
+    while not stopped and (settings.count is None or parts < settings.count):
+        n_parts = BLOCK_PARTS if settings.count is None else min(BLOCK_PARTS, settings.count - parts)
+        for part in model.parts(block * BLOCK_PARTS, n_parts).per_part():
+            if period_s > 0.0:
+                _sleep_until(t0 + parts * period_s, stop_requested)
+            if stop_requested():
+                stopped = True
+                break
+            path = writer.write_part(part)
+            log.debug("wrote %s (%d rows)", path, len(part))
+            parts += 1
+            measurements += len(part)
+        block += 1
+
+    elapsed_s = time.monotonic() - t0
+    log.info(
+        "simulator %s: %d parts, %d measurements in %.1f s (%.1f parts/s) into %s",
+        "stopped" if stopped else "done",
+        parts,
+        measurements,
+        elapsed_s,
+        parts / elapsed_s if elapsed_s > 0 else 0.0,
+        settings.outdir,
+    )
+    return RunSummary(parts, measurements, elapsed_s, stopped)
+
+
+def _sleep_until(deadline: float, stop_requested: Callable[[], bool]) -> None:
+    """Sleep until monotonic `deadline`, waking at least every 0.2 s to honour a stop request."""
+    while not stop_requested():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining, _STOP_POLL_S))
+
+
+class _StopOnSignal:
+    """Context manager: SIGINT/SIGTERM set a stop flag (main thread only); old handlers restored on exit."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.event.is_set():
+            log.info("received %s: finishing the current file, then stopping", signal.Signals(signum).name)
+        self.event.set()
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, set up logging, run; returns the exit code (0 ok, 1 I/O error, 2 bad usage)."""
+    try:
+        settings = parse_settings(argv, os.environ)
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for flag, directory in (("--outdir", settings.outdir), ("--truth-dir", settings.truth_dir)):
+        if directory is None:
+            continue
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: error: {flag}: cannot create {str(directory)!r}: {exc.strerror or exc}\n")
+            return 2
+    with _StopOnSignal() as stop:
+        try:
+            run(settings, stop.event.is_set)
+        except OSError as exc:
+            log.error("cannot write: %s", exc)
+            return 1
+    return 0

@@ -1,0 +1,188 @@
+"""Atomic CSV output of the simulator: one inbox file per part (DESIGN.md section 2), optional truth.
+
+Every file is written under a dot-name that does not end in `.csv` (`.<name>.csv.tmp`), flushed
+and fsynced, renamed into place with `os.replace` and the directory fsynced. A reader taking
+`*.csv` therefore sees a file whole or not at all, even if the simulator is killed with SIGKILL;
+the temp file such a kill leaves behind is removed at the next start (`remove_stale_temp_files`).
+Only one simulator should write into a given directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cmm_twin.records import measurement_id
+from cmm_twin.simulator.shop import PartBatch
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "timestamp",
+    "machine_id",
+    "part_id",
+    "feature",
+    "material",
+    "nominal_mm",
+    "tolerance_mm",
+    "measured_mm",
+    "part_temp_c",
+    "air_temp_c",
+)
+"""Columns of an inbox file, in the order written."""
+
+TRUTH_COLUMNS: tuple[str, ...] = (
+    "measurement_id",
+    "machine_id",
+    "part_id",
+    "feature",
+    "timestamp",
+    "true_length_20c_mm",
+    "true_part_temp_c",
+    "true_cte_per_k",
+)
+"""Columns of a truth file (same name as the inbox file, in the truth directory)."""
+
+TEMP_SUFFIX = ".tmp"
+TEMP_GLOB = ".*.csv.tmp"
+"""Pattern of this writer's temp files; matches neither `*.csv` nor a non-dot name."""
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and `Z`, e.g. `2024-05-01T08:00:00.250Z` (truncates to ms)."""
+    if moment.tzinfo is None:
+        raise ValueError("timestamp needs a UTC offset")
+    utc = moment.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def part_timestamp(start: datetime, part_index: int, wall_step_s: float) -> datetime:
+    """Time stamp of part `part_index`: start + part_index * wall_step_s (rounded to the microsecond)."""
+    return start + timedelta(microseconds=round(part_index * wall_step_s * 1e6))
+
+
+def part_file_name(machine_id: str, part_index: int, moment: datetime) -> str:
+    """File name of a part, e.g. `CMM-01_20260105T060000123_00000042.csv`.
+
+    The part's time (to the millisecond, UTC) is in the name so that a second run, whose part
+    numbers start at 0 again, never replaces a file of an earlier run still waiting in the inbox.
+    """
+    stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
+    return f"{machine_id}_{stamp}_{part_index:08d}.csv"
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(directory: Path, name: str, text: str) -> Path:
+    """Write `text` (UTF-8) to `directory/name` atomically: temp dot-file, fsync, rename, fsync dir."""
+    final = directory / name
+    temp = directory / f".{name}{TEMP_SUFFIX}"
+    try:
+        with open(temp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(directory)
+    return final
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete temp files of this writer (`.*.csv.tmp`) left in `directory` by a killed run."""
+    removed: list[Path] = []
+    for path in sorted(directory.glob(TEMP_GLOB)):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class PartFileWriter:
+    """Writes each part as one inbox CSV file in `outdir` and, optionally, its truth file in `truth_dir`.
+
+    Part k is stamped `start + k * wall_step_s`. The truth file is written before the inbox file,
+    so every inbox file that exists has its truth.
+    """
+
+    def __init__(
+        self,
+        outdir: Path,
+        machine_ids: Sequence[str],
+        material: str,
+        start: datetime,
+        wall_step_s: float,
+        *,
+        truth_dir: Path | None = None,
+    ) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start needs a UTC offset")
+        self.outdir = outdir
+        self.truth_dir = truth_dir
+        self.machine_ids = tuple(machine_ids)
+        self.material = material
+        self.start = start
+        self.wall_step_s = wall_step_s
+
+    def prepare(self) -> int:
+        """Create the directories and remove stale temp files; returns how many were removed."""
+        count = 0
+        for directory in (self.outdir, self.truth_dir):
+            if directory is None:
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in remove_stale_temp_files(directory):
+                log.info("removed stale temp file %s", path)
+                count += 1
+        return count
+
+    def write_part(self, part: PartBatch) -> Path:
+        """Write the rows of one part (a batch of its features); returns the inbox file's path."""
+        if len(part) == 0:
+            raise ValueError("a part needs at least one row")
+        part_index = int(part.part_index[0])
+        if not (part.part_index == part_index).all():
+            raise ValueError("write_part takes the rows of exactly one part")
+        machine = self.machine_ids[int(part.machine_index[0])]
+        part_id = str(part.part_id[0])
+        moment = part_timestamp(self.start, part_index, self.wall_step_s)
+        timestamp = format_timestamp(moment)
+        name = part_file_name(machine, part_index, moment)
+        features = [str(f) for f in part.feature.tolist()]
+
+        if self.truth_dir is not None:
+            moment = datetime.fromisoformat(timestamp)  # the instant a reader of the CSV derives
+            truth_lines = [",".join(TRUTH_COLUMNS)]
+            for i, feature in enumerate(features):
+                truth_lines.append(
+                    f"{measurement_id(machine, part_id, feature, moment)},{machine},{part_id},{feature},{timestamp},"
+                    f"{float(part.true_length_20c_mm[i]):.6f},{float(part.true_part_temp_c[i]):.4f},"
+                    f"{float(part.true_cte_per_k[i]):.6e}"
+                )
+            atomic_write_text(self.truth_dir, name, "\n".join(truth_lines) + "\n")
+
+        lines = [",".join(CSV_COLUMNS)]
+        for i, feature in enumerate(features):
+            lines.append(
+                f"{timestamp},{machine},{part_id},{feature},{self.material},"
+                f"{float(part.nominal_mm[i]):.4f},{float(part.tolerance_mm[i]):.4f},{float(part.measured_mm[i]):.5f},"
+                f"{float(part.part_temp_c[i]):.3f},{float(part.air_temp_c[i]):.3f}"
+            )
+        return atomic_write_text(self.outdir, name, "\n".join(lines) + "\n")

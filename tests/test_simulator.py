@@ -1,0 +1,417 @@
+"""Tests of the CMM simulator: shop model determinism, file format, atomic writes, CLI contract."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cmm_twin.errors import ConfigError
+from cmm_twin.records import measurement_id
+from cmm_twin.simulator.cli import main
+from cmm_twin.simulator.shop import BLOCK_PARTS, PartBatch, ShopModel, ShopScenario
+from cmm_twin.simulator.writer import CSV_COLUMNS, TRUTH_COLUMNS, format_timestamp
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START = "2024-05-01T08:00:00Z"
+TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+FILE_RE = re.compile(r"CMM-(\d\d)_\d{8}T\d{9}_(\d{8})\.csv")
+
+
+@pytest.fixture(autouse=True)
+def _no_cmm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep CMM_* variables of the developer's shell out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("CMM_"):
+            monkeypatch.delenv(name)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: no CMM_* variables except `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMM_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout_s: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """Run the top-level script as a user would."""
+    return subprocess.run(
+        [sys.executable, "cmm_simulator.py", *args],
+        cwd=REPO_ROOT,
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file, checking the header is exactly as `csv.DictReader` reports it."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return next(csv.reader(handle))
+
+
+def csv_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.csv"))
+
+
+def part_index_of(path: Path) -> int:
+    match = FILE_RE.fullmatch(path.name)
+    assert match, path.name
+    return int(match.group(2))
+
+
+def check_inbox_file(path: Path, features: int = 2) -> list[dict[str, str]]:
+    """Assert one inbox file is complete and well formed; returns its rows."""
+    match = FILE_RE.fullmatch(path.name)
+    assert match, path.name
+    assert header(path) == list(CSV_COLUMNS)
+    rows = read_rows(path)
+    assert len(rows) == features, f"{path.name}: {len(rows)} rows"
+    for row in rows:
+        assert row["machine_id"] == f"CMM-{match.group(1)}"
+        assert row["part_id"] == f"P{int(match.group(2)):07d}"
+        assert TIMESTAMP_RE.fullmatch(row["timestamp"]), row["timestamp"]
+        assert re.fullmatch(r"\d+\.\d{5}", row["measured_mm"]), row
+        assert re.fullmatch(r"\d+\.\d{4}", row["nominal_mm"])
+        assert re.fullmatch(r"\d+\.\d{4}", row["tolerance_mm"])
+        assert re.fullmatch(r"-?\d+\.\d{3}", row["part_temp_c"])
+        assert re.fullmatch(r"-?\d+\.\d{3}", row["air_temp_c"])
+        for column in ("nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c"):
+            assert math.isfinite(float(row[column]))
+    return rows
+
+
+# ----------------------------------------------------------------------------- shop model
+
+
+def batches_equal(a: PartBatch, b: PartBatch) -> bool:
+    return all(np.array_equal(getattr(a, name), getattr(b, name)) for name in a.__dataclass_fields__)
+
+
+def test_parts_do_not_depend_on_chunking() -> None:
+    model = ShopModel(seed=11)
+    whole = model.parts(0, 1000)
+    assert len(whole) == 2000
+    assert batches_equal(whole, PartBatch.concat([model.parts(0, 300), model.parts(300, 700)]))
+    assert batches_equal(whole.select(slice(2 * 255, 2 * 258)), model.parts(255, 3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 3 * BLOCK_PARTS), st.integers(1, 2 * BLOCK_PARTS), st.integers(1, 2 * BLOCK_PARTS))
+def test_parts_any_split_matches(start: int, first: int, second: int) -> None:
+    model = ShopModel(seed=3)
+    whole = model.parts(start, first + second)
+    assert batches_equal(whole, PartBatch.concat([model.parts(start, first), model.parts(start + first, second)]))
+
+
+def test_seed_changes_values_and_same_seed_repeats() -> None:
+    assert batches_equal(ShopModel(seed=5).parts(10, 50), ShopModel(seed=5).parts(10, 50))
+    assert not np.array_equal(ShopModel(seed=5).parts(0, 50).measured_mm, ShopModel(seed=6).parts(0, 50).measured_mm)
+
+
+def test_parts_rows_machines_and_shop_time() -> None:
+    scenario = ShopScenario(shop_step_s=30.0)
+    batch = ShopModel(scenario, seed=0, machines=4).parts(40, 10)
+    assert batch.part_index.tolist() == [k for k in range(40, 50) for _ in range(2)]
+    assert batch.feature.tolist() == ["length_x", "length_y"] * 10
+    assert batch.machine_index.tolist() == [k % 4 for k in range(40, 50) for _ in range(2)]
+    assert batch.part_id[:2].tolist() == ["P0000040", "P0000040"]
+    np.testing.assert_array_equal(batch.shop_time_s, batch.part_index * 30.0)
+    assert [len(p) for p in batch.per_part()] == [2] * 10
+
+
+def test_model_temperatures_are_plausible_over_days() -> None:
+    batch = ShopModel(seed=1).parts(0, 3 * 1440)  # three shop days at one part a minute
+    air = batch.true_air_temp_c
+    assert 17.5 < air.min() < 18.8, air.min()
+    assert 25.2 < air.max() < 26.5, air.max()
+    assert (batch.true_part_temp_c >= air).all()
+    assert (batch.true_part_temp_c <= air + 6.0).all()
+    pt100_error = np.abs(batch.part_temp_c - batch.true_part_temp_c)
+    assert (pt100_error <= 0.15 + 0.002 * np.abs(batch.true_part_temp_c) + 1e-12).all()
+    assert (np.abs(batch.air_temp_c - air) <= 0.1 + 1e-12).all()
+    cte_rel = batch.true_cte_per_k / 23.6e-6 - 1.0
+    assert abs(cte_rel.std() - 0.02) < 0.003
+    spread_um = (batch.true_length_20c_mm - batch.nominal_mm) * 1000.0
+    assert abs(spread_um.std() - 4.0) < 0.3
+
+
+def test_invalid_model_arguments_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="machines"):
+        ShopModel(machines=0)
+    with pytest.raises(ConfigError, match="seed"):
+        ShopModel(seed=-1)
+    with pytest.raises(ConfigError, match=r"scenario\.shop_step_s"):
+        ShopScenario(shop_step_s=0.0)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_same_seed_and_start_give_identical_bytes(tmp_path: Path) -> None:
+    outputs = []
+    for name in ("a", "b"):
+        args = ["--outdir", str(tmp_path / name / "in"), "--truth-dir", str(tmp_path / name / "truth")]
+        assert main([*args, "--count", "20", "--rate", "0", "--seed", "7", "--start", START]) == 0
+        outputs.append({p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.csv")})
+    assert len(outputs[0]) == 40
+    assert outputs[0] == outputs[1]
+    assert main(["--outdir", str(tmp_path / "c"), "--count", "20", "--rate", "0", "--seed", "8", "--start", START]) == 0
+    other = {p.name: p.read_bytes() for p in (tmp_path / "c").glob("*.csv")}
+    assert other.keys() == {p.name for p in outputs[0] if p.parts[0] == "in"}
+    assert all(other[p.name] != data for p, data in outputs[0].items() if p.parts[0] == "in")
+
+
+def test_file_format_and_plausible_values(tmp_path: Path) -> None:
+    # --rate 0 stamps parts 1 s apart; --speedup 1800 makes that 30 min of shop time: 48 parts = one shop day.
+    args = ["--outdir", str(tmp_path), "--count", "48", "--rate", "0", "--speedup", "1800", "--machines", "2"]
+    assert main([*args, "--start", START]) == 0
+    files = csv_files(tmp_path)
+    assert len(files) == 48
+    start = datetime.fromisoformat(START)
+    air, part = [], []
+    for path in files:
+        rows = check_inbox_file(path)
+        index = part_index_of(path)
+        assert path.name.startswith("CMM-01" if index % 2 == 0 else "CMM-02")
+        assert [r["feature"] for r in rows] == ["length_x", "length_y"]
+        assert [r["nominal_mm"] for r in rows] == ["100.0000", "60.0000"]
+        assert {r["tolerance_mm"] for r in rows} == {"0.0100"}
+        assert {r["material"] for r in rows} == {"AL6061"}
+        assert {r["timestamp"] for r in rows} == {format_timestamp(start + timedelta(seconds=index))}
+        for row in rows:
+            air.append(float(row["air_temp_c"]))
+            part.append(float(row["part_temp_c"]))
+            assert abs(float(row["measured_mm"]) - float(row["nominal_mm"])) < 0.05
+    air_c, part_c = np.array(air), np.array(part)
+    assert ((air_c > 17.0) & (air_c < 27.0)).all(), (air_c.min(), air_c.max())
+    assert (part_c >= air_c - 1.0).all()
+    assert (part_c < 34.0).all()
+    assert air_c.max() - air_c.min() > 5.0, "a shop day should show the daily drift"
+
+
+def test_pacing_follows_rate(tmp_path: Path) -> None:
+    began = time.monotonic()
+    assert main(["--outdir", str(tmp_path), "--count", "11", "--rate", "20", "--start", START]) == 0
+    elapsed_s = time.monotonic() - began
+    assert 0.45 <= elapsed_s < 3.0, elapsed_s
+    assert len(csv_files(tmp_path)) == 11
+
+
+def test_count_is_respected(tmp_path: Path) -> None:
+    assert main(["--outdir", str(tmp_path), "--count", "7", "--rate", "0", "--start", START]) == 0
+    names = [p.name for p in csv_files(tmp_path)]
+    parsed = sorted((int(m.group(2)), int(m.group(1))) for n in names if (m := FILE_RE.fullmatch(n)))
+    assert parsed == [(k, k % 3 + 1) for k in range(7)]
+    assert sum(len(read_rows(tmp_path / n)) for n in names) == 14
+
+
+def test_atomic_writes_leave_only_csv_files_and_clear_stale_temps(tmp_path: Path) -> None:
+    outdir, truth = tmp_path / "in", tmp_path / "truth"
+    outdir.mkdir()
+    truth.mkdir()
+    (outdir / ".CMM-01_00000099.csv.tmp").write_text("timestamp,machine_id\n2024-")
+    (truth / ".CMM-01_00000099.csv.tmp").write_text("half")
+    (outdir / "notes.txt").write_text("not ours")
+    assert main(["--outdir", str(outdir), "--truth-dir", str(truth), "--count", "9", "--rate", "0"]) == 0
+    assert sorted(p.name for p in outdir.iterdir()) == sorted([*(p.name for p in csv_files(outdir)), "notes.txt"])
+    assert not list(truth.glob(".*"))
+    assert len(csv_files(outdir)) == 9
+    assert len(csv_files(truth)) == 9
+    for path in csv_files(outdir):
+        check_inbox_file(path)
+
+
+def test_truth_files_match_rows(tmp_path: Path) -> None:
+    outdir, truth = tmp_path / "in", tmp_path / "truth"
+    assert main(["--outdir", str(outdir), "--truth-dir", str(truth), "--count", "12", "--rate", "0.0"]) == 0
+    assert [p.name for p in csv_files(truth)] == [p.name for p in csv_files(outdir)]
+    for path in csv_files(outdir):
+        rows = read_rows(path)
+        assert header(truth / path.name) == list(TRUTH_COLUMNS)
+        truths = read_rows(truth / path.name)
+        assert len(truths) == len(rows)
+        for row, true in zip(rows, truths, strict=True):
+            for key in ("machine_id", "part_id", "feature", "timestamp"):
+                assert row[key] == true[key]
+            expected_id = measurement_id(
+                row["machine_id"], row["part_id"], row["feature"], datetime.fromisoformat(row["timestamp"])
+            )
+            assert true["measurement_id"] == expected_id
+            assert abs(float(true["true_length_20c_mm"]) - float(row["nominal_mm"])) < 0.03
+            assert 15.0 < float(true["true_part_temp_c"]) < 35.0
+            assert 20e-6 < float(true["true_cte_per_k"]) < 27e-6
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--rate", "-1"], "--rate"),
+        (["--rate", "nan"], "--rate"),
+        (["--count", "0"], "--count"),
+        (["--machines", "100"], "--machines"),
+        (["--machines", "two"], "--machines"),
+        (["--speedup", "0"], "--speedup"),
+        (["--seed", "-3"], "--seed"),
+        (["--start", "yesterday"], "--start"),
+        (["--start", "2024-05-01T08:00:00"], "--start"),
+        (["--log-level", "LOUD"], "--log-level"),
+        (["--count"], "--count"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], flag: str) -> None:
+    result = run_cli(["--outdir", str(tmp_path / "in"), *args])
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cmm_simulator: error:"), lines[0]
+    assert flag in lines[0], lines[0]
+    assert not (tmp_path / "in").exists()
+
+
+def test_missing_outdir_and_same_truth_dir_are_errors(tmp_path: Path) -> None:
+    result = run_cli(["--count", "1"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["cmm_simulator: error: --outdir: is required (or set CMM_OUTDIR)"]
+    result = run_cli(["--outdir", str(tmp_path), "--truth-dir", str(tmp_path)])
+    assert result.returncode == 2
+    assert "--truth-dir" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_environment_variables_are_honoured(tmp_path: Path) -> None:
+    began = time.monotonic()
+    result = run_cli(["--count", "3", "--start", START], env=clean_env(CMM_RATE="4", CMM_OUTDIR=str(tmp_path)))
+    elapsed_s = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    assert elapsed_s >= 0.45, "two intervals at 4 Hz take 0.5 s"
+    stamps = [read_rows(p)[0]["timestamp"] for p in csv_files(tmp_path)]
+    assert sorted(stamps) == ["2024-05-01T08:00:00.000Z", "2024-05-01T08:00:00.250Z", "2024-05-01T08:00:00.500Z"]
+
+
+def test_bad_environment_variable_is_named_and_flag_overrides_it(tmp_path: Path) -> None:
+    result = run_cli(["--outdir", str(tmp_path), "--count", "1"], env=clean_env(CMM_RATE="-1"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["cmm_simulator: error: CMM_RATE: must be >= 0, got -1"]
+    result = run_cli(["--outdir", str(tmp_path), "--count", "1", "--rate", "0"], env=clean_env(CMM_RATE="-1"))
+    assert result.returncode == 0, result.stderr
+    assert len(csv_files(tmp_path)) == 1
+
+
+def test_start_and_summary_are_logged(tmp_path: Path) -> None:
+    result = run_cli(["--outdir", str(tmp_path), "--count", "2", "--rate", "0", "--seed", "4"])
+    assert result.returncode == 0
+    assert re.search(r"INFO .*simulator started: outdir=.* machines=3 count=2 seed=4", result.stderr)
+    assert re.search(r"INFO .*simulator done: 2 parts, 4 measurements", result.stderr)
+
+
+# ----------------------------------------------------------------------------- kills and signals
+
+
+@pytest.fixture
+def running() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes started by a test; any still running at the end are killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def start_cli(args: list[str], started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "cmm_simulator.py", *args],
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started.append(process)
+    return process
+
+
+def wait_for_files(directory: Path, count: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(list(directory.glob("*.csv"))) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} files after {timeout_s} s"
+        time.sleep(0.01)
+
+
+def assert_only_complete_files(directory: Path) -> int:
+    """Every *.csv is whole; anything else is one of the writer's dot temp files. Returns the .csv count."""
+    for path in directory.iterdir():
+        if path.suffix != ".csv":
+            assert path.name.startswith("."), path.name
+            assert path.name.endswith(".csv.tmp"), path.name
+    files = csv_files(directory)
+    for path in files:
+        check_inbox_file(path)
+    return len(files)
+
+
+def test_kill_9_leaves_only_complete_files(tmp_path: Path, running: list[subprocess.Popen[str]]) -> None:
+    outdir = tmp_path / "in"
+    process = start_cli(["--outdir", str(outdir), "--rate", "0", "--count", "10000000"], running)
+    wait_for_files(outdir, 40)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=10) == -signal.SIGKILL
+    written = assert_only_complete_files(outdir)
+    assert written >= 40
+    # A new run clears any temp file the kill left and writes complete files.
+    assert main(["--outdir", str(outdir), "--count", "1", "--rate", "0"]) == 0
+    assert all(p.suffix == ".csv" for p in outdir.iterdir())
+    assert_only_complete_files(outdir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_finish_the_file_and_exit_0(
+    tmp_path: Path, running: list[subprocess.Popen[str]], sig: signal.Signals
+) -> None:
+    outdir = tmp_path / "in"
+    process = start_cli(["--outdir", str(outdir), "--rate", "50", "--truth-dir", str(tmp_path / "truth")], running)
+    wait_for_files(outdir, 3)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "simulator stopped:" in stderr
+    assert all(p.suffix == ".csv" for p in outdir.iterdir())
+    written = assert_only_complete_files(outdir)
+    assert [p.name for p in csv_files(tmp_path / "truth")] == [p.name for p in csv_files(outdir)]
+    assert f"{written} parts" in stderr
+
+
+def test_start_defaults_to_now_truncated_to_the_second(tmp_path: Path) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    assert main(["--outdir", str(tmp_path), "--count", "1", "--rate", "0"]) == 0
+    stamp = read_rows(csv_files(tmp_path)[0])[0]["timestamp"]
+    moment = datetime.fromisoformat(stamp)
+    assert stamp.endswith(".000Z")
+    assert before <= moment <= datetime.now(UTC)
