@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cmm_twin.physics.thermal import VERDICT_NAMES, flag_names
 
 RESULT_FIELDS: tuple[str, ...] = (
     "measurement_id",
@@ -46,3 +55,109 @@ def measurement_id(machine_id: str, part_id: str, feature: str, timestamp: datet
     """
     name = f"{machine_id}|{part_id}|{feature}|{canonical_timestamp(timestamp)}"
     return str(uuid.uuid5(MEASUREMENT_ID_NAMESPACE, name))
+
+
+FLOAT_COLUMNS: tuple[str, ...] = (
+    "cte_per_k",
+    "nominal_mm",
+    "tolerance_mm",
+    "measured_mm",
+    "part_temp_c",
+    "air_temp_c",
+    "scale_temp_c",
+    "compensated_mm",
+    "correction_um",
+    "deviation_um",
+    "uncertainty_um",
+)
+"""Numeric fields of a result record; NaN in an optional temperature means "not given" (null)."""
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    """A batch of result records held as columns (one list or array per field, equal lengths).
+
+    Columns keep the hot path vectorised: sinks turn them into what they send (JSON objects, line
+    protocol, OPC UA values) without building a Python object per row unless they must.
+    `timestamp_ns` is the measurement time as Unix nanoseconds; `verdict` holds Verdict codes and
+    `flags` bit masks of the physics `Flag`.
+    """
+
+    measurement_id: list[str]
+    timestamp: list[str]
+    timestamp_ns: NDArray[np.int64]
+    machine_id: list[str]
+    part_id: list[str]
+    feature: list[str]
+    material: list[str]
+    cte_per_k: NDArray[np.float64]
+    nominal_mm: NDArray[np.float64]
+    tolerance_mm: NDArray[np.float64]
+    measured_mm: NDArray[np.float64]
+    part_temp_c: NDArray[np.float64]
+    air_temp_c: NDArray[np.float64]
+    scale_temp_c: NDArray[np.float64]
+    compensated_mm: NDArray[np.float64]
+    correction_um: NDArray[np.float64]
+    deviation_um: NDArray[np.float64]
+    uncertainty_um: NDArray[np.float64]
+    verdict: NDArray[np.int8]
+    flags: NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return len(self.measurement_id)
+
+    def take(self, index: slice | Sequence[int] | NDArray[np.intp]) -> RecordBatch:
+        """The rows at `index` (a slice or integer positions), as a new batch."""
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            column = getattr(self, f.name)
+            if isinstance(column, np.ndarray) or isinstance(index, slice):
+                values[f.name] = column[index]
+            else:
+                values[f.name] = [column[i] for i in index]
+        return RecordBatch(**values)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """The records as JSON-ready dicts with the RESULT_FIELDS names (NaN temperatures -> None)."""
+        floats = {name: _nullable(getattr(self, name)) for name in FLOAT_COLUMNS}
+        verdicts = VERDICT_NAMES[self.verdict].tolist()
+        flag_cache: dict[int, list[str]] = {}
+        out: list[dict[str, Any]] = []
+        for i, mask in enumerate(self.flags.tolist()):
+            names = flag_cache.get(mask)
+            if names is None:
+                names = flag_cache[mask] = flag_names(mask)
+            out.append(
+                {
+                    "measurement_id": self.measurement_id[i],
+                    "timestamp": self.timestamp[i],
+                    "machine_id": self.machine_id[i],
+                    "part_id": self.part_id[i],
+                    "feature": self.feature[i],
+                    "material": self.material[i],
+                    **{name: column[i] for name, column in floats.items()},
+                    "verdict": verdicts[i],
+                    "flags": list(names),
+                }
+            )
+        return out
+
+    @staticmethod
+    def concat(batches: Sequence[RecordBatch]) -> RecordBatch:
+        """One batch holding the rows of `batches` in order."""
+        values: dict[str, Any] = {}
+        for f in fields(RecordBatch):
+            columns = [getattr(b, f.name) for b in batches]
+            if isinstance(columns[0], np.ndarray):
+                values[f.name] = np.concatenate(columns)
+            else:
+                values[f.name] = [v for c in columns for v in c]
+        return RecordBatch(**values)
+
+
+def _nullable(column: NDArray[np.float64]) -> list[float | None]:
+    values: list[float | None] = column.tolist()
+    if np.isnan(column).any():
+        return [None if math.isnan(v) else v for v in values]  # type: ignore[arg-type]
+    return values

@@ -1,0 +1,181 @@
+"""Benchmark of the edge gateway (issue: edge gateway), run as a real process on loopback.
+
+Prints:
+- latency from the rename of a file into the inbox to the OPC UA data change seen by an external
+  asyncua client subscription (p50, p99 over N files); goal p50 <= 30 ms, p99 <= 100 ms;
+- throughput of a backlog of 1,000 files x 100 rows (goal >= 1,000 files/s);
+- throughput of one 1,000,000-row file through validation, compensation and the OPC UA sink
+  (goal >= 100,000 rows/s) and the gateway's peak RSS meanwhile (goal <= 150 MB), beside the
+  RSS of the idle gateway measured in the same run (the baseline).
+
+    .venv/bin/python -m bench.bench_gateway [--files 300] [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.uaerrors import UaError
+
+from tests.gateway_harness import HEADER, GatewayProcess, free_port
+
+
+def _row(i: int, machine: str = "CMM-01", measured_mm: float | None = None) -> str:
+    measured = 100.0118 + (i % 97) * 1e-4 if measured_mm is None else measured_mm
+    return (
+        f"2026-01-05T06:00:00.{i % 1000:03d}Z,{machine},P{i:08d},length_x,AL6061,100.0,0.010,{measured:.4f},25.0,24.0\n"
+    )
+
+
+def _write(path: Path, text: str) -> None:
+    with path.open("w") as f:
+        f.write(text)
+
+
+class _Changes:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.values: list[tuple[float, float]] = []
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self.values.append((time.perf_counter(), float(val)))
+        self.event.set()
+
+
+async def measure_latency(data_dir: Path, opcua_port: int, files: int) -> list[float]:
+    """Rename `files` one-row files into the inbox, one at a time; ms until the data change arrives."""
+    inbox = data_dir / "inbox"
+    staging = data_dir / "staging"
+    staging.mkdir(exist_ok=True)
+    _write(inbox / "warmup.csv", HEADER + _row(0, measured_mm=100.0))
+    latencies_ms: list[float] = []
+    async with Client(f"opc.tcp://127.0.0.1:{opcua_port}/cmm-twin/", timeout=10) as client:
+        ns = await client.get_namespace_index("urn:cmm-twin")
+        while True:
+            try:
+                machine = await client.nodes.objects.get_child([f"{ns}:CMM", f"{ns}:CMM-01"])
+                break
+            except UaError:
+                await asyncio.sleep(0.05)
+        node = await machine.get_child(f"{ns}:MeasuredLength")
+        handler = _Changes()
+        subscription = await client.create_subscription(
+            ua.CreateSubscriptionParameters(RequestedPublishingInterval=0, RequestedMaxKeepAliveCount=1000), handler
+        )
+        await subscription.subscribe_data_change(node, sampling_interval=ua.Double(0.0))
+        await asyncio.sleep(0.5)
+        for k in range(files):
+            measured = round(100.001 + (k % 2) * 0.001 + k * 1e-7, 7)
+            tmp = staging / f"lat_{k:05d}.csv"
+            _write(tmp, HEADER + _row(k + 1, measured_mm=measured).replace(f"{measured:.4f}", f"{measured:.7f}"))
+            handler.event.clear()
+            t0 = time.perf_counter()
+            os.rename(tmp, inbox / tmp.name)
+            async with asyncio.timeout(10):
+                while not any(abs(v - measured) < 1e-9 and t >= t0 for t, v in handler.values):
+                    await handler.event.wait()
+                    handler.event.clear()
+            arrived = next(t for t, v in handler.values if abs(v - measured) < 1e-9 and t >= t0)
+            latencies_ms.append((arrived - t0) * 1000)
+            handler.values.clear()
+            await asyncio.sleep(0.005)
+        await subscription.delete()
+    return latencies_ms
+
+
+def wait_files(gateway: GatewayProcess, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while gateway.get_json("/health")["files_processed"] < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(gateway.log_text()[-2000:])
+        time.sleep(0.002)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=300, help="files for the latency figure")
+    parser.add_argument("--backlog-files", type=int, default=1000)
+    parser.add_argument("--backlog-rows", type=int, default=100)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big file")
+    args = parser.parse_args()
+    results: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="cmm-bench-") as tmp:
+        data = Path(tmp) / "data"
+        opcua_port = free_port()
+        gateway = GatewayProcess(
+            [
+                "--data-dir", str(data),
+                "--http", "127.0.0.1:0",
+                "--opcua-endpoint", f"opc.tcp://127.0.0.1:{opcua_port}/cmm-twin/",
+            ],
+            Path(tmp) / "gateway.log",
+        )  # fmt: skip
+        try:
+            gateway.wait_ready(60)
+            idle_rss_mb = gateway.peak_rss_mb()
+
+            latencies = asyncio.run(measure_latency(data, opcua_port, args.files))
+            results["latency p50"] = f"{percentile(latencies, 50):.1f} ms (goal <= 30)"
+            results["latency p99"] = f"{percentile(latencies, 99):.1f} ms (goal <= 100)"
+            done = gateway.get_json("/health")["files_processed"]
+
+            staging = Path(tmp) / "backlog"
+            staging.mkdir()
+            rows = "".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(args.backlog_rows))
+            for k in range(args.backlog_files):
+                _write(staging / f"backlog_{k:05d}.csv", HEADER + rows)
+            started = time.perf_counter()
+            for k in range(args.backlog_files):
+                os.rename(staging / f"backlog_{k:05d}.csv", data / "inbox" / f"backlog_{k:05d}.csv")
+            wait_files(gateway, done + args.backlog_files, 300)
+            elapsed = time.perf_counter() - started
+            results["backlog files/s"] = (
+                f"{args.backlog_files / elapsed:,.0f} files/s, {args.backlog_files * args.backlog_rows / elapsed:,.0f}"
+                f" rows/s ({args.backlog_files} x {args.backlog_rows} rows in {elapsed:.2f} s; goal >= 1,000 files/s)"
+            )
+
+            big = Path(tmp) / "big.csv"
+            with big.open("w") as f:
+                f.write(HEADER)
+                for start in range(0, args.rows, 50_000):
+                    f.write("".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(start, min(args.rows, start + 50_000))))
+            size_mb = big.stat().st_size / 1e6
+            before = gateway.get_json("/health")["files_processed"]
+            started = time.perf_counter()
+            os.rename(big, data / "inbox" / "big.csv")
+            peak_mb = 0.0
+            deadline = time.monotonic() + 600
+            while gateway.get_json("/health")["files_processed"] < before + 1:
+                peak_mb = max(peak_mb, gateway.peak_rss_mb())
+                if time.monotonic() > deadline:
+                    raise TimeoutError("big file not processed in 600 s")
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            peak_mb = max(peak_mb, gateway.peak_rss_mb())
+            results["big file rows/s"] = (
+                f"{args.rows / elapsed:,.0f} rows/s ({args.rows:,} rows, {size_mb:.0f} MB in {elapsed:.2f} s;"
+                " goal >= 100,000)"
+            )
+            results["peak RSS"] = f"{peak_mb:.0f} MB (goal <= 150; idle gateway baseline {idle_rss_mb:.0f} MB)"
+        finally:
+            gateway.stop()
+    width = max(map(len, results))
+    for name, value in results.items():
+        print(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()

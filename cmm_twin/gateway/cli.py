@@ -1,0 +1,53 @@
+"""Command line of the edge gateway (`cmm_edge_gateway.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from cmm_twin.envfile import load_env_file
+from cmm_twin.errors import CmmTwinError, ConfigError
+from cmm_twin.gateway.app import Gateway
+from cmm_twin.gateway.config import PROG, GatewayConfig, load_config
+
+log = logging.getLogger("cmm_twin.gateway")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [%(name)s]"
+
+
+def setup_logging(level: str) -> None:
+    """Log lines like `2026-01-05 06:00:00,123 WARNING: Network Lost! Buffering... [module]`."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("asyncua", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+async def serve(config: GatewayConfig) -> int:
+    """Run the gateway until SIGINT/SIGTERM (or, with --once, until done); returns the exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return await Gateway(config).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, validate, run. Bad configuration exits 2 with one line."""
+    load_env_file()
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 0
+    except CmmTwinError as exc:
+        log.error("%s", exc)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,338 @@
+"""Gateway configuration: flags, `CMM_<FLAG>` environment variables and an optional TOML file.
+
+Precedence: command-line flag, then environment variable, then the TOML file, then the default.
+Everything is validated at start-up; an invalid value raises ConfigError naming the flag (or the
+TOML key), which the entry point prints as one line and exits 2. Secrets (tokens, passwords)
+are never options: they come only from the environment (MES_TOKEN, INFLUX_TOKEN, OPCUA_USER,
+OPCUA_PASSWORD) or an untracked .env loaded into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from cmm_twin.errors import ConfigError
+from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
+from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
+
+PROG = "cmm_edge_gateway.py"
+HISTORIANS = ("sqlite", "influx", "none")
+IMPLEMENTED_HISTORIANS = ("none",)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, environment variable, TOML key, parser and default."""
+
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    is_switch: bool = False
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        """Attribute name (also the TOML key): `--data-dir` -> `data_dir`."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        """Environment variable: `--data-dir` -> `CMM_DATA_DIR`."""
+        return "CMM_" + self.dest.upper()
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s)://host[:port]/... URL, got {value!r}")
+    return value.strip()
+
+
+def _opcua_endpoint(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme != "opc.tcp" or not parts.hostname:
+        raise ValueError(f"expected opc.tcp://host:port/path, got {value!r}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    return value.strip()
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _historian(value: str) -> str:
+    value = value.strip().lower()
+    if value not in HISTORIANS:
+        raise ValueError(f"expected one of {', '.join(HISTORIANS)}, got {value!r}")
+    if value not in IMPLEMENTED_HISTORIANS:
+        raise ValueError(f"{value!r} is not available in this version yet; use none")
+    return value
+
+
+def _switch(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return number
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return number
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return level
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--data-dir", Path, Path("data"), "data directory holding inbox/, archive/, quarantine/, state/", metavar="DIR"
+    ),
+    Option("--mes-url", _url, None, "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off"),
+    Option("--opcua-endpoint", _opcua_endpoint, "opc.tcp://127.0.0.1:4840/cmm-twin/", "OPC UA server endpoint"),
+    Option(
+        "--http", _host_port, ("127.0.0.1", 8080), "HOST:PORT of /health, /metrics and the page", metavar="HOST:PORT"
+    ),
+    Option("--historian", _historian, "none", f"historian: {', '.join(HISTORIANS)}", metavar="KIND"),
+    Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)"),
+    Option("--influx-org", _text, None, "InfluxDB organisation"),
+    Option("--influx-bucket", _text, None, "InfluxDB bucket"),
+    Option(
+        "--opcua-allow-anonymous", _switch, False, "offer anonymous login and the None policy off loopback too", True
+    ),
+    Option(
+        "--once", _switch, False, "process what is in the inbox, deliver it, exit (non-zero if anything failed)", True
+    ),
+    Option(
+        "--settle-ms",
+        _non_negative,
+        500.0,
+        "quiet time before reading a file when writers cannot be detected",
+        metavar="MS",
+    ),
+    Option("--default-material", _text, "AL6061", "material of rows without a material column"),
+    Option("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+)
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The validated configuration of one gateway run."""
+
+    data_dir: Path = Path("data")
+    mes_url: str | None = None
+    opcua_endpoint: str = "opc.tcp://127.0.0.1:4840/cmm-twin/"
+    http: tuple[str, int] = ("127.0.0.1", 8080)
+    historian: str = "none"
+    influx_url: str | None = None
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+    opcua_allow_anonymous: bool = False
+    once: bool = False
+    settle_ms: float = 500.0
+    default_material: str = "AL6061"
+    log_level: str = "INFO"
+    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
+    materials: Mapping[str, Material] = field(default_factory=lambda: dict(MATERIALS))
+    chunk_rows: int = 10_000
+    files_per_commit: int = 200
+    opcua_enabled: bool = True
+    sink_batch_size: int = 500
+
+    @property
+    def inbox(self) -> Path:
+        """Where CSV files arrive."""
+        return self.data_dir / "inbox"
+
+    @property
+    def archive(self) -> Path:
+        """Where fully valid files go."""
+        return self.data_dir / "archive"
+
+    @property
+    def quarantine(self) -> Path:
+        """Where files with rejected rows go, beside their `.errors.json` report."""
+        return self.data_dir / "quarantine"
+
+    @property
+    def state_dir(self) -> Path:
+        """Durable state: spool, progress, certificates, dead letters."""
+        return self.data_dir / "state"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError("arguments", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The gateway's command line (defaults shown are applied after env and TOML)."""
+    parser = _Parser(prog=PROG, description="cmm-twin edge gateway", argument_default=None)
+    for option in OPTIONS:
+        help_text = f"{option.help} (env {option.env}; default {_show(option.default)})"
+        if option.is_switch:
+            parser.add_argument(option.flag, action="store_const", const="true", help=help_text)
+        else:
+            parser.add_argument(option.flag, metavar=option.metavar or option.dest.upper(), help=help_text)
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any of these keys (env CMM_CONFIG)")
+    return parser
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ":".join(str(v) for v in value)
+    return "off" if value is None or value is False else str(value)
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Parse and validate flags, environment and TOML into a GatewayConfig (or raise ConfigError)."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    config_path = args.config or environ.get("CMM_CONFIG")
+    toml_data: dict[str, Any] = {}
+    if config_path:
+        toml_data = _read_toml(Path(config_path))
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(args, option.dest)
+        source = option.flag
+        if raw is None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        if raw is None and option.dest in toml_data:
+            raw, source = toml_data[option.dest], f"{config_path}: {option.dest}"
+            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
+        if raw is None:
+            values[option.dest] = option.default
+            continue
+        try:
+            values[option.dest] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(source, str(exc)) from None
+    sections = {k: v for k, v in toml_data.items() if k in TOML_SECTIONS}
+    config = GatewayConfig(**values, **_sections(sections, str(config_path)))
+    _check_combinations(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc}") from None
+    unknown = set(data) - set(OPTIONS_BY_DEST) - set(TOML_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: {sorted(unknown)[0]}", "unknown key")
+    return data
+
+
+def _table(sections: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = sections.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {name}", "must be a table")
+    return value
+
+
+def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Turn the [physics], [limits], [materials], [ingest] and [sinks] tables into config fields."""
+    out: dict[str, Any] = {}
+    physics = dict(_table(sections, "physics", where))
+    rule = physics.pop("rule", DecisionRule.GUARD_BANDED.value)
+    if rule not in [r.value for r in DecisionRule]:
+        raise ConfigError(f"{where}: physics.rule", f"expected guard_banded or simple, got {rule!r}")
+    scale_material = physics.pop("scale_material", None)
+    uncertainty_keys = set(UncertaintyInputs.__dataclass_fields__)
+    unknown = set(physics) - uncertainty_keys
+    if unknown:
+        raise ConfigError(f"{where}: physics.{sorted(unknown)[0]}", "unknown key")
+    materials = materials_with_overrides(_table(sections, "materials", where))
+    scale_cte = scale_u = 0.0
+    if scale_material is not None:
+        key = str(scale_material).upper()
+        if key not in materials:
+            raise ConfigError(f"{where}: physics.scale_material", f"unknown material {scale_material!r}")
+        scale_cte, scale_u = materials[key].cte_per_k, materials[key].cte_u_per_k
+    limits = _table(sections, "limits", where)
+    unknown = set(limits) - set(ThermalLimits.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{where}: limits.{sorted(unknown)[0]}", "unknown key")
+    try:
+        out["physics"] = PhysicsConfig(
+            uncertainty=UncertaintyInputs(**{k: float(v) for k, v in physics.items()}),
+            limits=ThermalLimits(**{k: float(v) for k, v in limits.items()}),
+            rule=DecisionRule(rule),
+            scale_cte_per_k=scale_cte,
+            scale_cte_u_per_k=scale_u,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.key}", exc.reason) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: physics", str(exc)) from None
+    out["materials"] = materials
+    for section, keys in (("ingest", ("chunk_rows", "files_per_commit")), ("sinks", ("sink_batch_size",))):
+        table = _table(sections, section, where)
+        unknown = set(table) - set(keys)
+        if unknown:
+            raise ConfigError(f"{where}: {section}.{sorted(unknown)[0]}", "unknown key")
+        for key, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+                raise ConfigError(f"{where}: {section}.{key}", f"expected a whole number 1..1000000, got {value!r}")
+            out[key] = value
+    return out
+
+
+def _check_combinations(config: GatewayConfig) -> None:
+    if config.default_material.upper() not in config.materials:
+        raise ConfigError("--default-material", f"unknown material {config.default_material!r}")
+    if config.mes_url is not None:
+        raise ConfigError("--mes-url", "the MES sink is not available in this version yet")
+    host = config.http[0]
+    if host not in ("localhost",):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("--http", f"host must be an IP address or localhost, got {host!r}") from None

@@ -1,0 +1,1 @@
+"""Input side of the gateway: the inbox watcher and the CSV reader."""

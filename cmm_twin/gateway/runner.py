@@ -1,0 +1,277 @@
+"""The sink runner: the one place that owns batching, ordering, buffering, backoff,
+dead-lettering and acknowledgement (DESIGN.md sections 5 and 7).
+
+- `DurableRunner` feeds a durable sink (MES, historian) from the spool in `state/`: it reads a
+  bounded page of records into an in-memory deque, sends them in order in batches, retries with
+  exponential backoff and jitter (honouring `Retry-After`), splits batches the receiver finds too
+  large, dead-letters records the receiver rejects as invalid, and acknowledges a batch in the
+  spool only when the sink reports `Delivered`. Memory stays bounded whatever the backlog.
+- `LiveRunner` feeds a live sink (OPC UA tags) straight from the pipeline through a bounded queue.
+  When the queue is full it drops the OLDEST batch on purpose: a tag shows the newest measurement,
+  so an older value is superseded anyway; the drop is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
+from cmm_twin.gateway.state import AsyncState
+from cmm_twin.gateway.status import SinkStatus
+from cmm_twin.records import RecordBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How a durable sink is fed."""
+
+    batch_size: int = 500
+    page_size: int = 5000
+    """Records read from the spool at a time: the bound of the in-memory deque."""
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 30.0
+    dead_letter_path: Path | None = None
+
+
+async def wait_or_stop(stop: asyncio.Event, timeout_s: float, *others: asyncio.Event) -> None:
+    """Sleep up to `timeout_s`, returning early when `stop` or any of `others` is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, *others)]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout_s), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+class DurableRunner:
+    """Feeds one durable sink from the spool; see the module docstring."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        state: AsyncState,
+        status: SinkStatus,
+        settings: RunnerSettings,
+        new_data: asyncio.Event,
+        on_delivered: Callable[[str, RecordBatch], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.on_delivered = on_delivered
+        self.state = state
+        self.status = status
+        self.settings = settings
+        self.new_data = new_data
+        self.buffer: deque[tuple[int, RecordBatch]] = deque()
+        self._outage = False
+        self._refused_reason: str | None = None
+        self._attempt = 0
+        self.dead_lettered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set; a batch in hand is finished or left spooled, never lost."""
+        store = self.state.store
+        read_seq = await self.state.call(store.acked_seq, self.sink.name)
+        await self.refresh_status()
+        while not stop.is_set():
+            if not self.buffer:
+                self.new_data.clear()
+                page = await self.state.call(store.read_after, read_seq, self.settings.page_size)
+                if page is None:
+                    await self.refresh_status()
+                    await wait_or_stop(stop, 1.0, self.new_data)
+                    continue
+                read_seq = int(page.seqs[-1])
+                for start in range(0, len(page.seqs), self.settings.batch_size):
+                    end = start + self.settings.batch_size
+                    self.buffer.append((int(page.seqs[start:end][-1]), page.records.take(slice(start, end))))
+            last_seq, batch = self.buffer[0]
+            if not await self._deliver(batch, stop):
+                return  # stopping: the batch stays spooled and is sent after restart
+            self.buffer.popleft()
+            await self.state.call(store.ack, self.sink.name, last_seq)
+            self.status.rows_out += len(batch)
+            if self.on_delivered is not None:
+                self.on_delivered(self.sink.name, batch)
+            await self.refresh_status()
+
+    async def refresh_status(self) -> None:
+        """Update buffer depth and oldest age from the spool."""
+        depth, oldest_ns = await self.state.call(self.state.store.pending, self.sink.name)
+        self.status.buffer_depth = depth
+        self.status.oldest_age_s = max(0.0, time.time() - oldest_ns / 1e9) if oldest_ns is not None else 0.0
+
+    async def _deliver(self, batch: RecordBatch, stop: asyncio.Event) -> bool:
+        """Send `batch` until it is delivered or dead-lettered (True), or `stop` is set (False)."""
+        while True:
+            outcome = await self._write(batch)
+            match outcome:
+                case Delivered():
+                    self._recovered(len(batch))
+                    return True
+                case Rejected(invalid=invalid):
+                    self._recovered(len(batch))
+                    if not invalid:  # nothing named: cannot make progress by retrying
+                        invalid = dict.fromkeys(range(len(batch)), "rejected without a reason")
+                    await self._dead_letter(batch, invalid)
+                    keep = np.array([i for i in range(len(batch)) if i not in invalid], dtype=np.intp)
+                    if not len(keep):
+                        return True
+                    batch = batch.take(keep)
+                case Split(reason=reason):
+                    if len(batch) == 1:
+                        await self._dead_letter(batch, {0: f"too large for the receiver: {reason}"})
+                        return True
+                    half = len(batch) // 2
+                    log.info("%s: batch of %d too large (%s), splitting", self.sink.name, len(batch), reason)
+                    for part in (batch.take(slice(0, half)), batch.take(slice(half, None))):
+                        if not await self._deliver(part, stop):
+                            return False
+                    return True
+                case Retry(reason=reason, retry_after_s=retry_after_s):
+                    self._lost(reason)
+                    if not await self._backoff(stop, retry_after_s):
+                        return False
+                case Refused(reason=reason):
+                    if self._refused_reason != reason:
+                        log.error(
+                            "%s refuses the gateway: %s. Forwarding stopped; %d records stay spooled until fixed",
+                            self.sink.name,
+                            reason,
+                            self.status.buffer_depth,
+                        )
+                    self._refused_reason = reason
+                    self.status.state = "refused"
+                    self.status.last_error = reason
+                    await wait_or_stop(stop, self.settings.backoff_max_s)
+                    if stop.is_set():
+                        return False
+
+    async def _write(self, batch: RecordBatch) -> WriteOutcome:
+        try:
+            return await self.sink.write(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a sink bug must not stop delivery: log it and retry
+            log.exception("%s: unexpected error in write", self.sink.name)
+            return Retry(f"unexpected error: {exc!r}")
+
+    def _lost(self, reason: str) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning("Network Lost! Buffering... (%s: %s)", self.sink.name, reason)
+        self.status.state = "buffering"
+        self.status.last_error = reason
+
+    def _recovered(self, batch_len: int) -> None:
+        self._attempt = 0
+        self._refused_reason = None
+        if self._outage:
+            self._outage = False
+            log.info("Flushing buffer... (%s: %d records buffered)", self.sink.name, self.status.buffer_depth)
+        self.status.state = "connected"
+        self.status.last_error = None
+
+    async def _backoff(self, stop: asyncio.Event, retry_after_s: float | None) -> bool:
+        """Exponential backoff with full jitter, at least `retry_after_s`; False when stopping."""
+        settings = self.settings
+        ceiling = min(settings.backoff_max_s, settings.backoff_min_s * 2**self._attempt)
+        delay = random.uniform(settings.backoff_min_s, max(settings.backoff_min_s, ceiling))
+        if retry_after_s is not None:
+            delay = min(max(delay, retry_after_s), settings.backoff_max_s)
+        self._attempt += 1
+        await self.refresh_status()
+        await wait_or_stop(stop, delay)
+        return not stop.is_set()
+
+    async def _dead_letter(self, batch: RecordBatch, invalid: Mapping[int, str]) -> None:
+        """Append the invalid records with their reasons to the dead-letter file (fsynced)."""
+        records = batch.to_dicts()
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        lines = [
+            json.dumps({"sink": self.sink.name, "time": now, "reason": reason, "record": records[i]})
+            for i, reason in sorted(invalid.items())
+        ]
+        path = self.settings.dead_letter_path
+        if path is not None:
+            await self.state.call(_append_lines, path, lines)
+        self.dead_lettered += len(lines)
+        for i, reason in sorted(invalid.items()):
+            log.warning(
+                "%s rejected record %s (%s): moved to %s",
+                self.sink.name,
+                records[i]["measurement_id"],
+                reason,
+                path if path is not None else "nowhere (no dead-letter file configured)",
+            )
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class LiveRunner:
+    """Feeds a live sink from a bounded queue; drops the oldest batch when full (see module doc)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        status: SinkStatus,
+        max_batches: int = 256,
+        on_delivered: Callable[[str, RecordBatch], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.on_delivered = on_delivered
+        self.status = status
+        self.queue: asyncio.Queue[RecordBatch] = asyncio.Queue(maxsize=max_batches)
+        self.dropped_batches = 0
+
+    def offer(self, batch: RecordBatch) -> None:
+        """Queue `batch` without waiting; when full, the oldest queued batch makes room."""
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+                self.dropped_batches += 1
+        self.queue.put_nowait(batch)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write queued batches until `stop` is set, then write what is queued and return."""
+        self.status.state = "connected"
+        while not (stop.is_set() and self.queue.empty()):
+            if self.queue.empty():
+                getter = asyncio.ensure_future(self.queue.get())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                batch = getter.result()
+            else:
+                batch = self.queue.get_nowait()
+            try:
+                await self.sink.write(batch)
+                self.status.rows_out += len(batch)
+                if self.on_delivered is not None:
+                    self.on_delivered(self.sink.name, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: write failed; the values of this batch are skipped", self.sink.name)

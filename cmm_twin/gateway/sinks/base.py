@@ -1,0 +1,89 @@
+"""The sink interface and the outcomes a sink reports (DESIGN.md section 7).
+
+Shaped after Telegraf's output plugins and Vector's acknowledgements: a sink only opens, writes a
+batch and classifies the outcome, and closes. One runner (`cmm_twin.gateway.runner`) owns
+batching, ordering, buffering, backoff, dead-lettering and acknowledgement.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cmm_twin.records import RecordBatch
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The receiver holds every record of the batch (durably, for a durable sink)."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A transient failure (connection, timeout, 5xx, 408, 429): send the same batch again later.
+
+    `retry_after_s` is the receiver's own wish (`Retry-After`), honoured by the runner.
+    """
+
+    reason: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """The batch is too large for the receiver (413): send it again in smaller parts."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The receiver refused some records as invalid and stored nothing of the batch.
+
+    `invalid` maps a position in the batch to the receiver's reason. The runner moves those
+    records to the dead-letter file and sends the others again.
+    """
+
+    invalid: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The receiver refuses us (401/403, wrong configuration): stop loudly, keep the data."""
+
+    reason: str
+
+
+WriteOutcome = Delivered | Retry | Split | Rejected | Refused
+
+
+class Sink(abc.ABC):
+    """A destination of result records.
+
+    Contract (the runner keeps it, implementations rely on it):
+    - `open` is awaited once before any `write`; if it raises, the sink is not used.
+    - `write` is never called concurrently with itself, and never after `close`.
+    - `write` classifies what happened and returns an outcome; it raises only for bugs (the
+      runner logs an unexpected exception and treats it as `Retry`).
+    - A durable sink returns `Delivered` only when the receiver holds the records for good; the
+      runner then acknowledges them in the spool, so a crash before that re-sends them
+      (at-least-once, de-duplicated downstream by `measurement_id`).
+    - `close` is awaited once, also after a failed write, and must not raise.
+    """
+
+    name: str = "sink"
+    durable: bool = True
+    """Durable sinks are fed from the spool and acknowledged; live ones (OPC UA) get the newest rows."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect or start serving."""
+
+    @abc.abstractmethod
+    async def write(self, batch: RecordBatch) -> WriteOutcome:
+        """Deliver `batch` (in order) and classify the outcome."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every resource; never raises."""

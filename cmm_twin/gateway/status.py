@@ -1,0 +1,43 @@
+"""Live figures of the gateway, read by /health, /metrics and the OPC UA `Gateway` object."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SinkStatus:
+    """State of one sink: `starting`, `connected`, `buffering` (outage), `refused` or `closed`."""
+
+    state: str = "starting"
+    buffer_depth: int = 0
+    oldest_age_s: float = 0.0
+    rows_out: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class GatewayStatus:
+    """Counters and per-sink state; one instance per running gateway, mutated on the event loop."""
+
+    started_monotonic: float = field(default_factory=time.monotonic)
+    files_processed: int = 0
+    rows_in: int = 0
+    rows_rejected: int = 0
+    sinks: dict[str, SinkStatus] = field(default_factory=dict)
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since start."""
+        return time.monotonic() - self.started_monotonic
+
+    @property
+    def buffer_depth(self) -> int:
+        """Records not yet acknowledged, all durable sinks together."""
+        return sum(s.buffer_depth for s in self.sinks.values())
+
+    def connected(self, sink_name: str) -> bool:
+        """True when the named sink exists and is delivering."""
+        sink = self.sinks.get(sink_name)
+        return sink is not None and sink.state == "connected"

@@ -1,0 +1,90 @@
+"""HTTP side of the gateway (aiohttp): /health and /metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.status import GatewayStatus
+
+log = logging.getLogger(__name__)
+
+STATUS_KEY = web.AppKey("status", GatewayStatus)
+METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
+ExtraHealth = Callable[[], dict[str, Any]]
+EXTRA_KEY: web.AppKey[ExtraHealth] = web.AppKey("extra")
+
+
+def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The /health JSON and its HTTP status: 503 when a sink failed to start, else 200."""
+    failed = [name for name, sink in status.sinks.items() if sink.state == "failed"]
+    body: dict[str, Any] = {
+        "status": "failed" if failed else "ok",
+        "uptime_s": round(status.uptime_s, 3),
+        "files_processed": status.files_processed,
+        "rows_in": status.rows_in,
+        "rows_rejected": status.rows_rejected,
+        "buffer_depth": status.buffer_depth,
+        "sinks": {
+            name: {
+                "state": sink.state,
+                "buffer_depth": sink.buffer_depth,
+                "oldest_age_s": round(sink.oldest_age_s, 3),
+                "rows_out": sink.rows_out,
+                "last_error": sink.last_error,
+            }
+            for name, sink in status.sinks.items()
+        },
+        **extra,
+    }
+    return body, (503 if failed else 200)
+
+
+async def _health(request: web.Request) -> web.Response:
+    body, code = health_document(request.app[STATUS_KEY], request.app[EXTRA_KEY]())
+    return web.json_response(body, status=code)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS_KEY].exposition(), headers={"Content-Type": "text/plain; version=0.0.4"}
+    )
+
+
+def build_app(status: GatewayStatus, metrics: GatewayMetrics, extra: Callable[[], dict[str, Any]]) -> web.Application:
+    """The aiohttp application serving the gateway's HTTP API."""
+    app = web.Application()
+    app[STATUS_KEY] = status
+    app[METRICS_KEY] = metrics
+    app[EXTRA_KEY] = extra
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+class HttpServer:
+    """Serves `build_app` on host:port; `port` is the real port (useful with port 0)."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self.host = host
+        self.port = port
+
+    async def start(self) -> None:
+        """Bind and serve; raises OSError when the address cannot be bound."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        await self._runner.cleanup()

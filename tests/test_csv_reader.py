@@ -1,0 +1,646 @@
+"""The inbox CSV reader and validator against the contract of DESIGN.md section 2."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cmm_twin.errors import ConfigError
+from cmm_twin.gateway.ingest import csv_reader
+from cmm_twin.gateway.ingest.csv_reader import (
+    MAX_LINE_BYTES,
+    READ_BLOCK_BYTES,
+    FileRejected,
+    IngestSettings,
+    ParsedChunk,
+    RowError,
+    ValidRows,
+    _check_timestamp,
+    _check_timestamps,
+    measurement_ids,
+    read_chunks,
+    to_records,
+)
+from cmm_twin.physics.materials import MATERIALS
+from cmm_twin.physics.thermal import PhysicsConfig, evaluate
+from cmm_twin.records import RecordBatch, canonical_timestamp, measurement_id
+
+HEADER = "timestamp,machine_id,part_id,feature,material,nominal_mm,tolerance_mm,measured_mm,part_temp_c,air_temp_c"
+GOOD_ROW = "2024-05-01T08:00:00.250Z,CMM-01,P0001,length_x,AL6061,100.0000,0.0500,100.01180,25.000,21.000"
+DEFAULTS = IngestSettings()
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "in.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def read_all(path: Path, ingest: IngestSettings = DEFAULTS) -> tuple[list[ParsedChunk], list[RowError]]:
+    chunks = list(read_chunks(path, ingest))
+    return chunks, [e for c in chunks for e in c.errors]
+
+
+def only_rows(path: Path, ingest: IngestSettings = DEFAULTS) -> ValidRows:
+    chunks, errors = read_all(path, ingest)
+    assert errors == []
+    assert len(chunks) == 1
+    return chunks[0].rows
+
+
+def row_errors(tmp_path: Path, *rows: str, valid: int = 1) -> list[RowError]:
+    """Errors of a file holding `rows` after one good row (so data rows start at line 3)."""
+    path = write(tmp_path, "\n".join([HEADER, GOOD_ROW, *rows]) + "\n")
+    chunks, errors = read_all(path)
+    assert sum(len(c.rows) for c in chunks) == valid
+    return errors
+
+
+def rows_as_tuples(rows: ValidRows) -> list[tuple[object, ...]]:
+    """Every column of `rows`, row by row (NaN compared as a string)."""
+    columns = [getattr(rows, f.name) for f in fields(rows)]
+    out: list[tuple[object, ...]] = []
+    for i in range(len(rows)):
+        values: list[object] = []
+        for column in columns:
+            value = column[i].item() if isinstance(column, np.ndarray) else column[i]
+            values.append("nan" if isinstance(value, float) and math.isnan(value) else value)
+        out.append(tuple(values))
+    return out
+
+
+def lines_of(count: int, start: int = 0) -> list[str]:
+    """`count` valid data rows (8 features per part, a timestamp per part)."""
+    t0 = datetime(2024, 5, 1, 8, tzinfo=UTC)
+    out = []
+    for i in range(start, start + count):
+        stamp = f"{t0 + timedelta(seconds=i // 8):%Y-%m-%dT%H:%M:%S}.000Z"
+        out.append(
+            f"{stamp},CMM-0{i % 3},P{i // 8:06d},f{i % 8},AL6061,{50 + i % 7}.0000,0.0500,"
+            f"{50 + i % 7}.00{i % 10}00,{20 + (i % 50) / 10:.3f},{20.5:.3f}"
+        )
+    return out
+
+
+# --- a good file -----------------------------------------------------------------------------
+
+
+def test_good_file_gives_values_canonical_timestamps_and_ids(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEADER + "\n" + GOOD_ROW + "\n"
+        "2024-05-01T10:00:00+02:00,CMM-02,P 0002,bore_d,ss304,12.0000,0.0100,11.99990,19.500,19.750\n",
+    )
+    rows = only_rows(path)
+    assert rows.line.tolist() == [2, 3]
+    assert rows.timestamp == ["2024-05-01T08:00:00.250000Z", "2024-05-01T08:00:00.000000Z"]
+    assert rows.timestamp_ns.tolist() == [1714550400250000000, 1714550400000000000]
+    assert rows.machine_id == ["CMM-01", "CMM-02"]
+    assert rows.part_id == ["P0001", "P 0002"]
+    assert rows.feature == ["length_x", "bore_d"]
+    assert rows.material == ["AL6061", "SS304"]
+    assert rows.cte_per_k.tolist() == [MATERIALS["AL6061"].cte_per_k, MATERIALS["SS304"].cte_per_k]
+    assert rows.cte_u_per_k.tolist() == [MATERIALS["AL6061"].cte_u_per_k, MATERIALS["SS304"].cte_u_per_k]
+    assert rows.nominal_mm.tolist() == [100.0, 12.0]
+    assert rows.tolerance_mm.tolist() == [0.05, 0.01]
+    assert rows.measured_mm.tolist() == [100.0118, 11.9999]
+    assert rows.part_temp_c.tolist() == [25.0, 19.5]
+    assert rows.air_temp_c.tolist() == [21.0, 19.75]
+    assert np.isnan(rows.scale_temp_c).all()
+    first = datetime(2024, 5, 1, 8, 0, 0, 250000, tzinfo=UTC)
+    second = datetime(2024, 5, 1, 10, tzinfo=timezone(timedelta(hours=2)))
+    assert rows.measurement_id == [
+        measurement_id("CMM-01", "P0001", "length_x", first),
+        measurement_id("CMM-02", "P 0002", "bore_d", second),
+    ]
+
+
+def test_z_and_utc_offset_spellings_give_the_same_id(tmp_path: Path) -> None:
+    rows = [GOOD_ROW, GOOD_ROW.replace(".250Z", ".25+00:00"), GOOD_ROW.replace("08:00:00.250Z", "09:00:00.250+01:00")]
+    got = only_rows(write(tmp_path, "\n".join([HEADER, *rows]) + "\n"))
+    assert len(set(got.measurement_id)) == 1
+    assert got.timestamp == ["2024-05-01T08:00:00.250000Z"] * 3
+
+
+def test_columns_in_another_order_with_an_unknown_extra_column(tmp_path: Path) -> None:
+    text = (
+        "part_temp_c, Measured_MM ,comment,feature,part_id,machine_id,timestamp,tolerance_mm,nominal_mm\n"
+        "25.0,100.0118,re-measured,length_x,P0001,CMM-01,2024-05-01T08:00:00.250Z,0.05,100\n"
+    )
+    rows = only_rows(write(tmp_path, text))
+    assert rows.part_id == ["P0001"]
+    assert rows.measured_mm.tolist() == [100.0118]
+    assert rows.nominal_mm.tolist() == [100.0]
+    assert rows.part_temp_c.tolist() == [25.0]
+    assert rows.material == ["AL6061"]  # no material column: the default
+    assert np.isnan(rows.air_temp_c).all()
+    assert rows.measurement_id == [
+        measurement_id("CMM-01", "P0001", "length_x", datetime(2024, 5, 1, 8, 0, 0, 250000, tzinfo=UTC))
+    ]
+
+
+def test_bom_and_crlf_are_accepted_and_offsets_stay_exact(tmp_path: Path) -> None:
+    text = "\ufeff" + HEADER + "\r\n" + GOOD_ROW + "\r\n" + GOOD_ROW.replace("P0001", "P0002") + "\r\n"
+    path = write(tmp_path, text)
+    chunks, errors = read_all(path)
+    assert errors == []
+    assert [c.end_offset for c in chunks] == [path.stat().st_size]
+    assert chunks[0].rows.part_id == ["P0001", "P0002"]
+    assert chunks[0].rows.air_temp_c.tolist() == [21.0, 21.0]  # no "\r" left on the last column
+
+
+def test_crlf_line_without_final_newline(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "\r\n" + GOOD_ROW + "\r\n" + GOOD_ROW.replace("P0001", "P0002"))
+    chunks, errors = read_all(path)
+    assert errors == []
+    assert chunks[0].rows.part_id == ["P0001", "P0002"]
+    assert (chunks[0].end_offset, chunks[0].end_line) == (path.stat().st_size, 3)
+
+
+def test_quoted_comma_in_part_id(tmp_path: Path) -> None:
+    row = GOOD_ROW.replace("P0001", '"P,0001"')
+    rows = only_rows(write(tmp_path, "\n".join([HEADER, row, GOOD_ROW]) + "\n"))
+    assert rows.part_id == ["P,0001", "P0001"]
+    assert rows.measured_mm.tolist() == [100.0118, 100.0118]
+
+
+def test_blank_lines_are_skipped_silently(tmp_path: Path) -> None:
+    text = "\n" + HEADER + "\n\n" + GOOD_ROW + "\n   \n\r\n" + GOOD_ROW.replace("P0001", "P0002") + "\n\n"
+    rows = only_rows(write(tmp_path, text))
+    assert rows.line.tolist() == [4, 7]
+
+
+def test_header_names_are_case_insensitive(tmp_path: Path) -> None:
+    rows = only_rows(write(tmp_path, HEADER.upper() + "\n" + GOOD_ROW + "\n"))
+    assert rows.part_id == ["P0001"]
+
+
+# --- file-level rejection --------------------------------------------------------------------
+
+
+def rejection(path: Path) -> FileRejected:
+    with pytest.raises(FileRejected) as caught:
+        list(read_chunks(path, DEFAULTS))
+    return caught.value
+
+
+def test_empty_file_is_rejected(tmp_path: Path) -> None:
+    error = rejection(write(tmp_path, b""))
+    assert (error.reason, error.line) == ("empty file", None)
+
+
+def test_file_of_blank_lines_has_no_header(tmp_path: Path) -> None:
+    error = rejection(write(tmp_path, "\n \r\n"))
+    assert (error.reason, error.line) == ("no header: the file has only blank lines", None)
+
+
+def test_header_only_file_is_valid_and_yields_nothing(tmp_path: Path) -> None:
+    assert read_all(write(tmp_path, HEADER + "\n")) == ([], [])
+    assert read_all(write(tmp_path, HEADER)) == ([], [])
+    assert read_all(write(tmp_path, HEADER + "\n\n\n")) == ([], [])
+
+
+def test_missing_required_columns_reject_the_file(tmp_path: Path) -> None:
+    header = HEADER.replace("part_temp_c,", "").replace("tolerance_mm,", "")
+    error = rejection(write(tmp_path, header + "\n" + "x\n"))
+    assert (error.reason, error.line) == ("missing required column(s): tolerance_mm, part_temp_c", 1)
+
+
+def test_a_data_row_as_header_rejects_the_file(tmp_path: Path) -> None:
+    error = rejection(write(tmp_path, GOOD_ROW + "\n"))
+    assert error.reason.startswith("missing required column(s): timestamp, machine_id")
+
+
+def test_duplicate_columns_reject_the_file(tmp_path: Path) -> None:
+    error = rejection(write(tmp_path, "\n" + HEADER + ",Measured_mm,note,note\n"))
+    assert (error.reason, error.line) == ("duplicate column(s): measured_mm", 2)
+
+
+def test_non_utf8_bytes_reject_the_file_with_their_line(tmp_path: Path) -> None:
+    data = (HEADER + "\n" + GOOD_ROW + "\n" + GOOD_ROW + "\n").encode().replace(b"P0001", b"P\xff01", 2)
+    error = rejection(write(tmp_path, data))
+    assert (error.reason, error.line) == ("not UTF-8: invalid byte 0xff at line 2", 2)
+    error = rejection(write(tmp_path, HEADER.encode().replace(b"part_id", b"part\xc3id") + b"\n"))
+    assert (error.reason, error.line) == ("not UTF-8: invalid byte 0xc3 at line 1", 1)
+
+
+def test_non_utf8_late_in_a_big_file_is_found_before_any_chunk(tmp_path: Path) -> None:
+    lines = lines_of(30_000)
+    lines[29_000] = lines[29_000].replace("CMM-0", "CMM-\xe9")
+    path = write(tmp_path, (HEADER + "\n" + "\n".join(lines) + "\n").encode("latin-1"))
+    reader = read_chunks(path, IngestSettings(chunk_rows=100))
+    with pytest.raises(FileRejected) as caught:
+        next(reader)
+    assert (caught.value.reason, caught.value.line) == ("not UTF-8: invalid byte 0xe9 at line 29002", 29002)
+
+
+def test_non_utf8_written_while_reading_raises_mid_file(tmp_path: Path) -> None:
+    lines = lines_of(40_000)
+    path = write(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n")
+    assert path.stat().st_size > 2 * READ_BLOCK_BYTES
+    reader = read_chunks(path, IngestSettings(chunk_rows=10))
+    first = next(reader)
+    assert first.end_line == 11
+    bad_offset = path.stat().st_size - 10  # in the last line, far beyond what was read yet
+    with open(path, "r+b") as handle:
+        handle.seek(bad_offset)
+        handle.write(b"\xff")
+    with pytest.raises(FileRejected) as caught:
+        for _ in reader:
+            pass
+    assert (caught.value.reason, caught.value.line) == ("not UTF-8: invalid byte 0xff at line 40001", 40001)
+
+
+def test_overlong_line_rejects_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "\n" + GOOD_ROW + "\n" + "x" * (MAX_LINE_BYTES + 10) + "\n")
+    error = rejection(path)
+    assert (error.reason, error.line) == (f"a line is longer than {MAX_LINE_BYTES} bytes", 3)
+
+
+# --- row errors ------------------------------------------------------------------------------
+
+
+def test_non_numeric_nan_inf_negative_and_zero_values(tmp_path: Path) -> None:
+    errors = row_errors(
+        tmp_path,
+        GOOD_ROW.replace("100.0000", "abc"),
+        GOOD_ROW.replace("0.0500", "nan"),
+        GOOD_ROW.replace("100.01180", "inf"),
+        GOOD_ROW.replace("100.01180", "-1.0"),
+        GOOD_ROW.replace("0.0500", "0"),
+        GOOD_ROW.replace("100.0000", ""),
+        GOOD_ROW.replace("100.0000", "1_000"),
+        GOOD_ROW.replace("25.000", "-Infinity"),
+    )
+    assert errors == [
+        RowError(3, "nominal_mm", "not a number: 'abc'"),
+        RowError(4, "tolerance_mm", "not a finite number: 'nan'"),
+        RowError(5, "measured_mm", "not a finite number: 'inf'"),
+        RowError(6, "measured_mm", "must be > 0, got -1.0"),
+        RowError(7, "tolerance_mm", "must be > 0, got 0.0"),
+        RowError(8, "nominal_mm", "missing value"),
+        RowError(9, "nominal_mm", "not a number: '1_000'"),
+        RowError(10, "part_temp_c", "not a finite number: '-Infinity'"),
+    ]
+
+
+def test_bad_values_found_by_the_vectorised_path(tmp_path: Path) -> None:
+    # Every value of the column parses as a float: NumPy converts the column at once.
+    errors = row_errors(tmp_path, GOOD_ROW.replace("100.0000", "NaN"), GOOD_ROW.replace("0.0500", "-0.05"))
+    assert errors == [
+        RowError(3, "nominal_mm", "not a finite number: 'NaN'"),
+        RowError(4, "tolerance_mm", "must be > 0, got -0.05"),
+    ]
+
+
+def test_temperatures_out_of_the_plausible_range(tmp_path: Path) -> None:
+    errors = row_errors(
+        tmp_path,
+        GOOD_ROW.replace(",25.000,", ",95.0,"),
+        GOOD_ROW.replace(",21.000", ",-20.5"),
+        GOOD_ROW.replace(",21.000", ",nan"),
+        GOOD_ROW.replace(",21.000", ",warm"),
+        GOOD_ROW.replace(",25.000,", ",,"),
+    )
+    assert errors == [
+        RowError(3, "part_temp_c", "outside the plausible range -20..80 degC, got 95.0"),
+        RowError(4, "air_temp_c", "outside the plausible range -20..80 degC, got -20.5"),
+        RowError(5, "air_temp_c", "not a finite number: 'nan'"),
+        RowError(6, "air_temp_c", "not a number: 'warm'"),
+        RowError(7, "part_temp_c", "missing value"),
+    ]
+
+
+def test_plausible_range_is_configurable(tmp_path: Path) -> None:
+    path = write(tmp_path, "\n".join([HEADER, GOOD_ROW, GOOD_ROW.replace(",25.000,", ",35.5,")]) + "\n")
+    _, errors = read_all(path, IngestSettings(plausible_min_c=10.0, plausible_max_c=30.0))
+    assert errors == [RowError(3, "part_temp_c", "outside the plausible range 10..30 degC, got 35.5")]
+
+
+def test_empty_optional_air_temperature_is_nan(tmp_path: Path) -> None:
+    rows = only_rows(write(tmp_path, "\n".join([HEADER, GOOD_ROW, GOOD_ROW.replace(",21.000", ", ")]) + "\n"))
+    assert rows.air_temp_c[0] == 21.0
+    assert math.isnan(rows.air_temp_c[1])
+    all_empty = only_rows(write(tmp_path, "\n".join([HEADER, GOOD_ROW.replace(",21.000", ",")]) + "\n"))
+    assert math.isnan(all_empty.air_temp_c[0])
+    # empty and a literal "nan" in the same column: only the literal is an error
+    errors = row_errors(tmp_path, GOOD_ROW.replace(",21.000", ",nan"), GOOD_ROW.replace(",21.000", ","), valid=2)
+    assert errors == [RowError(3, "air_temp_c", "not a finite number: 'nan'")]
+
+
+def test_scale_temperature_column(tmp_path: Path) -> None:
+    text = HEADER + ",scale_temp_c\n" + GOOD_ROW + ",20.5\n" + GOOD_ROW + ",\n"
+    rows = only_rows(write(tmp_path, text))
+    assert rows.scale_temp_c[0] == 20.5
+    assert math.isnan(rows.scale_temp_c[1])
+
+
+def test_unknown_material_and_default_material(tmp_path: Path) -> None:
+    errors = row_errors(tmp_path, GOOD_ROW.replace("AL6061", "XYZ"))
+    assert errors == [RowError(3, "material", "unknown material 'XYZ'")]
+    rows = only_rows(write(tmp_path, "\n".join([HEADER, GOOD_ROW.replace("AL6061", ""), GOOD_ROW]) + "\n"))
+    assert rows.material == ["AL6061", "AL6061"]
+    steel = IngestSettings(default_material="steel_1020")
+    rows = only_rows(write(tmp_path, "\n".join([HEADER, GOOD_ROW.replace("AL6061", ""), GOOD_ROW]) + "\n"), steel)
+    assert rows.material == ["STEEL_1020", "AL6061"]
+    assert rows.cte_per_k.tolist() == [11.7e-6, 23.6e-6]
+
+
+def test_default_material_when_the_column_is_absent(tmp_path: Path) -> None:
+    header = HEADER.replace("material,", "")
+    row = GOOD_ROW.replace("AL6061,", "")
+    rows = only_rows(write(tmp_path, f"{header}\n{row}\n"), IngestSettings(default_material="INVAR36"))
+    assert rows.material == ["INVAR36"]
+    assert rows.cte_per_k.tolist() == [1.3e-6]
+
+
+def test_bad_identifiers(tmp_path: Path) -> None:
+    errors = row_errors(
+        tmp_path,
+        GOOD_ROW.replace("CMM-01", "CMM 01"),
+        GOOD_ROW.replace("CMM-01", "M" * 65),
+        GOOD_ROW.replace("length_x", "länge"),
+        GOOD_ROW.replace("P0001", "  "),
+        GOOD_ROW.replace("P0001", "P" * 65),
+        GOOD_ROW.replace("P0001", "P\x0701"),
+    )
+    assert errors == [
+        RowError(3, "machine_id", "must match [A-Za-z0-9_.-]{1,64}, got 'CMM 01'"),
+        RowError(4, "machine_id", f"must match [A-Za-z0-9_.-]{{1,64}}, got '{'M' * 65}'"),
+        RowError(5, "feature", "must match [A-Za-z0-9_.-]{1,64}, got 'länge'"),
+        RowError(6, "part_id", "missing value"),
+        RowError(7, "part_id", "longer than 64 characters (65)"),
+        RowError(8, "part_id", "not printable: 'P\\x0701'"),
+    ]
+
+
+def test_identifiers_are_stripped(tmp_path: Path) -> None:
+    row = GOOD_ROW.replace("CMM-01", " CMM-01 ").replace("P0001", " P0001\t")
+    rows = only_rows(write(tmp_path, f"{HEADER}\n{row}\n"))
+    assert (rows.machine_id, rows.part_id) == (["CMM-01"], ["P0001"])
+    assert rows.measurement_id == only_rows(write(tmp_path, f"{HEADER}\n{GOOD_ROW}\n")).measurement_id
+
+
+def test_bad_timestamps(tmp_path: Path) -> None:
+    errors = row_errors(
+        tmp_path,
+        GOOD_ROW.replace("2024-05-01T08:00:00.250Z", "2024-05-01T08:00:00.250"),
+        GOOD_ROW.replace("2024-05-01T08:00:00.250Z", "yesterday"),
+        GOOD_ROW.replace("2024-05-01T08:00:00.250Z", "2024-04-31T08:00:00Z"),
+        GOOD_ROW.replace("2024-05-01T08:00:00.250Z", ""),
+        GOOD_ROW.replace("2024-05-01T08:00:00.250Z", "2300-01-01T00:00:00Z"),
+    )
+    assert errors == [
+        RowError(3, "timestamp", "timestamp needs a UTC offset"),
+        RowError(4, "timestamp", "not an ISO 8601 timestamp: 'yesterday'"),
+        RowError(5, "timestamp", "not an ISO 8601 timestamp: '2024-04-31T08:00:00Z'"),
+        RowError(6, "timestamp", "missing value"),
+        RowError(7, "timestamp", "timestamp out of range: '2300-01-01T00:00:00Z'"),
+    ]
+
+
+def test_wrong_field_count_and_unreadable_quoting(tmp_path: Path) -> None:
+    errors = row_errors(
+        tmp_path,
+        ",".join(GOOD_ROW.split(",")[:7]),
+        GOOD_ROW + ",extra",
+        GOOD_ROW.replace("P0001", '"P0001'),
+        GOOD_ROW.replace("P0001", 'P"00"01'),  # a quote inside an unquoted field is kept
+        valid=2,
+    )
+    assert errors == [
+        RowError(3, None, "expected 10 fields, got 7"),
+        RowError(4, None, "expected 10 fields, got 11"),
+        RowError(5, None, "unreadable CSV (a quoted field cannot span lines)"),
+    ]
+
+
+def test_quoted_line_break_is_not_supported(tmp_path: Path) -> None:
+    row = GOOD_ROW.replace("P0001", '"P00\n01"')
+    errors = row_errors(tmp_path, row, GOOD_ROW, valid=2)
+    assert errors == [  # each physical line is a row of its own
+        RowError(3, None, "unreadable CSV (a quoted field cannot span lines)"),
+        RowError(4, None, "expected 10 fields, got 8"),
+    ]
+
+
+def test_a_row_reports_its_first_problem_in_contract_order(tmp_path: Path) -> None:
+    row = "2024-05-01T08:00:00,CMM 01,P0001,length_x,XYZ,-1,0,abc,95,200"
+    errors = row_errors(tmp_path, row, row.replace("2024-05-01T08:00:00", "2024-05-01T08:00:00Z"))
+    assert errors == [
+        RowError(3, "timestamp", "timestamp needs a UTC offset"),
+        RowError(4, "machine_id", "must match [A-Za-z0-9_.-]{1,64}, got 'CMM 01'"),
+    ]
+    row = "2024-05-01T08:00:00Z,CMM-01,P0001,length_x,AL6061,100,0.05,100,95,200"
+    assert row_errors(tmp_path, row) == [
+        RowError(3, "part_temp_c", "outside the plausible range -20..80 degC, got 95.0")
+    ]
+
+
+# --- chunks and resuming ---------------------------------------------------------------------
+
+
+def test_chunks_of_a_25000_row_file_resume_exactly(tmp_path: Path) -> None:
+    lines = lines_of(25_000)
+    path = write(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n")
+    ingest = IngestSettings(chunk_rows=10_000)
+    chunks = list(read_chunks(path, ingest))
+    assert [len(c.rows) for c in chunks] == [10_000, 10_000, 5_000]
+    assert [c.end_line for c in chunks] == [10_001, 20_001, 25_001]
+    header_bytes = len(HEADER) + 1
+    assert [c.end_offset for c in chunks] == [
+        header_bytes + sum(len(line) + 1 for line in lines[:10_000]),
+        header_bytes + sum(len(line) + 1 for line in lines[:20_000]),
+        path.stat().st_size,
+    ]
+    assert chunks[1].rows.line[0] == 10_002
+    resumed = list(read_chunks(path, ingest, chunks[0].end_offset, chunks[0].end_line))
+    assert len(resumed) == 2
+    for again, before in zip(resumed, chunks[1:], strict=True):
+        assert rows_as_tuples(again.rows) == rows_as_tuples(before.rows)
+        assert (again.end_offset, again.end_line) == (before.end_offset, before.end_line)
+    assert list(read_chunks(path, ingest, chunks[-1].end_offset, chunks[-1].end_line)) == []
+
+
+def test_resume_point_must_be_a_line_start(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "\n" + GOOD_ROW + "\n" + GOOD_ROW + "\n")
+    with pytest.raises(ValueError, match="not at the start of a line"):
+        list(read_chunks(path, DEFAULTS, len(HEADER) + 5, 1))
+    with pytest.raises(ValueError, match="not in the data part"):
+        list(read_chunks(path, DEFAULTS, 3, 1))
+
+
+LINE_KINDS = st.sampled_from(
+    [
+        GOOD_ROW,
+        GOOD_ROW.replace("P0001", "P0002"),
+        GOOD_ROW.replace("P0001", '"P,0003"'),
+        GOOD_ROW.replace(",21.000", ","),
+        GOOD_ROW.replace("AL6061", "brass_c360"),
+        GOOD_ROW.replace("2024-05-01T08:00:00.250Z", "2024-05-01T09:30:00+01:30"),
+        GOOD_ROW.replace("100.0000", "abc"),
+        GOOD_ROW.replace("CMM-01", "CMM 01"),
+        GOOD_ROW.replace("P0001", '"P0001'),
+        GOOD_ROW + ",extra",
+        "",
+        "  ",
+    ]
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(LINE_KINDS, min_size=0, max_size=40),
+    chunk_rows=st.integers(min_value=1, max_value=45),
+    block_lines=st.integers(min_value=1, max_value=9),
+    crlf=st.booleans(),
+    final_newline=st.booleans(),
+)
+def test_any_chunk_size_gives_the_same_rows_and_resumes(
+    tmp_path: Path, lines: list[str], chunk_rows: int, block_lines: int, crlf: bool, final_newline: bool
+) -> None:
+    end = "\r\n" if crlf else "\n"
+    path = write(tmp_path, end.join([HEADER, *lines]) + (end if final_newline else ""), "prop.csv")
+    whole = list(read_chunks(path, IngestSettings(chunk_rows=1000)))
+    with pytest.MonkeyPatch.context() as patch:  # parse blocks inside a chunk, as small as a line
+        patch.setattr(csv_reader, "PARSE_BLOCK_LINES", block_lines)
+        split = list(read_chunks(path, IngestSettings(chunk_rows=chunk_rows)))
+    assert [c.end_line for c in split] == sorted({c.end_line for c in split})
+    assert len(whole) <= 1
+
+    def flatten(chunks: list[ParsedChunk]) -> tuple[list[tuple[object, ...]], list[RowError]]:
+        return [r for c in chunks for r in rows_as_tuples(c.rows)], [e for c in chunks for e in c.errors]
+
+    assert flatten(split) == flatten(whole)
+    assert all(len(c.rows) + len(c.errors) > 0 for c in split)
+    if whole and lines[-1].strip():  # (trailing blank lines make no chunk of their own)
+        assert (split[-1].end_offset, split[-1].end_line) == (whole[0].end_offset, whole[0].end_line)
+    for i, chunk in enumerate(split):  # resuming after any chunk gives the chunks after it
+        resumed = list(read_chunks(path, IngestSettings(chunk_rows=chunk_rows), chunk.end_offset, chunk.end_line))
+        assert flatten(resumed) == flatten(split[i + 1 :])
+
+
+# --- ids and timestamps ----------------------------------------------------------------------
+
+ID_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\n"), min_size=1, max_size=20)
+MOMENTS = st.datetimes(
+    min_value=datetime(1677, 9, 22), max_value=datetime(2262, 4, 11), timezones=st.just(UTC)
+) | st.datetimes(
+    min_value=datetime(1700, 1, 1),
+    max_value=datetime(2200, 1, 1),
+    timezones=st.sampled_from([timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.lists(st.tuples(ID_TEXT, ID_TEXT, ID_TEXT, MOMENTS), min_size=0, max_size=20))
+def test_measurement_ids_equal_records_measurement_id(rows: list[tuple[str, str, str, datetime]]) -> None:
+    stamps = [canonical_timestamp(m) for _, _, _, m in rows]
+    got = measurement_ids([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], stamps)
+    assert got == [measurement_id(a, b, c, m) for a, b, c, m in rows]
+
+
+def test_measurement_ids_with_a_line_break_in_a_value() -> None:
+    moment = datetime(2024, 5, 1, tzinfo=UTC)
+    got = measurement_ids(["A", "B"], ["x\ny", "z"], ["f", "g"], [canonical_timestamp(moment)] * 2)
+    assert got == [measurement_id("A", "x\ny", "f", moment), measurement_id("B", "z", "g", moment)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    moments=st.lists(MOMENTS, min_size=1, max_size=5),
+    digits=st.integers(min_value=0, max_value=6),
+    utc_spelling=st.sampled_from(["Z", "+00:00"]),
+    invalid=st.lists(
+        st.sampled_from(["", "garbage", "2024-04-31T08:00:00Z", "2024-05-01T08:00:00", "2300-01-01T00:00:00Z"]),
+        max_size=2,
+    ),
+)
+def test_vectorised_timestamps_equal_the_exact_path(
+    moments: list[datetime], digits: int, utc_spelling: str, invalid: list[str]
+) -> None:
+    texts = []
+    for moment in moments:
+        text = moment.isoformat(timespec="microseconds")
+        text = text[: len(text) - 6 - (6 - digits) - (1 if digits == 0 else 0)] + text[-6:]
+        if moment.utcoffset() == timedelta(0):
+            text = text[:-6] + utc_spelling
+        texts.append(text)
+    checked = _check_timestamps([*texts, *invalid])
+    assert checked == [_check_timestamp(t) for t in [*texts, *invalid]]
+    assert all(reason is not None for _, reason in checked[len(texts) :])
+    for text, (value, reason) in zip(texts, checked, strict=False):
+        assert reason is None
+        parsed = datetime.fromisoformat(text)
+        assert value[0] == canonical_timestamp(parsed)
+        assert value[1] == (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+# --- physics ---------------------------------------------------------------------------------
+
+
+def test_to_records_equals_calling_the_physics_directly(tmp_path: Path) -> None:
+    lines = lines_of(50)
+    lines[3] = lines[3].replace(",20.500", ",")
+    path = write(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n")
+    rows = only_rows(path)
+    config = PhysicsConfig()
+    batch = to_records(rows, config)
+    assert isinstance(batch, RecordBatch)
+    expected = evaluate(
+        rows.measured_mm,
+        rows.part_temp_c,
+        rows.nominal_mm,
+        rows.tolerance_mm,
+        rows.cte_per_k,
+        rows.cte_u_per_k,
+        rows.air_temp_c,
+        rows.scale_temp_c,
+        config,
+    )
+    assert len(batch) == 50
+    assert batch.compensated_mm.tolist() == expected.compensated_mm.tolist()
+    assert batch.correction_um.tolist() == expected.correction_um.tolist()
+    assert batch.deviation_um.tolist() == expected.deviation_um.tolist()
+    assert batch.uncertainty_um.tolist() == expected.uncertainty_um.tolist()
+    assert batch.verdict.tolist() == expected.verdict.tolist()
+    assert batch.flags.tolist() == expected.flags.tolist()
+    assert batch.measurement_id == rows.measurement_id
+    assert batch.timestamp == rows.timestamp
+    assert batch.timestamp_ns.tolist() == rows.timestamp_ns.tolist()
+    assert batch.material == rows.material
+    record = batch.to_dicts()[3]
+    assert record["air_temp_c"] is None
+    assert record["scale_temp_c"] is None
+    # 100 mm of AL6061 read at 25 degC is 100.0118 / (1 + 23.6e-6 * 5) at 20 degC.
+    one = to_records(only_rows(write(tmp_path, f"{HEADER}\n{GOOD_ROW}\n")), config)
+    assert one.compensated_mm[0] == pytest.approx(100.0118 / (1 + 23.6e-6 * 5), abs=1e-12)
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="chunk_rows"):
+        IngestSettings(chunk_rows=0)
+    with pytest.raises(ConfigError, match="default_material"):
+        IngestSettings(default_material="UNOBTAINIUM")
+    with pytest.raises(ConfigError, match="plausible_min_c"):
+        IngestSettings(plausible_min_c=50.0, plausible_max_c=40.0)
+    with pytest.raises(ConfigError, match="plausible_max_c"):
+        IngestSettings(plausible_max_c=math.inf)
+
+
+def test_row_error_json() -> None:
+    assert RowError(3, None, "expected 10 fields, got 7").to_json() == {
+        "line": 3,
+        "column": None,
+        "reason": "expected 10 fields, got 7",
+    }
