@@ -19,7 +19,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 run: $(STAMP)
-	$(PY) cmm_simulator.py --outdir data/inbox --truth-dir data/truth
+	PY=$(PY) bash scripts/run.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cmm_twin.gateway.app import Gateway
-from cmm_twin.gateway.cli import setup_logging
 from cmm_twin.gateway.config import load_config
+from cmm_twin.logs import setup_logging
 from tests.gateway_harness import RecordingSink
 
 

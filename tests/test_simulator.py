@@ -326,8 +326,8 @@ def test_bad_environment_variable_is_named_and_flag_overrides_it(tmp_path: Path)
 def test_start_and_summary_are_logged(tmp_path: Path) -> None:
     result = run_cli(["--outdir", str(tmp_path), "--count", "2", "--rate", "0", "--seed", "4"])
     assert result.returncode == 0
-    assert re.search(r"INFO .*simulator started: outdir=.* machines=3 count=2 seed=4", result.stderr)
-    assert re.search(r"INFO .*simulator done: 2 parts, 4 measurements", result.stderr)
+    assert re.search(r"INFO: simulator started: outdir=.* machines=3 count=2 seed=4", result.stderr)
+    assert re.search(r"INFO: simulator done: 2 parts, 4 measurements", result.stderr)
 
 
 # ----------------------------------------------------------------------------- kills and signals

@@ -12,17 +12,9 @@ from cmm_twin.envfile import load_env_file
 from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.gateway.app import Gateway
 from cmm_twin.gateway.config import PROG, GatewayConfig, load_config
+from cmm_twin.logs import setup_logging
 
 log = logging.getLogger("cmm_twin.gateway")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [%(name)s]"
-
-
-def setup_logging(level: str) -> None:
-    """Log lines like `2026-01-05 06:00:00,123 WARNING: Network Lost! Buffering... [module]`."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("asyncua", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 async def serve(config: GatewayConfig) -> int:

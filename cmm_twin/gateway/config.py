@@ -328,6 +328,14 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _check_combinations(config: GatewayConfig) -> None:
     if config.default_material.upper() not in config.materials:
         raise ConfigError("--default-material", f"unknown material {config.default_material!r}")
+    if config.historian != "influx":
+        for flag, value in (
+            ("--influx-url", config.influx_url),
+            ("--influx-org", config.influx_org),
+            ("--influx-bucket", config.influx_bucket),
+        ):
+            if value is not None:
+                raise ConfigError(flag, "only used with --historian influx")
     if config.mes_url is not None:
         raise ConfigError("--mes-url", "the MES sink is not available in this version yet")
     host = config.http[0]

@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.logs import setup_logging
 from cmm_twin.simulator.shop import BLOCK_PARTS, MAX_MACHINES, ShopModel, ShopScenario
 from cmm_twin.simulator.writer import PartFileWriter, format_timestamp
 
@@ -306,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(settings.log_level)
     for flag, directory in (("--outdir", settings.outdir), ("--truth-dir", settings.truth_dir)):
         if directory is None:
             continue

@@ -1,0 +1,16 @@
+"""One log format for every cmm-twin process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [%(name)s]"
+"""Gives lines like `... WARNING: Network Lost! Buffering... [cmm_twin.gateway.runner]`."""
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr at `level`; chatty libraries (asyncua, aiohttp access) only from WARNING."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("asyncua", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
