@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -252,3 +253,43 @@ def test_very_large_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     print(f"{size_mb:.0f} MB file, {rows} rows in {elapsed_s:.1f} s ({rate:,.0f} rows/s), peak RSS {peak_mb:.0f} MB")
     assert f"huge.csv: {rows} rows ok, 0 rejected" in gateway.log_text()
     assert peak_mb < 250, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_once_processes_the_inbox_and_exits_0(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    for k in range(5):
+        drop_file(inbox, f"f{k}.csv", HEADER + csv_row(f"P{k}"))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cmm_edge_gateway.py"), *gateway_args(tmp_path, free_port()), "--once"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == [f"f{k}.csv" for k in range(5)]
+    assert not list(inbox.iterdir())
+    assert "gateway stopped: 5 files, 5 rows in, 0 rejected, 0 buffered" in done.stderr
+
+
+def test_health_is_503_when_a_sink_cannot_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # hold the OPC UA port so the server cannot bind it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gateway = GatewayProcess(gateway_args(tmp_path, port), tmp_path / "gateway.log")
+        try:
+            gateway.wait_ready()
+            health = gateway.get_json("/health")
+            assert health["status"] == "failed"
+            assert health["sinks"]["opcua"]["state"] == "failed"
+            assert f"127.0.0.1:{port}" in health["sinks"]["opcua"]["last_error"]
+            drop_file(tmp_path / "inbox", "still.csv", HEADER + csv_row("P1"))  # the inbox still works
+            deadline = time.monotonic() + 20
+            while not (tmp_path / "archive" / "still.csv").exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            assert gateway.stop() == 0
+    assert "sink opcua could not start" in gateway.log_text()
+    assert "Traceback" not in gateway.log_text()
