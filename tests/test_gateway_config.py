@@ -55,6 +55,8 @@ def test_toml_sections_reach_the_physics(tmp_path: Path) -> None:
         ("[physics]\nrepeatability_um = -1\n", "repeatability_um"),
         ("[limits]\nrated_min_c = 40\nrated_max_c = 30\n", "rated_min_c"),
         ("[ingest]\nchunk_rows = 0\n", "ingest.chunk_rows"),
+        ("[sinks]\nbackoff_min_s = 5\nbackoff_max_s = 1\n", "sinks.backoff_min_s"),
+        ("[sinks]\nbatch_size = 1.5\n", "sinks.batch_size"),
         ("[materials.X]\ncte_per_k = 1e-5\n", "materials.X.source"),
         ('http = "127.0.0.1:99999"\n', "http"),
         ("not toml [", "--config"),

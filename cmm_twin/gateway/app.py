@@ -19,6 +19,7 @@ from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.runner import DurableRunner, LiveRunner, RunnerSettings, wait_or_stop
 from cmm_twin.gateway.sinks.base import Sink
+from cmm_twin.gateway.sinks.mes import MesSink
 from cmm_twin.gateway.sinks.opcua import OpcUaSettings, OpcUaSink
 from cmm_twin.gateway.state import AsyncState, StateStore
 from cmm_twin.gateway.status import GatewayStatus, SinkStatus
@@ -55,7 +56,10 @@ class Gateway:
                     config.opcua_endpoint, config.opcua_allow_anonymous, config.state_dir, self.environ
                 )
             )
-        sinks: list[Sink] = ([self.opcua] if self.opcua else []) + list(extra_sinks)
+        sinks: list[Sink] = [self.opcua] if self.opcua else []
+        if config.mes_url is not None:
+            sinks.append(MesSink.from_env(config.mes_url, self.environ))
+        sinks += extra_sinks
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
             raise GatewayStartError(f"two sinks share a name: {names}")
@@ -117,7 +121,10 @@ class Gateway:
                     state,
                     self.status.sinks[s.name],
                     RunnerSettings(
-                        batch_size=config.sink_batch_size, dead_letter_path=config.state_dir / "dead_letter.jsonl"
+                        batch_size=config.sink_batch_size,
+                        backoff_min_s=config.sink_backoff_min_s,
+                        backoff_max_s=config.sink_backoff_max_s,
+                        dead_letter_path=config.state_dir / "dead_letter.jsonl",
                     ),
                     spooled,
                     on_delivered=self._delivered,

@@ -150,11 +150,22 @@ OPTIONS: tuple[Option, ...] = (
         "quiet time before reading a file when writers cannot be detected",
         metavar="MS",
     ),
+    Option(
+        "--spool-limit-mb", _positive, 1024.0, "stop taking new files while the spool holds this much", metavar="MB"
+    ),
     Option("--default-material", _text, "AL6061", "material of rows without a material column"),
     Option("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks")
+SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
+    ("ingest", "chunk_rows"): ("chunk_rows", int, 1_000_000),
+    ("ingest", "files_per_commit"): ("files_per_commit", int, 10_000),
+    ("sinks", "batch_size"): ("sink_batch_size", int, 100_000),
+    ("sinks", "backoff_min_s"): ("sink_backoff_min_s", float, 3600.0),
+    ("sinks", "backoff_max_s"): ("sink_backoff_max_s", float, 3600.0),
+}
+"""TOML keys of the [ingest] and [sinks] tables: (config field, type, largest value)."""
 
 
 @dataclass(frozen=True)
@@ -172,14 +183,17 @@ class GatewayConfig:
     opcua_allow_anonymous: bool = False
     once: bool = False
     settle_ms: float = 500.0
+    spool_limit_mb: float = 1024.0
     default_material: str = "AL6061"
     log_level: str = "INFO"
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
     materials: Mapping[str, Material] = field(default_factory=lambda: dict(MATERIALS))
-    chunk_rows: int = 10_000
+    chunk_rows: int = 4_000
     files_per_commit: int = 200
     opcua_enabled: bool = True
     sink_batch_size: int = 500
+    sink_backoff_min_s: float = 0.5
+    sink_backoff_max_s: float = 30.0
 
     @property
     def inbox(self) -> Path:
@@ -313,15 +327,23 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: physics", str(exc)) from None
     out["materials"] = materials
-    for section, keys in (("ingest", ("chunk_rows", "files_per_commit")), ("sinks", ("sink_batch_size",))):
+    for section in ("ingest", "sinks"):
         table = _table(sections, section, where)
-        unknown = set(table) - set(keys)
-        if unknown:
-            raise ConfigError(f"{where}: {section}.{sorted(unknown)[0]}", "unknown key")
         for key, value in table.items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
-                raise ConfigError(f"{where}: {section}.{key}", f"expected a whole number 1..1000000, got {value!r}")
-            out[key] = value
+            spec = SECTION_KEYS.get((section, key))
+            if spec is None:
+                raise ConfigError(f"{where}: {section}.{key}", "unknown key")
+            field_name, kind, upper = spec
+            number_ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind is int and not isinstance(value, int):
+                number_ok = False
+            if not number_ok or not 0 < value <= upper or not math.isfinite(value):
+                raise ConfigError(
+                    f"{where}: {section}.{key}", f"expected a {kind.__name__} in (0, {upper:g}], got {value!r}"
+                )
+            out[field_name] = kind(value)
+    if out.get("sink_backoff_min_s", 0.5) > out.get("sink_backoff_max_s", 30.0):
+        raise ConfigError(f"{where}: sinks.backoff_min_s", "must not exceed sinks.backoff_max_s")
     return out
 
 
@@ -336,8 +358,6 @@ def _check_combinations(config: GatewayConfig) -> None:
         ):
             if value is not None:
                 raise ConfigError(flag, "only used with --historian influx")
-    if config.mes_url is not None:
-        raise ConfigError("--mes-url", "the MES sink is not available in this version yet")
     host = config.http[0]
     if host not in ("localhost",):
         try:

@@ -34,6 +34,9 @@ from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
 
+IDLE_PING_S = 1.0
+"""How often an idle durable runner asks its sink whether the receiver is reachable."""
+
 
 @dataclass(frozen=True)
 class RunnerSettings:
@@ -77,6 +80,7 @@ class DurableRunner:
         self.new_data = new_data
         self.buffer: deque[tuple[int, RecordBatch]] = deque()
         self._outage = False
+        self._flush_started: float | None = None
         self._refused_reason: str | None = None
         self._attempt = 0
         self.dead_lettered = 0
@@ -92,7 +96,7 @@ class DurableRunner:
                 page = await self.state.call(store.read_after, read_seq, self.settings.page_size)
                 if page is None:
                     await self.refresh_status()
-                    await wait_or_stop(stop, 1.0, self.new_data)
+                    await self._idle(stop)
                     continue
                 read_seq = int(page.seqs[-1])
                 for start in range(0, len(page.seqs), self.settings.batch_size):
@@ -107,6 +111,21 @@ class DurableRunner:
             if self.on_delivered is not None:
                 self.on_delivered(self.sink.name, batch)
             await self.refresh_status()
+            if self._flush_started is not None and self.status.buffer_depth == 0:
+                log.info(
+                    "buffer drained: %s is up to date (%.1f s after it came back)",
+                    self.sink.name,
+                    time.monotonic() - self._flush_started,
+                )
+                self._flush_started = None
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait for new records; meanwhile ask the sink whether its receiver is reachable."""
+        if not self._outage and self._refused_reason is None:
+            reachable = await self.sink.ping()
+            if reachable is not None:
+                self.status.state = "connected" if reachable else "disconnected"
+        await wait_or_stop(stop, IDLE_PING_S, self.new_data)
 
     async def refresh_status(self) -> None:
         """Update buffer depth and oldest age from the spool."""
@@ -146,6 +165,7 @@ class DurableRunner:
                     if not await self._backoff(stop, retry_after_s):
                         return False
                 case Refused(reason=reason):
+                    await self.refresh_status()
                     if self._refused_reason != reason:
                         log.error(
                             "%s refuses the gateway: %s. Forwarding stopped; %d records stay spooled until fixed",
@@ -181,6 +201,7 @@ class DurableRunner:
         self._refused_reason = None
         if self._outage:
             self._outage = False
+            self._flush_started = time.monotonic()
             log.info("Flushing buffer... (%s: %d records buffered)", self.sink.name, self.status.buffer_depth)
         self.status.state = "connected"
         self.status.last_error = None
@@ -234,7 +255,7 @@ class LiveRunner:
         self,
         sink: Sink,
         status: SinkStatus,
-        max_batches: int = 256,
+        max_batches: int = 8,
         on_delivered: Callable[[str, RecordBatch], None] | None = None,
     ) -> None:
         self.sink = sink

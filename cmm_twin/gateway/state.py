@@ -280,13 +280,12 @@ class StateStore:
         return self._db.execute("DELETE FROM spool WHERE seq <= ?", (floor,)).rowcount
 
     def spool_bytes(self) -> int:
-        """Size of the database and its WAL on disk, bytes."""
-        total = 0
-        for suffix in ("", "-wal"):
-            p = Path(f"{self.path}{suffix}")
-            if p.exists():
-                total += p.stat().st_size
-        return total
+        """Bytes of the database in use (pages not on the free list); deleting acknowledged
+        records frees pages for reuse, so this falls as the spool drains."""
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
 
 
 def _rows_of(records: RecordBatch) -> Iterable[tuple[Any, ...]]:

@@ -26,6 +26,9 @@ class GatewayStatus:
     rows_in: int = 0
     rows_rejected: int = 0
     sinks: dict[str, SinkStatus] = field(default_factory=dict)
+    spool_bytes: int = 0
+    intake_paused: bool = False
+    """True while the spool is at its limit and new files wait in the inbox."""
 
     @property
     def uptime_s(self) -> float:

@@ -29,6 +29,8 @@ def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[
         "rows_in": status.rows_in,
         "rows_rejected": status.rows_rejected,
         "buffer_depth": status.buffer_depth,
+        "spool_mb": round(status.spool_bytes / 1e6, 3),
+        "intake_paused": status.intake_paused,
         "sinks": {
             name: {
                 "state": sink.state,

@@ -31,6 +31,7 @@ from cmm_twin.records import RecordBatch
 log = logging.getLogger(__name__)
 
 RETRY_FAILED_FILE_S = 5.0
+SPOOL_RECHECK_S = 0.5
 GROUP_MAX_FILE_BYTES = 1 << 20
 """Files up to this size are read whole and committed in groups (config `files_per_commit`)."""
 ERRORS_IN_LOG = 3
@@ -103,6 +104,7 @@ class Pipeline:
             plausible_max_c=limits.plausible_max_c,
             chunk_rows=config.chunk_rows,
         )
+        self._spool_checked = -1e9
         self._forget: set[str] = set()
         """Files moved out of the inbox whose progress is dropped with the next commit."""
         self.idle = asyncio.Event()
@@ -128,6 +130,9 @@ class Pipeline:
         """Note: `_forget` is shared with the state thread; only this task touches it, and never
         while one of its own state calls is in flight."""
         while not stop.is_set():
+            if self.spool_enabled and await self._spool_full():
+                await wait_or_stop(stop, SPOOL_RECHECK_S)
+                continue
             path, wait_s = queue.next_ready()
             if path is None:
                 await self.flush_forgotten()
@@ -153,6 +158,28 @@ class Pipeline:
                     break  # keeps arrival order: the big file goes after this group
                 group.append(job)
             await self._guarded(queue, group, self.process_group(group, queue))
+
+    async def _spool_full(self) -> bool:
+        """True while the spool is at --spool-limit-mb: new files then wait, safe, in the inbox.
+        Says so once when intake stops and once when it resumes (below 90 % of the limit)."""
+        now = time.monotonic()
+        if now - self._spool_checked < SPOOL_RECHECK_S:
+            return self.status.intake_paused
+        self._spool_checked = now
+        used = await self.state.call(self.state.store.spool_bytes)
+        self.status.spool_bytes = used
+        limit = self.config.spool_limit_mb * 1e6
+        if not self.status.intake_paused and used >= limit:
+            self.status.intake_paused = True
+            log.warning(
+                "spool full (%.0f MB >= --spool-limit-mb %.0f): new files wait in the inbox until the sinks catch up",
+                used / 1e6,
+                self.config.spool_limit_mb,
+            )
+        elif self.status.intake_paused and used < 0.9 * limit:
+            self.status.intake_paused = False
+            log.info("spool has room again (%.0f MB): taking new files", used / 1e6)
+        return self.status.intake_paused
 
     def _ready_job(self, queue: InboxQueue, path: Path) -> _Job | None:
         """A job for `path` when it can be read now; otherwise queue it appropriately."""

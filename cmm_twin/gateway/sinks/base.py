@@ -87,3 +87,8 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release every resource; never raises."""
+
+    async def ping(self) -> bool | None:
+        """Whether the receiver is reachable, asked while idle to show connectivity; None when
+        the sink cannot tell (the default). Never called concurrently with `write`."""
+        return None

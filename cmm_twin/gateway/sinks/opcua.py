@@ -15,6 +15,7 @@ tags directly without browsing:
     Objects/Gateway                   ns=<ns>;s=Gateway
         BufferDepth, FilesProcessed, RowsRejected   ns=<ns>;s=Gateway/<Name>  (Int64)
         MesConnected, HistorianConnected            ns=<ns>;s=Gateway/<Name>  (Boolean)
+        BufferOldestAge                             ns=<ns>;s=Gateway/<Name>  (Double, s)
 
 `/` separates the parts because a machine_id (`[A-Za-z0-9_.-]{1,64}`) can hold dots but never a
 slash, so two machines can never map to the same NodeId. Numeric machine variables are of type
@@ -414,6 +415,7 @@ GATEWAY_VARIABLES: tuple[tuple[str, ua.VariantType, str], ...] = (
     ("HistorianConnected", _Boolean, "The historian sink is delivering"),
     ("FilesProcessed", _Int64, "Inbox files processed since start"),
     ("RowsRejected", _Int64, "Invalid rows since start"),
+    ("BufferOldestAge", _Double, "Age of the oldest unacknowledged record, s"),
 )
 
 _INITIAL: dict[ua.VariantType, Any] = {_String: "", _Double: 0.0, _Int64: 0, _Boolean: False}
@@ -795,6 +797,7 @@ class OpcUaSink(Sink):
             "HistorianConnected": status.connected("historian"),
             "FilesProcessed": int(status.files_processed),
             "RowsRejected": int(status.rows_rejected),
+            "BufferOldestAge": round(max((s.oldest_age_s for s in status.sinks.values()), default=0.0), 1),
         }
         now = dt.datetime.now(dt.UTC)
         for name, vtype, _ in GATEWAY_VARIABLES:

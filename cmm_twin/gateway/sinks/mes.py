@@ -1,0 +1,157 @@
+"""The MES sink: POSTs result records to the plant MES over HTTP (aiohttp), in order.
+
+It only sends a batch and classifies the answer (DESIGN.md sections 5 and 6); the runner owns the
+spool, batching, backoff and acknowledgement:
+
+| answer | outcome |
+|---|---|
+| 200 | Delivered (the MES committed the batch; duplicates by `measurement_id` are fine) |
+| connection error, timeout, 5xx, 408, 429 | Retry (honouring `Retry-After`) |
+| 401, 403 | Refused: forwarding stops loudly, the data stays spooled until the token is fixed |
+| 404, 405 | Refused: the URL is wrong (dead-lettering would throw good data away) |
+| 413 | Split the batch |
+| 422 with `errors[].index` | Rejected: those records go to the dead-letter file with the MES's reason |
+| other 4xx (or a 422 that names no record) | Split until one record is left, then Rejected |
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Mapping
+
+import aiohttp
+
+from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
+from cmm_twin.records import RecordBatch
+
+log = logging.getLogger(__name__)
+
+MEASUREMENTS_PATH = "/api/v1/measurements"
+HEALTH_PATH = "/health"
+TOKEN_ENV = "MES_TOKEN"
+
+
+class MesSink(Sink):
+    """Delivers records to `POST {base_url}/api/v1/measurements`; see the module docstring."""
+
+    name = "mes"
+    durable = True
+
+    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_env(cls, base_url: str, environ: Mapping[str, str]) -> MesSink:
+        """A sink whose bearer token comes from MES_TOKEN (empty counts as unset)."""
+        return cls(base_url, environ.get(TOKEN_ENV) or None)
+
+    async def open(self) -> None:
+        """Create the HTTP session; the MES need not be up (the runner buffers until it is)."""
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s, connect=min(5.0, self.timeout_s)),
+            connector=aiohttp.TCPConnector(limit=2),
+        )
+
+    async def close(self) -> None:
+        """Close the session; never raises."""
+        if self._session is not None:
+            try:
+                await self._session.close()
+            except Exception:  # closing must not fail a shutdown
+                log.debug("closing the MES session failed", exc_info=True)
+            self._session = None
+
+    async def write(self, batch: RecordBatch) -> WriteOutcome:
+        """POST `batch` as one JSON array and classify the answer."""
+        assert self._session is not None, "write() before open()"
+        body = json.dumps(batch.to_dicts(), allow_nan=False).encode()
+        try:
+            async with self._session.post(self.base_url + MEASUREMENTS_PATH, data=body) as response:
+                status = response.status
+                text = await response.text()
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Retry(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return classify(status, text, retry_after, len(batch))
+
+    async def ping(self) -> bool:
+        """True when the MES answers GET /health (used to show connectivity while idle)."""
+        if self._session is None:
+            return False
+        try:
+            async with self._session.get(self.base_url + HEALTH_PATH) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+
+def classify(status: int, text: str, retry_after_s: float | None, batch_len: int) -> WriteOutcome:
+    """The outcome of an MES answer (see the module docstring)."""
+    if status == 200:
+        return Delivered()
+    reason = f"HTTP {status}: {_short(text)}"
+    if status in (408, 429) or status >= 500:
+        return Retry(reason, retry_after_s)
+    if status in (401, 403):
+        return Refused(f"{reason} (check {TOKEN_ENV})")
+    if status in (404, 405):
+        return Refused(f"{reason} (check --mes-url)")
+    if status == 413:
+        return Split(reason)
+    invalid = _invalid_records(text, batch_len) if status == 422 else {}
+    if invalid:
+        return Rejected(invalid)
+    if batch_len > 1:
+        return Split(reason)
+    return Rejected({0: reason})
+
+
+def _invalid_records(text: str, batch_len: int) -> dict[int, str]:
+    """{index: "field: message"} from a 422 body `{"errors": [{index, field, message}]}`."""
+    try:
+        errors = json.loads(text)["errors"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    invalid: dict[int, str] = {}
+    if not isinstance(errors, list):
+        return {}
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        index = error.get("index")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < batch_len:
+            message = f"{error.get('field')}: {error.get('message')}"
+            invalid[index] = f"{invalid[index]}; {message}" if index in invalid else message
+    return invalid
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
