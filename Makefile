@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench system-deps clean
+.PHONY: run test lint typecheck pytest chaos-test bench system-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ pytest: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# The chaos engineering suite alone: MES and gateway killed mid-run, faults injected.
+chaos-test: $(STAMP)
+	$(PY) -m pytest -q -m chaos -s
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

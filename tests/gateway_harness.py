@@ -204,3 +204,79 @@ class GatewayProcess:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+
+MES_READY_RE = re.compile(r"mock MES listening on http://([\d.]+):(\d+)")
+
+
+class MesProcess:
+    """The real mock MES as a subprocess on 127.0.0.1:`port` with database `db`."""
+
+    def __init__(self, db: Path, port: int, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.db = db
+        self.port = port
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "mock_mes.py"), "--port", str(port), "--db", str(db), *extra],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.url = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until it listens."""
+        deadline = time.monotonic() + timeout_s
+        while not MES_READY_RE.search(self.log_path.read_text(errors="replace")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mock MES did not start:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.02)
+
+    def get_json(self, path: str) -> Any:
+        """GET a JSON document from the MES."""
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def all_records(self) -> list[dict[str, Any]]:
+        """Every stored record, in arrival order."""
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.get_json(f"/api/v1/measurements?after={after}&limit=10000")
+            if not page:
+                return out
+            out.extend(page)
+            after = page[-1]["seq"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig`, wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+def run_simulator(outdir: Path, truth: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """Start the real simulator writing into `outdir` (ground truth in `truth`)."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cmm_simulator.py"), "--outdir", str(outdir), "--truth-dir", str(truth), *extra],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def truth_ids(truth: Path) -> list[str]:
+    """measurement_id of every measurement the simulator wrote (from its truth files)."""
+    ids: list[str] = []
+    for path in sorted(truth.glob("*.csv")):
+        lines = path.read_text().splitlines()[1:]
+        ids.extend(line.split(",", 1)[0] for line in lines if line)
+    return ids

@@ -1,0 +1,138 @@
+"""Chaos engineering: the simulator, the gateway and the mock MES as real processes on loopback,
+with the MES or the gateway killed (SIGKILL) mid-run. Every valid measurement must end in the MES
+exactly once (`make chaos-test` runs only these)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_harness import GatewayProcess, MesProcess, free_port, run_simulator, truth_ids
+
+pytestmark = pytest.mark.chaos
+
+
+def fast_backoff(tmp_path: Path) -> Path:
+    """Shorter backoff than the production 0.5..30 s, so recovery is seen within the test."""
+    path = tmp_path / "gateway.toml"
+    path.write_text("[sinks]\nbackoff_min_s = 0.2\nbackoff_max_s = 1.0\n")
+    return path
+
+
+def gateway_for(tmp_path: Path, mes: str, name: str = "gateway") -> GatewayProcess:
+    args = [
+        "--data-dir", str(tmp_path / "data"),
+        "--http", "127.0.0.1:0",
+        "--mes-url", mes,
+        "--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/",
+        "--settle-ms", "50",
+        "--config", str(fast_backoff(tmp_path)),
+    ]  # fmt: skip
+    gateway = GatewayProcess(args, tmp_path / f"{name}.log")
+    gateway.wait_ready()
+    return gateway
+
+
+def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def assert_exactly_once(mes: MesProcess, truth: Path) -> int:
+    expected = truth_ids(truth)
+    stored = [r["measurement_id"] for r in mes.all_records()]
+    counts = Counter(stored)
+    assert not [i for i, n in counts.items() if n > 1], "a measurement is stored twice"
+    missing = set(expected) - set(stored)
+    assert not missing, f"{len(missing)} of {len(expected)} measurements never reached the MES"
+    assert len(stored) == len(expected)
+    assert mes.get_json("/api/v1/stats")["count"] == len(expected)
+    return len(expected)
+
+
+def test_mes_killed_and_restarted_while_the_shop_runs(tmp_path: Path) -> None:
+    port = free_port()
+    mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes1.log")
+    mes.wait_ready()
+    gateway = gateway_for(tmp_path, mes.url)
+    simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "400", "--rate", "80")
+    try:
+        time.sleep(1.5)
+        mes.stop(signal.SIGKILL)  # the MES dies mid-run
+        time.sleep(2.5)
+        wait_until(lambda: gateway.get_json("/health")["sinks"]["mes"]["state"] == "buffering", 20, "buffering")
+        assert gateway.get_json("/health")["buffer_depth"] > 0
+        mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes2.log")
+        mes.wait_ready()
+        assert simulator.wait(60) == 0
+        wait_until(
+            lambda: (
+                gateway.get_json("/health")["files_processed"] == 400
+                and gateway.get_json("/health")["buffer_depth"] == 0
+            ),
+            60,
+            "the backlog to drain",
+        )
+        count = assert_exactly_once(mes, tmp_path / "truth")
+        assert count == 800
+    finally:
+        simulator.kill()
+        assert gateway.stop() == 0
+        mes.stop()
+    log = gateway.log_text()
+    lost = log.index("WARNING: Network Lost! Buffering...")
+    flushing = log.index("INFO: Flushing buffer...")
+    assert lost < flushing
+    assert log.count("WARNING: Network Lost! Buffering...") == 1
+    assert "buffer drained: mes" in log[flushing:]
+
+
+def test_gateway_killed_during_an_outage_with_thousands_spooled(tmp_path: Path) -> None:
+    port = free_port()
+    mes_url = f"http://127.0.0.1:{port}"  # the MES is down from the start
+    gateway = gateway_for(tmp_path, mes_url, "gateway1")
+    simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "2000", "--rate", "0")
+    assert simulator.wait(120) == 0
+    wait_until(lambda: gateway.get_json("/health")["buffer_depth"] == 4000, 120, "4,000 records spooled")
+    gateway.stop(signal.SIGKILL)
+    mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes.log")
+    mes.wait_ready()
+    gateway = gateway_for(tmp_path, mes_url, "gateway2")
+    try:
+        wait_until(lambda: gateway.get_json("/health")["buffer_depth"] == 0, 120, "the spool to drain")
+        assert assert_exactly_once(mes, tmp_path / "truth") == 4000
+        assert mes.get_json("/api/v1/stats")["duplicates"] == 0
+    finally:
+        assert gateway.stop() == 0
+        mes.stop()
+
+
+def test_mes_failing_30_percent_of_requests(tmp_path: Path) -> None:
+    port = free_port()
+    mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes.log", "--fail-rate", "0.3", "--seed", "7")
+    mes.wait_ready()
+    gateway = gateway_for(tmp_path, mes.url)
+    simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "300", "--rate", "100")
+    try:
+        assert simulator.wait(60) == 0
+        wait_until(
+            lambda: (
+                gateway.get_json("/health")["files_processed"] == 300
+                and gateway.get_json("/health")["buffer_depth"] == 0
+            ),
+            120,
+            "everything delivered",
+        )
+        assert assert_exactly_once(mes, tmp_path / "truth") == 600
+    finally:
+        simulator.kill()
+        assert gateway.stop() == 0
+        mes.stop()
+    assert "injected failure" in gateway.log_text()
