@@ -119,29 +119,24 @@ class RecordBatch:
         return RecordBatch(**values)
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        """The records as JSON-ready dicts with the RESULT_FIELDS names (NaN temperatures -> None)."""
-        floats = {name: _nullable(getattr(self, name)) for name in FLOAT_COLUMNS}
-        verdicts = VERDICT_NAMES[self.verdict].tolist()
-        flag_cache: dict[int, list[str]] = {}
-        out: list[dict[str, Any]] = []
-        for i, mask in enumerate(self.flags.tolist()):
-            names = flag_cache.get(mask)
-            if names is None:
-                names = flag_cache[mask] = flag_names(mask)
-            out.append(
-                {
-                    "measurement_id": self.measurement_id[i],
-                    "timestamp": self.timestamp[i],
-                    "machine_id": self.machine_id[i],
-                    "part_id": self.part_id[i],
-                    "feature": self.feature[i],
-                    "material": self.material[i],
-                    **{name: column[i] for name, column in floats.items()},
-                    "verdict": verdicts[i],
-                    "flags": list(names),
-                }
-            )
-        return out
+        """The records as JSON-ready dicts with the RESULT_FIELDS names (NaN temperatures -> None).
+
+        Rows with the same flags share one `flags` list: treat the dicts as read-only.
+        """
+        flag_lists = {m: flag_names(m) for m in np.unique(self.flags).tolist()}
+        flags = [flag_lists[m] for m in self.flags.tolist()]
+        columns: list[list[Any]] = [
+            self.measurement_id,
+            self.timestamp,
+            self.machine_id,
+            self.part_id,
+            self.feature,
+            self.material,
+            *(_nullable(getattr(self, name)) for name in FLOAT_COLUMNS),
+            VERDICT_NAMES[self.verdict].tolist(),
+            flags,
+        ]
+        return [dict(zip(RESULT_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
 
     @staticmethod
     def concat(batches: Sequence[RecordBatch]) -> RecordBatch:

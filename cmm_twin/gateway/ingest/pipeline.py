@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FAILED_FILE_S = 5.0
 SPOOL_RECHECK_S = 0.5
-GROUP_MAX_FILE_BYTES = 1 << 20
-"""Files up to this size are read whole and committed in groups (config `files_per_commit`)."""
+GROUP_MAX_FILE_BYTES = 512 << 10
+"""Files up to this size are read whole and committed in groups of up to `files_per_commit`
+files and about this many bytes together (roughly one 4,000-row chunk)."""
 ERRORS_IN_LOG = 3
 """Row errors quoted in a file's warning line; the rest are in its sidecar report."""
 
@@ -148,15 +149,17 @@ class Pipeline:
                 await self._guarded(queue, [first], self.process_file(first, stop))
                 continue
             group = [first]
+            group_bytes = first.size
             for other in queue.due(exclude=path):
-                if len(group) >= self.config.files_per_commit:
-                    break
+                if len(group) >= self.config.files_per_commit or group_bytes >= GROUP_MAX_FILE_BYTES:
+                    break  # a group holds about as much as one chunk of a big file: memory stays bounded
                 job = self._ready_job(queue, other)
                 if job is None:
                     continue
                 if job.size > GROUP_MAX_FILE_BYTES:
                     break  # keeps arrival order: the big file goes after this group
                 group.append(job)
+                group_bytes += job.size
             await self._guarded(queue, group, self.process_group(group, queue))
 
     async def _spool_full(self) -> bool:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
+import orjson
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
 from cmm_twin.records import RecordBatch
@@ -74,7 +75,7 @@ class MesSink(Sink):
     async def write(self, batch: RecordBatch) -> WriteOutcome:
         """POST `batch` as one JSON array and classify the answer."""
         assert self._session is not None, "write() before open()"
-        body = json.dumps(batch.to_dicts(), allow_nan=False).encode()
+        body = orjson.dumps(batch.to_dicts())
         try:
             async with self._session.post(self.base_url + MEASUREMENTS_PATH, data=body) as response:
                 status = response.status
