@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numpy.typing import ArrayLike
 
-from cmm_twin.errors import ConfigError
+from cmm_twin.errors import ConfigError, PhysicsInputError
 from cmm_twin.gateway.ingest import csv_reader
 from cmm_twin.gateway.ingest.csv_reader import (
     MAX_LINE_BYTES,
@@ -24,12 +26,13 @@ from cmm_twin.gateway.ingest.csv_reader import (
     ValidRows,
     _check_timestamp,
     _check_timestamps,
+    _fast_timestamps,
     measurement_ids,
     read_chunks,
     to_records,
 )
 from cmm_twin.physics.materials import MATERIALS
-from cmm_twin.physics.thermal import PhysicsConfig, evaluate
+from cmm_twin.physics.thermal import Evaluation, PhysicsConfig, ThermalLimits, evaluate
 from cmm_twin.records import RecordBatch, canonical_timestamp, measurement_id
 
 HEADER = "timestamp,machine_id,part_id,feature,material,nominal_mm,tolerance_mm,measured_mm,part_temp_c,air_temp_c"
@@ -581,6 +584,211 @@ def test_vectorised_timestamps_equal_the_exact_path(
         parsed = datetime.fromisoformat(text)
         assert value[0] == canonical_timestamp(parsed)
         assert value[1] == (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+# --- fast paths against the exact checks ----------------------------------------------------
+
+
+def spelled(moment: datetime, digits: int, utc_spelling: str) -> str:
+    """`moment` (UTC) with `digits` fraction digits, ending in `utc_spelling`."""
+    text = moment.isoformat(timespec="microseconds")
+    text = text[: len(text) - 6 - (6 - digits) - (1 if digits == 0 else 0)]
+    return text + utc_spelling
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    moments=st.lists(
+        st.datetimes(min_value=datetime(1677, 1, 1), max_value=datetime(2262, 12, 31), timezones=st.just(UTC)),
+        min_size=1,
+        max_size=30,
+    ),
+    one_day=st.booleans(),
+    digits=st.integers(min_value=0, max_value=6),
+    utc_spelling=st.sampled_from(["Z", "+00:00"]),
+)
+def test_fast_timestamps_equal_the_exact_path(
+    moments: list[datetime], one_day: bool, digits: int, utc_spelling: str
+) -> None:
+    if one_day:  # the times of the first moment's day (the shorter fast path)
+        moments = [datetime.combine(moments[0].date(), m.timetz()) for m in moments]
+    texts = [spelled(m, digits, utc_spelling) for m in moments]
+    exact = [_check_timestamp(t) for t in texts]
+    fast = _fast_timestamps(texts)
+    if all(1678 <= m.year <= 2261 for m in moments):
+        assert fast is not None
+    if fast is not None:
+        assert all(reason is None for _, reason in exact)
+        assert fast[0] == [value[0] for value, _ in exact]
+        assert fast[1].tolist() == [value[1] for value, _ in exact]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "2024-04-31T08:00:00.000Z",
+        "2023-02-29T08:00:00.000Z",
+        "2024-02-29T08:00:00.000Z",  # valid: a leap day
+        "2024-05-02T08:00:00.000Z",  # valid: another day
+        "2024-05-01T24:00:00.000Z",
+        "2024-05-01T08:60:00.000Z",
+        "2024-05-01T08:00:60.000Z",
+        "2024-00-01T08:00:00.000Z",
+        "2024-13-01T08:00:00.000Z",
+        "2024-05-00T08:00:00.000Z",
+        "2024-05-32T08:00:00.000Z",
+        "2262-05-01T08:00:00.000Z",
+        "1677-05-01T08:00:00.000Z",
+        "0999-05-01T08:00:00.000Z",
+        "2024-05-01 08:00:00.000Z",
+        "2024-05-01T08:00:00.000z",
+        " 2024-05-01T08:00:00.00Z",
+        "2024-05-01T08:00:0\u0660.000Z",
+        "2024-05-01T08:00:00.0000",
+        "2024-05-01T08:00:00.000+01:00",
+        "2024-05-01T08:00:00.00+00:00",
+        "",
+    ],
+)
+def test_fast_timestamps_leave_any_bad_value_to_the_exact_path(odd: str) -> None:
+    good = ["2024-05-01T08:00:00.000Z", "2024-05-01T23:59:59.999Z"]
+    for position in range(len(good) + 1):
+        texts = [*good[:position], odd, *good[position:]]
+        exact = [_check_timestamp(t) for t in texts]
+        fast = _fast_timestamps(texts)
+        if any(reason is not None for _, reason in exact):
+            assert fast is None
+        if fast is not None:
+            assert fast[0] == [value[0] for value, _ in exact]
+            assert fast[1].tolist() == [value[1] for value, _ in exact]
+
+
+GOOD_NUMBERS = st.sampled_from(["100.0", "0.010", "25.0", "24", "-20", "80", "80.0", "-20.0", " 7.5 ", "1e1", "+2"])
+ODD_NUMBERS = st.sampled_from(
+    ["nan", "inf", "-inf", "", " ", "1_0", "abc", "\u0663", "0", "-0.0", "5e-324", "-1", "80.5", "-20.5", "1e400"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.tuples(*[GOOD_NUMBERS] * 6), min_size=1, max_size=8),
+    odd=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), ODD_NUMBERS), max_size=2),
+    scale_column=st.booleans(),
+)
+def test_numbers_at_once_equal_the_checks_column_by_column(
+    rows: list[tuple[str, ...]], odd: list[tuple[int, int, str]], scale_column: bool
+) -> None:
+    names = ["nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c", "scale_temp_c"]
+    names = names if scale_column else names[:-1]
+    parser = csv_reader._ChunkParser(HEADER.split(",") + names[5:], 1, DEFAULTS)
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+    for row, column, text in odd:  # a few odd values (errors, or valid at the edge)
+        columns[names[column % len(names)]][row % len(rows)] = text
+    lines = np.arange(2, 2 + len(rows), dtype=np.int64)
+    at_once: dict[int, RowError] = {}
+    one_by_one: dict[int, RowError] = {}
+    got = parser._all_numbers(columns, lines, at_once)
+    for name in names:
+        assert got[name].tobytes() == parser._numbers(name, columns[name], lines, one_by_one).tobytes()
+    assert at_once == one_by_one
+
+
+def test_small_file_read_at_once_equals_the_general_path(tmp_path: Path) -> None:
+    lines = lines_of(100)
+    lines[7] = lines[7].replace("P000000", "P 0")
+    lines[40] = lines[40].replace(",20.500", ",")
+    lines[41] = lines[41].replace("2024-05-01", "2024-04-31")
+    lines[60] = ""
+    for text in (
+        HEADER + "\n" + "\n".join(lines) + "\n",
+        HEADER + "\r\n" + "\r\n".join(lines),
+        HEADER + "\n" + "\n".join(lines[:50]),
+        HEADER + "\n\n\n",
+    ):
+        path = write(tmp_path, text)
+        at_once = list(read_chunks(path, DEFAULTS))
+        assert len(at_once) <= 1
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(csv_reader, "_WHOLE_READ_BYTES", 0)
+            general = list(read_chunks(path, DEFAULTS))
+        assert [rows_as_tuples(c.rows) for c in at_once] == [rows_as_tuples(c.rows) for c in general]
+        assert [(c.errors, c.end_offset, c.end_line) for c in at_once] == [
+            (c.errors, c.end_offset, c.end_line) for c in general
+        ]
+    data = (HEADER + "\n" + "\n".join(lines) + "\n").encode().replace(b"P000011", b"P\xc3\x2811")
+    assert rejection(write(tmp_path, data)).reason == "not UTF-8: invalid byte 0xc3 at line 90"
+    assert row_errors(tmp_path, GOOD_ROW.replace("P0001", " ")) == [RowError(3, "part_id", "missing value")]
+
+
+def test_remembered_ids_and_headers_still_give_their_errors(tmp_path: Path) -> None:
+    assert len(only_rows(write(tmp_path, f"{HEADER}\n{GOOD_ROW}\n"))) == 1  # CMM-01 and length_x seen valid
+    errors = row_errors(tmp_path, GOOD_ROW.replace("length_x", "length x"), GOOD_ROW.replace("CMM-01", "CMM 01"))
+    assert errors == [
+        RowError(3, "feature", "must match [A-Za-z0-9_.-]{1,64}, got 'length x'"),
+        RowError(4, "machine_id", "must match [A-Za-z0-9_.-]{1,64}, got 'CMM 01'"),
+    ]
+    header = HEADER.replace("part_temp_c,", "")
+    for blank_lines in (0, 2, 0):  # the second and third time the header comes from the cache
+        error = rejection(write(tmp_path, "\n" * blank_lines + header + "\nx\n"))
+        assert (error.reason, error.line) == ("missing required column(s): part_temp_c", blank_lines + 1)
+    reordered = "part_id," + HEADER.replace("part_id,", "")
+    row = "P7," + GOOD_ROW.replace("P0001,", "")
+    for _ in range(2):
+        assert only_rows(write(tmp_path, f"{reordered}\n{row}\n")).part_id == ["P7"]
+        assert only_rows(write(tmp_path, f"{HEADER}\n{GOOD_ROW}\n")).part_id == ["P0001"]
+
+
+def test_measurement_ids_of_more_rows_than_a_parse_block() -> None:
+    count = 2 * csv_reader.PARSE_BLOCK_LINES + 3
+    moment = datetime(2024, 5, 1, tzinfo=UTC)
+    stamp = canonical_timestamp(moment)
+    got = measurement_ids(["CMM-01"] * count, [f"P{i}" for i in range(count)], ["f"] * count, [stamp] * count)
+    assert len(got) == count
+    for i in (0, 1, csv_reader.PARSE_BLOCK_LINES, count - 1):
+        assert got[i] == measurement_id("CMM-01", f"P{i}", "f", moment)
+    assert measurement_ids(["A"], ["B"], ["C"], [stamp]) == [measurement_id("A", "B", "C", moment)]
+
+
+PHYSICS_ROWS = st.tuples(
+    st.sampled_from([100.0118, 12.5, 0.5]),  # measured
+    st.sampled_from([25.0, 20.0, 31.0, 14.0, 16.5]),  # part temperature
+    st.sampled_from([100.0, 12.5]),  # nominal
+    st.sampled_from([0.01, 0.002]),  # tolerance
+    st.sampled_from([23.6e-6, 0.0, 1e-5]),  # CTE
+    st.sampled_from([1.4e-6, 0.0]),  # its uncertainty
+    st.sampled_from([math.nan, 21.0, 29.5]),  # air temperature
+    st.sampled_from([math.nan, 20.5]),  # scale temperature
+)
+ODD_PHYSICS = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, 5e-324, 95.0, -40.0, 30.5, 14.5])
+
+
+def evaluation_or_error(args: Sequence[ArrayLike], config: PhysicsConfig) -> object:
+    try:
+        measured, part_temp, nominal, tolerance, cte, cte_u, air_temp, scale_temp = args
+        result = evaluate(measured, part_temp, nominal, tolerance, cte, cte_u, air_temp, scale_temp, config)
+    except PhysicsInputError as exc:
+        return (exc.field, exc.index, str(exc))
+    return [(np.asarray(getattr(result, f.name)).dtype, getattr(result, f.name).tobytes()) for f in fields(Evaluation)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(PHYSICS_ROWS, min_size=1, max_size=6),
+    odd=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 7), ODD_PHYSICS), max_size=2),
+    scale_cte=st.sampled_from([0.0, 11.5e-6]),
+    narrow=st.booleans(),
+)
+def test_evaluate_on_vectors_equals_input_by_input_checks(
+    rows: list[tuple[float, ...]], odd: list[tuple[int, int, float]], scale_cte: float, narrow: bool
+) -> None:
+    limits = ThermalLimits(plausible_min_c=15.0, plausible_max_c=30.0) if narrow else ThermalLimits()
+    config = PhysicsConfig(limits=limits, scale_cte_per_k=scale_cte)
+    columns = [[row[i] for row in rows] for i in range(8)]
+    for row, column, value in odd:  # a few odd values (errors, or valid at the edge)
+        columns[column][row % len(rows)] = value
+    vectors = evaluation_or_error([np.array(c, dtype=np.float64) for c in columns], config)  # at once
+    lists = evaluation_or_error(columns, config)  # lists: each input converted and checked on its own
+    assert vectors == lists
 
 
 # --- physics ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -36,6 +37,9 @@ class Verdict(enum.IntEnum):
     FAIL = 1
     UNCERTAIN = 2
 
+
+_PASS, _FAIL, _UNCERTAIN = np.int8(Verdict.PASS), np.int8(Verdict.FAIL), np.int8(Verdict.UNCERTAIN)
+"""The codes as NumPy int8 scalars: arrays chosen from them are int8 verdict arrays."""
 
 VERDICT_NAMES: NDArray[np.str_] = np.array([v.name for v in Verdict])
 """VERDICT_NAMES[code] is the verdict's name, so names of a whole array are one indexing step."""
@@ -257,10 +261,8 @@ def decide(
     if rule is DecisionRule.SIMPLE:
         return np.where(magnitude <= tol, Verdict.PASS, Verdict.FAIL).astype(np.int8)
     u = np.asarray(expanded_uncertainty_um, dtype=np.float64)
-    verdict = np.full(np.broadcast(magnitude, tol, u).shape, Verdict.UNCERTAIN, dtype=np.int8)
-    verdict[magnitude <= tol - u] = Verdict.PASS
-    verdict[magnitude > tol + u] = Verdict.FAIL
-    return verdict
+    passes = np.where(magnitude <= tol - u, _PASS, _UNCERTAIN)
+    return np.where(magnitude > tol + u, _FAIL, passes)  # FAIL wins, as it is decided last
 
 
 def evaluate(
@@ -281,52 +283,152 @@ def evaluate(
     ever produced from such a row.
     """
     config = config or PhysicsConfig()
-    measured = _checked("measured_mm", measured_mm, positive=True)
-    nominal = _checked("nominal_mm", nominal_mm, positive=True)
-    tolerance = _checked("tolerance_mm", tolerance_mm, positive=True)
-    cte = _checked("cte_per_k", cte_per_k, positive=False)
-    cte_u = _checked("cte_u_per_k", cte_u_per_k, positive=False)
     limits = config.limits
-    part_temp = _checked("part_temp_c", part_temp_c, limits=limits)
-    air_temp = _checked("air_temp_c", air_temp_c, limits=limits, optional=True)
-    scale_temp = _checked("scale_temp_c", scale_temp_c, limits=limits, optional=True)
-    shape = np.broadcast(measured, nominal, tolerance, cte, cte_u, part_temp, air_temp, scale_temp).shape
+    inputs = (measured_mm, part_temp_c, nominal_mm, tolerance_mm, cte_per_k, cte_u_per_k, air_temp_c, scale_temp_c)
+    valid = _valid_rows(inputs, limits)
+    if valid is not None:  # the usual case: columns of one batch, every value valid
+        arrays, low, high = valid
+        measured, part_temp, nominal, tolerance, cte, cte_u, air_temp, scale_temp = arrays
+        shape: tuple[int, ...] = measured.shape
+        # No flag to compute when the extremes show none (float subtraction is monotonic, so
+        # |part - air| <= max(part_max - air_min, air_max - part_min) holds for every row as computed).
+        all_rated = low[1] >= limits.rated_min_c and high[1] <= limits.rated_max_c
+        all_soaked = math.isnan(low[6]) or max(high[1] - low[6], high[6] - low[1]) <= limits.soak_max_diff_k
+    else:  # each input converted and checked on its own: the first bad one raises
+        measured = _checked("measured_mm", measured_mm, positive=True)
+        nominal = _checked("nominal_mm", nominal_mm, positive=True)
+        tolerance = _checked("tolerance_mm", tolerance_mm, positive=True)
+        cte = _checked("cte_per_k", cte_per_k, positive=False)
+        cte_u = _checked("cte_u_per_k", cte_u_per_k, positive=False)
+        part_temp = _checked("part_temp_c", part_temp_c, limits=limits)
+        air_temp = _checked("air_temp_c", air_temp_c, limits=limits, optional=True)
+        scale_temp = _checked("scale_temp_c", scale_temp_c, limits=limits, optional=True)
+        shape = np.broadcast(measured, nominal, tolerance, cte, cte_u, part_temp, air_temp, scale_temp).shape
+        all_rated = all_soaked = False
 
     flags = np.zeros(shape, dtype=np.int32)
-    flags[(part_temp < limits.rated_min_c) | (part_temp > limits.rated_max_c)] |= int(Flag.PART_TEMP_OUT_OF_RATED_RANGE)
-    with np.errstate(invalid="ignore"):
-        not_soaked = np.abs(part_temp - air_temp) > limits.soak_max_diff_k  # NaN air compares False
-    flags[np.broadcast_to(not_soaked, shape)] |= int(Flag.PART_NOT_SOAKED)
+    if not all_rated:
+        out_of_rated = (part_temp < limits.rated_min_c) | (part_temp > limits.rated_max_c)
+        _set_flag(flags, out_of_rated, Flag.PART_TEMP_OUT_OF_RATED_RANGE)
+    if not all_soaked:
+        with np.errstate(invalid="ignore"):
+            not_soaked = np.abs(part_temp - air_temp) > limits.soak_max_diff_k  # NaN air compares False
+        _set_flag(flags, _shaped(not_soaked, shape), Flag.PART_NOT_SOAKED)
     uses_scale = config.scale_cte_per_k != 0.0
+    scale_temp_used: ArrayLike
     if uses_scale:
-        scale_missing = np.broadcast_to(np.isnan(scale_temp), shape)
-        flags[scale_missing] |= int(Flag.SCALE_TEMP_ASSUMED_20C)
-        scale_temp = np.where(np.isnan(scale_temp), REFERENCE_TEMP_C, scale_temp)
-    else:
-        scale_temp = np.full(shape, REFERENCE_TEMP_C)
-
-    compensated = compensate_to_20c(measured, part_temp, cte, scale_temp, config.scale_cte_per_k)
+        scale_missing = _shaped(np.isnan(scale_temp), shape)
+        _set_flag(flags, scale_missing, Flag.SCALE_TEMP_ASSUMED_20C)
+        scale_temp_used = np.where(np.isnan(scale_temp), REFERENCE_TEMP_C, scale_temp)
+        compensated = compensate_to_20c(measured, part_temp, cte, scale_temp_used, config.scale_cte_per_k)
+    else:  # the scale terms are exactly 1 and 0 with this scalar as with an array of 20 degC
+        scale_temp_used = REFERENCE_TEMP_C
+        compensated = _compensate_part(measured, part_temp, cte)
     u_c = standard_uncertainty_um(
         measured,
         part_temp,
         cte,
         cte_u,
         config.uncertainty,
-        scale_temp,
+        scale_temp_used,
         config.scale_cte_per_k,
         config.scale_cte_u_per_k,
     )
     expanded = config.uncertainty.coverage_factor * u_c
     deviation = (compensated - nominal) * UM_PER_MM
     return Evaluation(
-        compensated_mm=np.broadcast_to(compensated, shape).astype(np.float64),
-        correction_um=np.broadcast_to((compensated - measured) * UM_PER_MM, shape).astype(np.float64),
-        deviation_um=np.broadcast_to(deviation, shape).astype(np.float64),
-        standard_uncertainty_um=np.broadcast_to(u_c, shape).astype(np.float64),
-        uncertainty_um=np.broadcast_to(expanded, shape).astype(np.float64),
-        verdict=np.broadcast_to(decide(deviation, tolerance * UM_PER_MM, expanded, config.rule), shape).astype(np.int8),
+        compensated_mm=_fresh(compensated, shape, np.float64),
+        correction_um=_fresh((compensated - measured) * UM_PER_MM, shape, np.float64),
+        deviation_um=_fresh(deviation, shape, np.float64),
+        standard_uncertainty_um=_fresh(u_c, shape, np.float64),
+        uncertainty_um=_fresh(expanded, shape, np.float64),
+        verdict=_fresh(decide(deviation, tolerance * UM_PER_MM, expanded, config.rule), shape, np.int8),
         flags=flags,
     )
+
+
+_STACKED_ROWS_MAX = 65_536
+"""`_valid_rows` stacks the inputs of `evaluate` up to this length (a copy), checks them one by one beyond."""
+
+
+def _valid_rows(
+    inputs: tuple[ArrayLike, ...], limits: ThermalLimits
+) -> tuple[tuple[FloatArray, ...], list[float], list[float]] | None:
+    """The eight inputs of `evaluate` and the least and greatest value of each (NaN ignored; NaN
+    when all are) if they are float64 vectors of one length that `_checked` accepts.
+
+    One pass for all of them (row-wise minima and maxima of the stacked inputs) instead of
+    several NumPy calls per input. None sends `evaluate` to the input-by-input checks, which also
+    raise the exact error; the same checks pass here as there: the three lengths finite and > 0,
+    the two CTEs finite and >= 0, the part temperature in the plausible range, the two optional
+    temperatures NaN or in it.
+    """
+    arrays: list[FloatArray] = []
+    for values in inputs:
+        if type(values) is not np.ndarray or values.dtype != np.float64 or values.ndim != 1:
+            return None
+        arrays.append(values)
+    shape = arrays[0].shape
+    if not shape[0] or not all(a.shape == shape for a in arrays):
+        return None
+    if shape[0] <= _STACKED_ROWS_MAX:  # few NumPy calls for all inputs at once
+        block = np.array(arrays)  # one row per input, in the order of `evaluate`'s parameters
+        if math.isnan(block[:6].min()):  # NaN in a required input
+            return None
+        low = np.fmin.reduce(block, axis=1).tolist()  # NaN ignored (NaN only if a row is all NaN)
+        high = np.fmax.reduce(block, axis=1).tolist()
+    else:  # no copy of big inputs
+        if any(math.isnan(a.min()) for a in arrays[:6]):
+            return None
+        low = [float(np.fmin.reduce(a)) for a in arrays]
+        high = [float(np.fmax.reduce(a)) for a in arrays]
+    measured, part, nominal, tolerance, cte, cte_u, air, scale = zip(low, high, strict=True)
+    for lo, hi in (measured, nominal, tolerance):
+        if not (lo > 0.0 and hi < math.inf):
+            return None
+    for lo, hi in (cte, cte_u):
+        if not (lo >= 0.0 and hi < math.inf):
+            return None
+    minimum, maximum = limits.plausible_min_c, limits.plausible_max_c
+    if not (part[0] >= minimum and part[1] <= maximum):
+        return None
+    for lo, hi in (air, scale):  # optional: all NaN (none given), or the given ones in the range
+        if not (math.isnan(lo) or (lo >= minimum and hi <= maximum)):
+            return None
+    return tuple(arrays), low, high
+
+
+def _compensate_part(measured: FloatArray, part_temp: FloatArray, cte: FloatArray) -> FloatArray:
+    """`compensate_to_20c` without a scale CTE: its scale factor is then exactly 1, and
+    L * 1 / f is L / f to the last bit, one NumPy step fewer."""
+    part_factor = 1.0 + cte * (part_temp - REFERENCE_TEMP_C)
+    return np.asarray(measured / part_factor, dtype=np.float64)
+
+
+def _set_flag(flags: NDArray[np.int32], mask: NDArray[np.bool_], flag: Flag) -> None:
+    """`flags[mask] |= flag`, in one NumPy step when `mask` has the shape of `flags`."""
+    if mask.shape == flags.shape:
+        np.bitwise_or(flags, int(flag), out=flags, where=mask)
+    else:
+        flags[mask] |= int(flag)
+
+
+def _shaped(mask: NDArray[np.bool_], shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    """`mask` broadcast to `shape` (itself when it has that shape)."""
+    return mask if mask.shape == shape else np.broadcast_to(mask, shape)
+
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
+
+
+def _fresh(values: NDArray[Any], shape: tuple[int, ...], dtype: type[_Scalar]) -> NDArray[_Scalar]:
+    """`values` broadcast to `shape` as a new array of `dtype`; itself when it is one already.
+
+    Only for arrays computed inside `evaluate` (never an input), so the result owns its data either way.
+    """
+    if type(values) is np.ndarray and values.shape == shape and values.dtype == dtype:
+        return values
+    return np.broadcast_to(values, shape).astype(dtype)
 
 
 def _checked(

@@ -17,8 +17,9 @@ Decisions, beyond the contract:
 - UTF-8: at the first `next()`, before any chunk, the file (header, then from `start_offset` on)
   is checked to be UTF-8 in one quick pass whatever its size (`bytes.isascii` per block, a real
   decode only for blocks that are not ASCII: measured 70 ms for a 95 MB ASCII file, 160 ms
-  non-ASCII, against about 5 s to parse it). Invalid bytes reject the file before anything from it
-  is yielded. Chunks are decoded again as they are read, so a file changed under the reader can
+  non-ASCII, against about 5 s to parse it); a rest of at most one parse block is read at once
+  and its decoding is the check. Invalid bytes reject the file before anything from it is
+  yielded. Chunks are decoded again as they are read, so a file changed under the reader can
   still raise `FileRejected` after chunks were yielded: the caller must then treat the WHOLE file
   as rejected (take nothing more from it and report it rejected, as for a bad file).
 - A quoted comma works (`"A,1"`); a quoted line break does not (each physical line is one row):
@@ -28,17 +29,18 @@ Decisions, beyond the contract:
 
 from __future__ import annotations
 
+import binascii
 import csv
 import hashlib
 import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +88,9 @@ PARSE_BLOCK_LINES = 2048
 """Lines parsed at once inside a chunk: small enough for the CPU caches (about 15 % faster than
 parsing 10,000 lines at once), large enough for NumPy to pay off."""
 
+_WHOLE_READ_BYTES = min(READ_BLOCK_BYTES, MAX_LINE_BYTES)
+"""A rest of the file up to this size is read at once (and holds no line longer than MAX_LINE_BYTES)."""
+
 MAX_ID_CHARS = 64
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BOM = b"\xef\xbb\xbf"
@@ -97,6 +102,10 @@ _EMPTY = "nan"
 """Stands for an empty optional value while a column is converted (found again by identity)."""
 _CACHE_MAX_ENTRIES = 100_000
 """Per-file caches of distinct values are cleared when they grow beyond this."""
+_SHARED_CACHE_ENTRIES = 10_000
+"""Caches shared by all files (ids known valid, days) are cleared when they grow beyond this."""
+_CLEAN_IDS: set[str] = set()
+"""Machine and feature ids `_check_id` accepts unchanged (valid, nothing to strip), across files."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,22 @@ def read_chunks(
                 if handle.read(1) != b"\n":
                     raise ValueError(f"start_offset {start_offset} is not at the start of a line")
             offset, line = start_offset, start_line
+        if size - offset <= _WHOLE_READ_BYTES:  # the usual small file: the rest in one read, one chunk
+            handle.seek(offset)
+            rest = handle.read(size - offset + 1)  # one byte more: a file grown meanwhile takes the general path
+            rest_lines = rest.count(b"\n") + (not rest.endswith(b"\n")) if rest else 0
+            if len(rest) <= size - offset and rest_lines <= min(PARSE_BLOCK_LINES, settings.chunk_rows):
+                # What the general path below does with a rest of at most one parse block of lines:
+                # one piece, one chunk. No line can be too long; the decoding in `parse` is the
+                # UTF-8 check (it finds the same first bad byte and line), before anything is yielded.
+                counts = (0, 0)
+                if rest_lines:
+                    valid, row_errors = parser.parse(rest, rest_lines, line + 1)
+                    counts = (len(valid), len(row_errors))
+                    if counts != (0, 0):
+                        yield ParsedChunk(valid, row_errors, offset + len(rest), line + rest_lines)
+                log.debug("read %s: %d valid rows, %d row errors", path, *counts)
+                return
         _check_utf8(handle, offset, line)
         handle.seek(offset)
         rows_total = errors_total = 0
@@ -282,8 +307,26 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
 
 # --- measurement ids -------------------------------------------------------------------------
 
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _HASH_DIGEST = type(hashlib.sha1()).digest
+_ID_CHARACTERS = b"-5\n"
+"""Prefixed to the hex digits of the digests: the dash, the version digit and the line end of an id."""
+_ID_VARIANT = np.zeros(256, dtype=np.uint8)
+_ID_VARIANT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.frombuffer(b"89ab" * 4, dtype=np.uint8)
+"""Hex digit of the high nibble of a digest's byte 8 -> that digit with the RFC 4122 variant bits set."""
+_id_positions = np.empty(0, dtype=np.intp)
+
+
+def _id_layout(count: int) -> NDArray[np.intp]:
+    """Where each character of `count` ids `xxxxxxxx-xxxx-5xxx-Vxxx-xxxxxxxxxxxx\\n` comes from, in
+    `_ID_CHARACTERS` + the hex digits of the digests (40 per digest; the variant digit V is put in after)."""
+    global _id_positions  # noqa: PLW0603 (grown on demand, the same for every caller)
+    if len(_id_positions) < 37 * count:
+        rows = max(count, 2 * len(_id_positions) // 37)
+        digits = [*range(8), -3, *range(8, 12), -3, -2, *range(13, 16), -3, *range(16, 20), -3, *range(20, 32), -1]
+        one = np.array(digits, dtype=np.intp) + 3  # -3, -2, -1: the dash, the 5 and the line end
+        starts = np.where(one >= 3, 40, 0) * np.arange(rows, dtype=np.intp)[:, None]
+        _id_positions = (one + starts).ravel()
+    return _id_positions[: 37 * count]
 
 
 def measurement_ids(
@@ -292,8 +335,9 @@ def measurement_ids(
     """UUIDv5 ids of rows, equal to `records.measurement_id` (timestamps in canonical form).
 
     The RFC 4122 computation of `uuid.uuid5` (SHA-1 of namespace + name, version and variant bits
-    set), one SHA-1 per row, with the bit setting and hex formatting done for all rows at once by
-    NumPy instead of a `uuid.UUID` object per row (which costs about five times as much).
+    set), one SHA-1 per row, with the bit setting and formatting done for all rows at once by
+    NumPy on the hex digits of the digests instead of a `uuid.UUID` object per row (which costs
+    about five times as much).
     """
     count = len(machine_ids)
     if count == 0:
@@ -306,20 +350,12 @@ def measurement_ids(
         rows = zip(machine_ids, part_ids, features, timestamps, strict=True)
         messages = [namespace + "|".join(row).encode() for row in rows]
     digests = b"".join(map(_HASH_DIGEST, map(hashlib.sha1, messages)))
-    raw = np.frombuffer(digests, dtype=np.uint8).reshape(count, 20)[:, :16].copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50  # version 5
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    hex_digits = np.empty((count, 32), dtype=np.uint8)
-    hex_digits[:, 0::2] = _HEX_DIGITS[raw >> 4]
-    hex_digits[:, 1::2] = _HEX_DIGITS[raw & 0x0F]
-    text = np.full((count, 37), ord("-"), dtype=np.uint8)
-    text[:, 0:8] = hex_digits[:, 0:8]
-    text[:, 9:13] = hex_digits[:, 8:12]
-    text[:, 14:18] = hex_digits[:, 12:16]
-    text[:, 19:23] = hex_digits[:, 16:20]
-    text[:, 24:36] = hex_digits[:, 20:32]
-    text[:, 36] = ord("\n")
-    return text.tobytes().decode("ascii").split("\n")[:count]
+    source = np.frombuffer(_ID_CHARACTERS + binascii.hexlify(digests), dtype=np.uint8)
+    text = source.take(_id_layout(count))
+    text[19::37] = _ID_VARIANT[source[len(_ID_CHARACTERS) + 16 :: 40]]  # the high nibble of byte 8
+    ids = text.tobytes().decode("ascii").split("\n")
+    ids.pop()
+    return ids
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -343,11 +379,17 @@ def _read_header(handle: BinaryIO) -> tuple[list[str], int, int]:
             raise _not_utf8(exc, raw, line_no) from None
         if text.strip():
             break
-    try:
-        names = next(csv.reader([text.rstrip("\r\n")], strict=True))
-    except csv.Error as exc:
-        raise FileRejected(f"unreadable header: {exc}", line_no) from None
-    return [n.strip().lower() for n in names], line_no, handle.tell()
+    names = _HEADER_NAMES.get(text)
+    if names is None:
+        try:
+            fields = next(csv.reader([text.rstrip("\r\n")], strict=True))
+        except csv.Error as exc:
+            raise FileRejected(f"unreadable header: {exc}", line_no) from None
+        names = tuple(n.strip().lower() for n in fields)
+        if len(_HEADER_NAMES) >= _LAYOUT_CACHE_ENTRIES:
+            _HEADER_NAMES.clear()
+        _HEADER_NAMES[text] = names
+    return list(names), line_no, handle.tell()
 
 
 def _not_utf8(exc: UnicodeDecodeError, data: bytes, first_line: int) -> FileRejected:
@@ -432,22 +474,50 @@ def _byte_pieces(handle: BinaryIO, chunk_lines: int, line: int) -> Iterator[tupl
 # --- parsing and validation ------------------------------------------------------------------
 
 T = TypeVar("T")
+_Columns = dict[str, Any]
+"""Columns of ValidRows by field name, while a chunk is validated."""
+_NUMBER_COLUMNS = ("nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c", "scale_temp_c")
 _Check = Callable[[list[str]], list[tuple[T, str | None]]]
 """Check of distinct values: each gives (converted value, None), or (a fill value, reason) when invalid."""
+
+
+_LAYOUT_CACHE_ENTRIES = 256
+"""Header lines and layouts remembered across files (cleared when full)."""
+_HEADER_NAMES: dict[str, tuple[str, ...]] = {}
+"""Header line (decoded) -> its names as `_read_header` returns them."""
+_LAYOUTS: dict[tuple[str, ...], tuple[int, dict[str, int], str | None] | str] = {}
+"""Header names -> `_header_layout`."""
+
+
+def _header_layout(header: tuple[str, ...]) -> tuple[int, dict[str, int], str | None] | str:
+    """(field count, field index of each contract column, the contract column first in a line if
+    any), or the reason the header rejects the file. Remembered: the same header comes file after file.
+    """
+    layout = _LAYOUTS.get(header)
+    if layout is None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        duplicates = [c for c in CONTRACT_COLUMNS if header.count(c) > 1]
+        if missing:
+            layout = f"missing required column(s): {', '.join(missing)}"
+        elif duplicates:
+            layout = f"duplicate column(s): {', '.join(duplicates)}"
+        else:
+            index = {c: header.index(c) for c in CONTRACT_COLUMNS if c in header}
+            layout = (len(header), index, next((c for c, j in index.items() if j == 0), None))
+        if len(_LAYOUTS) >= _LAYOUT_CACHE_ENTRIES:
+            _LAYOUTS.clear()
+        _LAYOUTS[header] = layout
+    return layout
 
 
 class _ChunkParser:
     """Parses and validates chunks of one file; holds the header map and per-file caches."""
 
     def __init__(self, header: list[str], header_line: int, settings: IngestSettings) -> None:
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise FileRejected(f"missing required column(s): {', '.join(missing)}", header_line)
-        duplicates = [c for c in CONTRACT_COLUMNS if header.count(c) > 1]
-        if duplicates:
-            raise FileRejected(f"duplicate column(s): {', '.join(duplicates)}", header_line)
-        self.field_count = len(header)
-        self.index = {c: header.index(c) for c in CONTRACT_COLUMNS if c in header}
+        layout = _header_layout(tuple(header))
+        if isinstance(layout, str):
+            raise FileRejected(layout, header_line)
+        self.field_count, self.index, self.first_column = layout
         self.settings = settings
         self.materials = settings.materials
         self.default_material = settings.default_material.strip().upper()
@@ -470,24 +540,21 @@ class _ChunkParser:
                 text = text[:-1]
         if text.endswith("\n"):
             text = text[:-1]
-        lines = text.split("\n")
-        if len(lines) != line_count:
-            raise AssertionError(f"{len(lines)} lines where {line_count} were counted")
-        columns, errors, line_numbers = self._split_fields(text, lines, first_line)
+        columns, errors, line_numbers = self._split_fields(text, line_count, first_line)
         if not len(line_numbers):
             return _empty_rows(), errors
         bad: dict[int, RowError] = {}
-        valid = self._validate(columns, line_numbers, bad)
+        values = self._validate(columns, line_numbers, bad)
         if bad:
             keep = np.ones(len(line_numbers), dtype=bool)
             keep[list(bad)] = False
-            valid = _select(valid, keep)
+            values = _select(values, keep)
             errors = sorted([*errors, *bad.values()], key=lambda e: e.line)
-        ids = measurement_ids(valid.machine_id, valid.part_id, valid.feature, valid.timestamp)
-        return replace(valid, measurement_id=ids), errors
+        ids = measurement_ids(values["machine_id"], values["part_id"], values["feature"], values["timestamp"])
+        return ValidRows(measurement_id=ids, **values), errors
 
     def _split_fields(
-        self, text: str, lines: list[str], first_line: int
+        self, text: str, line_count: int, first_line: int
     ) -> tuple[dict[str, list[str]], list[RowError], NDArray[np.int64]]:
         """Contract columns of the rows with the header's field count; errors of the others; line numbers.
 
@@ -499,12 +566,17 @@ class _ChunkParser:
         if '"' not in text and "\r" not in text:
             # Split the whole chunk at commas, keeping each line break at the start of the next
             # line's first field: the chunk is well formed (n fields per line) exactly when there
-            # are n * lines fields and every n-th field, from the n-th on, begins a line. The
-            # line break left in a first field is removed by the value checks, which strip.
+            # are n * lines fields and every n-th field, from the n-th on, begins a line (which
+            # also shows that the chunk has `line_count` lines). The line breaks are then taken
+            # off the first column (the value checks strip anyway).
             flat = text.replace("\n", ",\n").split(",")
-            if len(flat) == n * len(lines) and "".join(flat[n::n]).count("\n") == len(lines) - 1:
-                numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
-                return {name: flat[j::n] for name, j in self.index.items()}, errors, numbers
+            if len(flat) == n * line_count and "".join(flat[n::n]).count("\n") == line_count - 1:
+                numbers = np.arange(first_line, first_line + line_count, dtype=np.int64)
+                columns = {name: flat[j::n] for name, j in self.index.items()}
+                if self.first_column is not None:
+                    columns[self.first_column] = "".join(columns[self.first_column]).split("\n")
+                return columns, errors, numbers
+            lines = _lines(text, line_count)
             kept: list[int] = []
             for i, line in enumerate(lines):
                 count = line.count(",")
@@ -517,7 +589,7 @@ class _ChunkParser:
                 return {}, errors, numbers
             flat = "\n".join([lines[i] for i in kept]).replace("\n", ",").split(",")
             return {name: flat[j::n] for name, j in self.index.items()}, errors, numbers
-        rows, errors, numbers = self._split_csv(lines, first_line)
+        rows, errors, numbers = self._split_csv(_lines(text, line_count), first_line)
         if not rows:
             return {}, errors, numbers
         return {name: [row[j] for row in rows] for name, j in self.index.items()}, errors, numbers
@@ -545,24 +617,36 @@ class _ChunkParser:
                 errors.append(RowError(first_line + i, None, f"expected {n} fields, got {len(row)}"))
         return good, errors, np.array(numbers, dtype=np.int64)
 
-    def _validate(self, columns: dict[str, list[str]], lines: NDArray[np.int64], bad: dict[int, RowError]) -> ValidRows:
-        """Converted columns (ids not yet set); the first error of each bad row, in contract order, into `bad`."""
+    def _validate(self, columns: dict[str, list[str]], lines: NDArray[np.int64], bad: dict[int, RowError]) -> _Columns:
+        """Converted columns (all but the ids); the first error of each bad row, in contract order, into `bad`.
+
+        Each column tries a fast path that only accepts a column without any error; the checks
+        value by value (which find the errors) run when it does not.
+        """
         size = len(lines)
         raw_stamps = columns["timestamp"]
-        stamps = _check_distinct("timestamp", raw_stamps, _check_timestamps, self.timestamp_cache, lines, bad)
-        canonical = {raw: value[0] for raw, value in stamps.items()}
-        unix_ns = {raw: value[1] for raw, value in stamps.items()}
-        machine_id = _mapped(
-            columns["machine_id"],
-            _check_distinct("machine_id", columns["machine_id"], _check_ids, self.id_cache, lines, bad),
-        )
-        part_id = _mapped(
-            columns["part_id"], _check_distinct("part_id", columns["part_id"], _check_part_ids, {}, lines, bad)
-        )
-        feature = _mapped(
-            columns["feature"], _check_distinct("feature", columns["feature"], _check_ids, self.id_cache, lines, bad)
-        )
-        if "material" in columns:
+        converted = _fast_timestamps(raw_stamps)
+        if converted is not None:
+            timestamp, timestamp_ns = converted
+        else:
+            stamps = _check_distinct("timestamp", raw_stamps, _check_timestamps, self.timestamp_cache, lines, bad)
+            canonical = {raw: value[0] for raw, value in stamps.items()}
+            unix_ns = {raw: value[1] for raw, value in stamps.items()}
+            timestamp = list(map(canonical.__getitem__, raw_stamps))
+            timestamp_ns = np.fromiter(map(unix_ns.__getitem__, raw_stamps), dtype=np.int64, count=size)
+        machine_id = self._ids("machine_id", columns["machine_id"], lines, bad)
+        part_id = _fast_part_ids(columns["part_id"])
+        if part_id is None:
+            part_id = _mapped(
+                columns["part_id"], _check_distinct("part_id", columns["part_id"], _check_part_ids, {}, lines, bad)
+            )
+        feature = self._ids("feature", columns["feature"], lines, bad)
+        spellings = set(columns["material"]) if "material" in columns else set()
+        checked = self._check_materials(list(spellings)) if len(spellings) == 1 else []
+        if checked and checked[0][1] is None:  # one valid spelling in the whole chunk (the usual case)
+            distinct = {checked[0][0]}
+            material = [checked[0][0]] * size
+        elif "material" in columns:
             keys = _check_distinct(
                 "material", columns["material"], self._check_materials, self.material_cache, lines, bad
             )
@@ -583,25 +667,73 @@ class _ChunkParser:
             by_key = {k: self.materials[k] for k in distinct}
             cte = np.array([by_key[k].cte_per_k for k in material], dtype=np.float64)
             cte_u = np.array([by_key[k].cte_u_per_k for k in material], dtype=np.float64)
-        numbers: dict[str, NDArray[np.float64]] = {}
-        for name in ("nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c", "scale_temp_c"):
-            if name in columns:
-                numbers[name] = self._numbers(name, columns[name], lines, bad)
-            else:
+        return {
+            "line": lines,
+            "timestamp": timestamp,
+            "timestamp_ns": timestamp_ns,
+            "machine_id": machine_id,
+            "part_id": part_id,
+            "feature": feature,
+            "material": material,
+            "cte_per_k": cte,
+            "cte_u_per_k": cte_u,
+            **self._all_numbers(columns, lines, bad),
+        }
+
+    def _ids(self, name: str, column: list[str], lines: NDArray[np.int64], bad: dict[int, RowError]) -> list[str]:
+        """The machine or feature ids of `column` (stripped); row errors into `bad`."""
+        if _CLEAN_IDS.issuperset(column):  # every value seen before, valid as it is
+            return column
+        ids = _mapped(column, _check_distinct(name, column, _check_ids, self.id_cache, lines, bad))
+        if len(_CLEAN_IDS) > _SHARED_CACHE_ENTRIES:
+            _CLEAN_IDS.clear()
+        for raw in set(column):
+            if self.id_cache[raw] == (raw, None):
+                _CLEAN_IDS.add(raw)
+        return ids
+
+    def _all_numbers(
+        self, columns: dict[str, list[str]], lines: NDArray[np.int64], bad: dict[int, RowError]
+    ) -> dict[str, NDArray[np.float64]]:
+        """The numeric columns as float64 (`_numbers` of each); row errors into `bad`.
+
+        Fast path: NumPy converts all numeric columns at once and a row-wise min and max show
+        that every value is valid; otherwise each column goes through `_numbers`.
+        """
+        size = len(lines)
+        names = [name for name in _NUMBER_COLUMNS if name in columns]
+        values: list[str] = []
+        for name in names:
+            values += columns[name]
+        joined = "\x00".join(values)
+        block: NDArray[np.float64] | None = None
+        if joined.isascii() and "_" not in joined:
+            try:
+                block = np.array(values, dtype=np.float64).reshape(len(names), size)
+            except ValueError:
+                block = None
+        numbers: dict[str, NDArray[np.float64]]
+        if block is not None and self._all_valid(names, block):
+            numbers = dict(zip(names, block, strict=True))
+        else:
+            numbers = {name: self._numbers(name, columns[name], lines, bad) for name in names}
+        for name in _NUMBER_COLUMNS:
+            if name not in numbers:
                 numbers[name] = np.full(size, np.nan)
-        return ValidRows(
-            line=lines,
-            measurement_id=[],
-            timestamp=list(map(canonical.__getitem__, raw_stamps)),
-            timestamp_ns=np.fromiter(map(unix_ns.__getitem__, raw_stamps), dtype=np.int64, count=size),
-            machine_id=machine_id,
-            part_id=part_id,
-            feature=feature,
-            material=material,
-            cte_per_k=cte,
-            cte_u_per_k=cte_u,
-            **numbers,
-        )
+        return numbers
+
+    def _all_valid(self, names: list[str], block: NDArray[np.float64]) -> bool:
+        """Whether `_numbers` finds no error in the rows of `block` (every value given, as in `block`)."""
+        low = block.min(axis=1).tolist()  # NaN in a row gives NaN, which fails every comparison below
+        high = block.max(axis=1).tolist()
+        minimum, maximum = self.settings.plausible_min_c, self.settings.plausible_max_c
+        for name, lo, hi in zip(names, low, high, strict=True):
+            if name.endswith("_temp_c"):
+                if not (lo >= minimum and hi <= maximum):
+                    return False
+            elif not (lo > 0.0 and hi < math.inf):
+                return False
+        return True
 
     def _check_materials(self, raws: list[str]) -> list[tuple[str, str | None]]:
         out: list[tuple[str, str | None]] = []
@@ -677,6 +809,14 @@ class _ChunkParser:
         return values
 
 
+def _lines(text: str, line_count: int) -> list[str]:
+    """The lines of `text`, which must be `line_count`."""
+    lines = text.split("\n")
+    if len(lines) != line_count:
+        raise AssertionError(f"{len(lines)} lines where {line_count} were counted")
+    return lines
+
+
 def _check_distinct(
     name: str,
     column: list[str],
@@ -740,17 +880,16 @@ def _concat(parts: list[ValidRows]) -> ValidRows:
     return ValidRows(**values)  # type: ignore[arg-type]
 
 
-def _select(rows: ValidRows, keep: NDArray[np.bool_]) -> ValidRows:
-    """The rows where `keep` is true (columns not filled yet, i.e. empty, stay empty)."""
+def _select(values: _Columns, keep: NDArray[np.bool_]) -> _Columns:
+    """The rows where `keep` is true, of each column."""
     positions = np.flatnonzero(keep).tolist()
-    values: dict[str, object] = {}
-    for f in fields(rows):
-        column = getattr(rows, f.name)
+    out: _Columns = {}
+    for name, column in values.items():
         if isinstance(column, np.ndarray):
-            values[f.name] = column[keep]
+            out[name] = column[keep]
         else:
-            values[f.name] = [column[i] for i in positions] if column else []
-    return ValidRows(**values)  # type: ignore[arg-type]
+            out[name] = [column[i] for i in positions]
+    return out
 
 
 def _parse_number(raw: str) -> tuple[float, str | None, bool]:
@@ -773,6 +912,8 @@ _UTC_TIMESTAMP_RE = re.compile(
     r"([1-9]\d{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d)(?:\.(\d{1,6}))?(?:Z|\+00:00)"
 )
 """The common UTC spellings, converted for many values at once by NumPy (others: `_check_timestamp`)."""
+_FAST_YEARS = (1678, 2261)
+"""First and last year of `_fast_timestamps` (inside the range of int64 nanoseconds)."""
 
 
 def _check_timestamps(raws: list[str]) -> list[tuple[tuple[str, int], str | None]]:
@@ -801,6 +942,163 @@ def _check_timestamps(raws: list[str]) -> list[tuple[tuple[str, int], str | None
             for i in positions:
                 results[i] = _check_timestamp(raws[i])
     return results
+
+
+@dataclass(frozen=True)
+class _StampLayout:
+    """One fixed-width spelling of UTC timestamps `_UTC_TIMESTAMP_RE` accepts, for `_fast_timestamps`."""
+
+    template: NDArray[np.uint8]
+    """The bytes of a timestamp and its line end, "0" for each digit."""
+    limit: NDArray[np.uint8]
+    """A byte is right when (byte XOR template) < limit: 1 for the fixed characters, 10 for a
+    digit, 3 for the tens of the hour, 6 for the tens of minutes and seconds."""
+    time_template: bytes
+    """`template` after the date."""
+    day_limit: NDArray[np.uint8]
+    """`limit` with the date fixed (the date of the first value, put into the template)."""
+    weights: NDArray[np.float64]
+    """Digit weights giving (year, month, day, hour, year * 12 + month, nanoseconds into the
+    month + 1 day) as one matrix product (exact: every sum is an integer below 2**53)."""
+    day_weights: NDArray[np.float64]
+    """Digit weights giving (hour, nanoseconds into the day)."""
+    suffix: str
+    """`Z` or `+00:00`, as spelled."""
+    pad: str
+    """What turns the fraction into 6 digits in the canonical form (with the dot when none is given)."""
+
+
+_STAMP_LAYOUTS: dict[tuple[int, str], _StampLayout] = {}
+_STAMP_LOW = np.array([_FAST_YEARS[0], 1, 1, 0])
+_STAMP_HIGH = np.array([_FAST_YEARS[1], 12, 31, 23])
+_MONTH_STARTS = np.arange(f"{_FAST_YEARS[0]}-01", f"{_FAST_YEARS[1] + 1}-02", dtype="datetime64[M]")
+_MONTH_START_NS = (_MONTH_STARTS.astype("datetime64[s]").astype(np.int64) - 86_400) * 1_000_000_000
+"""Unix nanoseconds of the day before the first of each month, from January of the first fast year on."""
+_MONTH_DAYS = np.diff(_MONTH_STARTS.astype("datetime64[D]").astype(np.int64))
+_DATE_RE = re.compile(r"[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])")
+_DAY_SECONDS: dict[str, int | None] = {}
+"""Date (YYYY-MM-DD) -> Unix seconds of its start, None if no such day in the fast years."""
+_NOT_SEEN = -1
+"""Not in `_DAY_SECONDS` (never the start of a day, a multiple of 86,400)."""
+
+
+def _stamp_layout(length: int, suffix: str) -> _StampLayout | None:
+    """The layout of `length`-character timestamps ending in `suffix`; None if the regex takes no such one."""
+    layout = _STAMP_LAYOUTS.get((length, suffix))
+    if layout is None:
+        digits = length - len(suffix) - 20  # of the fraction, after "YYYY-MM-DDTHH:MM:SS."
+        if digits == -1 or 1 <= digits <= 6:
+            fraction = "." + "0" * digits if digits > 0 else ""
+            text = "0000-00-00T00:00:00" + fraction
+            template = np.frombuffer((text + suffix + "\n").encode(), dtype=np.uint8)
+            limit = np.ones(len(template), dtype=np.uint8)
+            limit[[i for i, c in enumerate(text) if c == "0"]] = 10
+            limit[[11, 14, 17]] = [3, 6, 6]
+            day_limit = limit.copy()
+            day_limit[:10] = 1
+            fraction_digits = max(digits, 0)
+            weights = np.zeros((len(template), 6), dtype=np.float64)
+            day_weights = np.zeros((len(template), 2), dtype=np.float64)
+            second = 1_000_000_000
+            for matrix, column, start, size, scale in (
+                (weights, 0, 0, 4, 1),  # year
+                (weights, 1, 5, 2, 1),  # month
+                (weights, 2, 8, 2, 1),  # day
+                (weights, 3, 11, 2, 1),  # hour
+                (weights, 4, 0, 4, 12),  # year * 12 + month
+                (weights, 4, 5, 2, 1),
+                (weights, 5, 8, 2, 86_400 * second),  # nanoseconds into the month + 1 day
+                (weights, 5, 11, 2, 3_600 * second),
+                (weights, 5, 14, 2, 60 * second),
+                (weights, 5, 17, 2, second),
+                (weights, 5, 20, fraction_digits, 10 ** (9 - fraction_digits)),
+                (day_weights, 0, 11, 2, 1),  # hour
+                (day_weights, 1, 11, 2, 3_600 * second),  # nanoseconds into the day
+                (day_weights, 1, 14, 2, 60 * second),
+                (day_weights, 1, 17, 2, second),
+                (day_weights, 1, 20, fraction_digits, 10 ** (9 - fraction_digits)),
+            ):
+                for k in range(size):
+                    matrix[start + k, column] += scale * 10 ** (size - 1 - k)
+            pad = ("" if digits > 0 else ".") + "0" * (6 - fraction_digits)
+            time_template = template[10:].tobytes()
+            layout = _StampLayout(template, limit, time_template, day_limit, weights, day_weights, suffix, pad)
+            _STAMP_LAYOUTS[length, suffix] = layout
+    return layout
+
+
+def _day_seconds(date: str) -> int | None:
+    """Unix seconds at the start of `date` (YYYY-MM-DD), None if it is no day of the fast years."""
+    seconds = _DAY_SECONDS.get(date, _NOT_SEEN)
+    if seconds == _NOT_SEEN:
+        seconds = None
+        if _DATE_RE.fullmatch(date) and _FAST_YEARS[0] <= int(date[:4]) <= _FAST_YEARS[1]:
+            try:
+                start = datetime(int(date[:4]), int(date[5:7]), int(date[8:10]), tzinfo=UTC)
+            except ValueError:  # e.g. 31 April
+                pass
+            else:
+                seconds = (start - _EPOCH).days * 86_400
+        if len(_DAY_SECONDS) >= _SHARED_CACHE_ENTRIES:
+            _DAY_SECONDS.clear()
+        _DAY_SECONDS[date] = seconds
+    return seconds
+
+
+def _fast_timestamps(raws: list[str]) -> tuple[list[str], NDArray[np.int64]] | None:
+    """Canonical forms and Unix nanoseconds of a column of timestamps, all valid and spelled alike.
+
+    The same results as `_check_timestamps` for a column whose values all have one length and
+    one UTC suffix, match `_UTC_TIMESTAMP_RE` with ASCII digits, name existing days and fall in
+    the years _FAST_YEARS (always in the nanosecond range); None for any other column. The
+    checks and the arithmetic are done by NumPy on the bytes of all values at once, with fewer
+    steps when all values are of one day (the date is then checked once, and its start looked up).
+    """
+    first = raws[0]
+    suffix = "Z" if first.endswith("Z") else "+00:00" if first.endswith("+00:00") else ""
+    layout = _stamp_layout(len(first), suffix) if suffix else None
+    if layout is None:
+        return None
+    text = "\n".join(raws) + "\n"
+    count = len(raws)
+    width = len(layout.template)
+    if len(text) != count * width or not text.isascii():
+        return None
+    data = np.ndarray((count, width), dtype=np.uint8, buffer=text.encode("ascii"))
+    unix_ns: NDArray[np.int64] | None = None
+    day = _day_seconds(first[:10])
+    if day is not None:  # try: every value of this day (the date is then part of the template)
+        template = np.frombuffer(first[:10].encode("ascii") + layout.time_template, dtype=np.uint8)
+        digits = data ^ template  # digit values where digits go, 0 where the template matches
+        if (digits < layout.day_limit).all():
+            hour, nanoseconds = (digits @ layout.day_weights).astype(np.int64).T
+            if hour.max() > 23:
+                return None
+            unix_ns = nanoseconds + day * 1_000_000_000
+    if unix_ns is None:  # values of several days (or a bad one)
+        digits = data ^ layout.template
+        if not (digits < layout.limit).all():
+            return None
+        fields = (digits @ layout.weights).astype(np.int64)
+        if ((fields[:, :4] < _STAMP_LOW) | (fields[:, :4] > _STAMP_HIGH)).any():
+            return None
+        month = fields[:, 4] - (_FAST_YEARS[0] * 12 + 1)
+        if (fields[:, 2] > 28).any() and (fields[:, 2] > _MONTH_DAYS[month]).any():
+            return None  # e.g. 31 April: `_check_timestamp` names the bad value
+        unix_ns = _MONTH_START_NS[month] + fields[:, 5]
+    if layout.suffix == "Z" and not layout.pad:
+        return list(raws), unix_ns
+    canonical = text.replace(layout.suffix + "\n", layout.pad + "Z\n").split("\n")
+    canonical.pop()
+    return canonical, unix_ns
+
+
+def _fast_part_ids(raws: list[str]) -> list[str] | None:
+    """The stripped part ids if `_check_part_id` accepts all of them, else None."""
+    stripped = list(map(str.strip, raws))
+    if "" in stripped or max(map(len, stripped)) > MAX_ID_CHARS or not "".join(stripped).isprintable():
+        return None
+    return stripped
 
 
 def _check_timestamp(raw: str) -> tuple[tuple[str, int], str | None]:
