@@ -1,0 +1,149 @@
+"""Raw ingest rate of the mock MES (goal >= 40,000 records/s), run as a real process on loopback.
+
+One aiohttp client POSTs pre-serialised batches sequentially (each waits for its 200, which the MES
+sends only after the SQLite commit with synchronous=FULL) and prints records/s. The gateway's
+drain benchmark compares against this rate.
+
+    .venv/bin/python -m bench.bench_mes_raw [--records 200000] [--batch 500] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cmm_twin.records import canonical_timestamp, measurement_id
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"mock MES listening on (http://\S+:\d+)")
+START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
+
+
+def record(i: int) -> dict[str, Any]:
+    """A realistic valid result record (the numbers vary like real ones)."""
+    moment = START + timedelta(milliseconds=250 * i)
+    part_id = f"P{i:08d}"
+    measured = 100.0118 + (i % 97) * 1e-4
+    return {
+        "measurement_id": measurement_id(f"CMM-{i % 4:02d}", part_id, "length_x", moment),
+        "timestamp": canonical_timestamp(moment),
+        "machine_id": f"CMM-{i % 4:02d}",
+        "part_id": part_id,
+        "feature": "length_x",
+        "material": "AL6061",
+        "cte_per_k": 2.36e-05,
+        "nominal_mm": 100.0,
+        "tolerance_mm": 0.01,
+        "measured_mm": measured,
+        "part_temp_c": 25.0 + (i % 13) * 0.01,
+        "air_temp_c": 24.0,
+        "scale_temp_c": None,
+        "compensated_mm": measured / (1 + 2.36e-05 * 5.0),
+        "correction_um": -11.798765432,
+        "deviation_um": 0.123456789,
+        "uncertainty_um": 2.8412345678,
+        "verdict": "PASS",
+        "flags": ["part_not_soaked"] if i % 7 == 0 else [],
+    }
+
+
+def start_mes(db: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start mock_mes.py on a free port; returns the process and its base URL."""
+    env = {k: v for k, v in os.environ.items() if k != "MES_TOKEN" and not k.startswith("CMM_")}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "mock_mes.py"), "--port", "0", "--db", str(db)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=db.parent,
+            env=env,
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        match = LISTENING.search(log_path.read_text())
+        if match:
+            return process, match.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError(f"mock MES did not start:\n{log_path.read_text()}")
+
+
+async def post_all(base_url: str, bodies: list[bytes]) -> float:
+    """POST every body sequentially; seconds taken."""
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(base_url + "/health") as response:
+            await response.read()
+        started = time.perf_counter()
+        for body in bodies:
+            async with session.post(base_url + "/api/v1/measurements", data=body) as response:
+                answer = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {answer[:300]!r}")
+        return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(bodies: list[bytes], records: int) -> tuple[float, float | None]:
+    """One run against a fresh MES and database: (records/s, MES CPU us per record or None)."""
+    with tempfile.TemporaryDirectory(prefix="bench-mes-") as tmp:
+        process, base_url = start_mes(Path(tmp) / "mes.db", Path(tmp) / "mes.log")
+        try:
+            cpu_before = cpu_seconds(process.pid)
+            seconds = asyncio.run(post_all(base_url, bodies))
+            cpu_after = cpu_seconds(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    cpu_us = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / records * 1e6
+    return records / seconds, cpu_us
+
+
+def main() -> None:
+    """Run the benchmark and print the rates (each run, median and best: shared machines are noisy)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    records = [record(i) for i in range(args.records)]
+    bodies = [json.dumps(records[i : i + args.batch]).encode() for i in range(0, len(records), args.batch)]
+    rates: list[float] = []
+    for run in range(1, args.runs + 1):
+        rate, cpu_us = run_once(bodies, args.records)
+        rates.append(rate)
+        cpu = "" if cpu_us is None else f", MES CPU {cpu_us:.1f} us/record"
+        print(f"run {run}: {rate:,.0f} records/s{cpu}")
+    median = statistics.median(rates)
+    verdict = "ok" if median >= 40_000 else "BELOW GOAL"
+    print(
+        f"mock MES raw ingest: {args.records} records in batches of {args.batch}, one sequential client: "
+        f"median {median:,.0f} records/s, best {max(rates):,.0f} (goal >= 40,000: {verdict})"
+    )
+
+
+if __name__ == "__main__":
+    main()

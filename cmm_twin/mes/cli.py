@@ -1,0 +1,221 @@
+"""Command line of the mock MES (`mock_mes.py`).
+
+Every flag also comes from the environment variable `CMM_<FLAG>` (the flag wins). An invalid value
+is one line on stderr naming the flag or variable, exit 2. The bearer token is never a flag: it
+comes from MES_TOKEN in the environment or an untracked `.env`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import ipaddress
+import logging
+import math
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from cmm_twin.envfile import load_env_file
+from cmm_twin.errors import CmmTwinError, ConfigError
+from cmm_twin.logs import setup_logging
+from cmm_twin.mes.server import MesConfig, create_app
+from cmm_twin.mes.store import StoreError
+
+PROG = "mock_mes.py"
+TOKEN_ENV = "MES_TOKEN"
+MAX_BODY_MB_LIMIT = 1024.0
+GC_GEN0_THRESHOLD = 50_000
+"""Parsing a 500-record batch allocates ~10,000 short-lived containers; with CPython's default
+threshold (700) the cyclic GC would run ~15 times per batch (~10 % of the ingest CPU)."""
+
+log = logging.getLogger("cmm_twin.mes")
+ready_log = logging.getLogger("cmm_twin.mes.ready")
+"""Logs the start-up line; INFO whatever --log-level says, since scripts and tests wait for it."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag: its parser, default (None: required) and help; the variable is `CMM_<FLAG>`."""
+
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str
+
+    @property
+    def dest(self) -> str:
+        """`--fail-rate` -> `fail_rate` (the MesConfig field)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        """`--fail-rate` -> `CMM_FAIL_RATE`."""
+        return "CMM_" + self.dest.upper()
+
+
+def _host(value: str) -> str:
+    host = value.strip()
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected an IP address or localhost, got {value!r}") from None
+    return host
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        text = value.strip()
+        if re.fullmatch(r"-?[0-9]{1,20}", text) is None or not low <= int(text) <= high:
+            raise ValueError(f"expected a whole number {low}..{high}, got {value!r}")
+        return int(text)
+
+    return parse
+
+
+def _number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or not (low < number if low_open else low <= number) or number > high:
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            raise ValueError(f"expected a number {bound} and <= {high:g}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _path(value: str) -> Path:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return Path(value)
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
+    return level
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", _host, "127.0.0.1", "address to listen on", "HOST"),
+    Option("--port", _whole(0, 65535), 8000, "TCP port (0: any free port, logged at start)", "PORT"),
+    Option("--db", _path, None, "SQLite database file (created if missing)", "PATH"),
+    Option("--fail-rate", _number(0.0, 1.0), 0.0, "share of POSTs answered 503 + Retry-After: 1 (0..1)", "F"),
+    Option("--latency-ms", _number(0.0, 600_000.0), 0.0, "delay before answering each /api/ request", "N"),
+    Option("--seed", _whole(-(2**63), 2**63 - 1), 0, "seed of the fault injection (reproducible runs)", "S"),
+    Option(
+        "--max-body-mb", _number(0.0, MAX_BODY_MB_LIMIT, low_open=True), 16.0, "largest request body (413 above)", "M"
+    ),
+    Option(
+        "--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR (the start-up line is always logged)", "LEVEL"
+    ),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError("arguments", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The mock MES command line (defaults are applied after the environment)."""
+    parser = _Parser(
+        prog=PROG,
+        description=f"cmm-twin mock MES (aiohttp + SQLite); requires a bearer token when {TOKEN_ENV} is set",
+        argument_default=None,
+    )
+    for option in OPTIONS:
+        default = "required" if option.default is None else f"default {option.default}"
+        parser.add_argument(option.flag, metavar=option.metavar, help=f"{option.help} (env {option.env}; {default})")
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> MesConfig:
+    """Parse and validate flags and `CMM_<FLAG>` variables (and MES_TOKEN); raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw, source = getattr(args, option.dest), option.flag
+        if raw is None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        if raw is None:
+            if option.default is None:
+                raise ConfigError(option.flag, f"required (give {option.flag} {option.metavar} or set {option.env})")
+            values[option.dest] = option.default
+            continue
+        try:
+            values[option.dest] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(source, str(exc)) from None
+    return MesConfig(**values, token=environ.get(TOKEN_ENV) or None)
+
+
+async def serve(config: MesConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop`); raises StoreError or OSError when it cannot start."""
+    stop = asyncio.Event() if stop is None else stop
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        gc.freeze()  # what start-up created lives on: keep it out of every collection
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        ready_log.info(
+            "mock MES listening on http://%s:%d (db %s, %s, fail-rate %g, latency %g ms)",
+            shown,
+            port,
+            config.db,
+            "bearer token required" if config.token else "no token required",
+            config.fail_rate,
+            config.latency_ms,
+        )
+        await stop.wait()
+        log.info("mock MES stopping")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, validate, serve. Bad configuration exits 2 with one line on stderr."""
+    load_env_file()
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    ready_log.setLevel(logging.INFO)
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 0
+    except StoreError as exc:
+        print(f"{PROG}: error: --db: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{PROG}: error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    except CmmTwinError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,511 @@
+"""The mock MES as an aiohttp application: routes, auth, fault injection, JSON errors, OpenAPI document.
+
+Contract (DESIGN.md section 6; `GET /openapi.json` describes it exactly):
+- `POST /api/v1/measurements`: a JSON array of result records, or one record object. 200
+  `{"accepted": a, "duplicates": d}` only after the batch is committed; 422 `{"errors": [{"index",
+  "field", "message"}]}` stores nothing of the batch; 400 malformed JSON; 413 body too large;
+  503 `{"error": "injected failure"}` with `Retry-After: 1` (fault injection, before anything is stored).
+- `GET /api/v1/measurements?after=SEQ&limit=N`, `GET /api/v1/stats`, `GET /health`, `GET /openapi.json`.
+- With a token configured (MES_TOKEN) every /api/ route needs `Authorization: Bearer <token>`, else 401.
+- Every error is JSON `{"error": "..."}` (404, 405 too); an unexpected exception is logged and answered
+  500 JSON as a last resort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import operator
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from cmm_twin.mes.store import MeasurementStore
+from cmm_twin.mes.validation import (
+    FLAGS,
+    FLOAT_MAX,
+    ID_FIELDS,
+    ID_PATTERN,
+    MAX_BATCH_RECORDS,
+    MAX_TEXT_CHARS,
+    NON_NEGATIVE_FIELDS,
+    NULLABLE_FIELDS,
+    NUMBER_FIELDS,
+    POSITIVE_FIELDS,
+    RECORD_FIELD,
+    TEXT_FIELDS,
+    TIMESTAMP_PATTERN,
+    UUID_PATTERN,
+    VERDICTS,
+    MalformedBodyError,
+    ensure_unique_keys,
+    parse_body,
+    record_texts,
+    validate_records,
+)
+from cmm_twin.records import RESULT_FIELDS
+
+log = logging.getLogger(__name__)
+
+MEASUREMENTS_PATH: Final = "/api/v1/measurements"
+STATS_PATH: Final = "/api/v1/stats"
+HEALTH_PATH: Final = "/health"
+OPENAPI_PATH: Final = "/openapi.json"
+DEFAULT_PAGE_LIMIT: Final = 1000
+MAX_PAGE_LIMIT: Final = 10_000
+MAX_SEQ: Final = 2**63 - 1
+RETRY_AFTER_S: Final = 1
+_DIGITS: Final = re.compile(r"[0-9]{1,19}").fullmatch
+JSON_TYPE: Final = "application/json"
+_ID_OF: Final = operator.itemgetter("measurement_id")
+
+
+@dataclass(frozen=True)
+class MesConfig:
+    """The validated configuration of one mock MES run."""
+
+    db: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    fail_rate: float = 0.0
+    latency_ms: float = 0.0
+    seed: int = 0
+    max_body_mb: float = 16.0
+    log_level: str = "INFO"
+    token: str | None = None
+    """Bearer token required on /api/ routes (from MES_TOKEN); None: no auth."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest accepted request body."""
+        return max(1, int(self.max_body_mb * 1024 * 1024))
+
+
+STORE: Final = web.AppKey("store", MeasurementStore)
+CONFIG: Final = web.AppKey("config", MesConfig)
+FAULTS: Final = web.AppKey("faults", random.Random)
+
+
+def create_app(config: MesConfig) -> web.Application:
+    """The mock MES application; its store opens on startup and closes on cleanup."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_middleware(config)])
+    app[CONFIG] = config
+    app[STORE] = MeasurementStore(config.db)
+    app[FAULTS] = random.Random(config.seed)
+    app.cleanup_ctx.append(_store_context)
+    app.router.add_post(MEASUREMENTS_PATH, post_measurements)
+    app.router.add_get(MEASUREMENTS_PATH, get_measurements)
+    app.router.add_get(STATS_PATH, get_stats)
+    app.router.add_get(HEALTH_PATH, get_health)
+    app.router.add_get(OPENAPI_PATH, get_openapi)
+    return app
+
+
+async def _store_context(app: web.Application) -> AsyncIterator[None]:
+    async with app[STORE]:
+        yield
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """`{"error": message}` with `status`."""
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _middleware(config: MesConfig) -> Middleware:
+    latency_s = config.latency_ms / 1000.0
+    token = config.token.encode("utf-8", "surrogateescape") if config.token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Latency and bearer auth on /api/; every HTTP error as JSON; never an unhandled exception."""
+        try:
+            if request.path.startswith("/api/"):
+                if latency_s > 0:
+                    await asyncio.sleep(latency_s)
+                if token is not None and not _authorized(request, token):
+                    return error_response(
+                        401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+                    )
+            return await handler(request)
+        except web.HTTPException as exc:
+            return _json_http_error(request, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return error_response(500, "internal error (logged by the MES)")
+
+    return middleware
+
+
+def _authorized(request: web.Request, token: bytes) -> bool:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    given = credentials.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, token) and scheme.lower() == "bearer"
+
+
+def _json_http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    status = exc.status
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    if status == 404:
+        message = f"no such path: {request.path}"
+    elif status == 405:
+        message = f"method {request.method} not allowed on {request.path} (allowed: {exc.headers.get('Allow', '')})"
+    elif status == 413:
+        message = f"request body larger than {request.app[CONFIG].max_body_bytes} bytes (--max-body-mb)"
+    else:
+        message = exc.text or exc.reason
+        if status >= 500:
+            log.error("HTTP %d answering %s %s: %s", status, request.method, request.path, message)
+    return error_response(status, message, headers)
+
+
+async def post_measurements(request: web.Request) -> web.Response:
+    """Validate a batch of records and store all of it, or none (see the module docstring)."""
+    config = request.app[CONFIG]
+    if config.fail_rate > 0 and request.app[FAULTS].random() < config.fail_rate:
+        return error_response(503, "injected failure", headers={"Retry-After": str(RETRY_AFTER_S)})
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(config.max_body_bytes, request.content_length)
+    body = await request.read()
+    started = time.perf_counter()
+    try:
+        parsed = parse_body(body)
+    except MalformedBodyError as exc:
+        log.warning("batch rejected: malformed JSON: %s", exc)
+        return error_response(400, f"malformed JSON: {exc}")
+    records = parsed.records
+    if len(records) > MAX_BATCH_RECORDS:
+        return error_response(413, f"batch of {len(records)} records exceeds {MAX_BATCH_RECORDS}: split it")
+    errors, invalid = validate_records(records)
+    try:
+        ensure_unique_keys(parsed, records_valid=not errors)
+    except MalformedBodyError as exc:
+        log.warning("batch rejected: malformed JSON: %s", exc)
+        return error_response(400, f"malformed JSON: {exc}")
+    if errors:
+        log.warning("batch rejected: %d of %d records invalid, nothing stored", invalid, len(records))
+        return web.json_response({"errors": errors}, status=422)
+    rows = list(zip(map(_ID_OF, records), record_texts(parsed), strict=True))
+    accepted, duplicates = await request.app[STORE].insert(rows)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    log.info("batch: accepted=%d duplicates=%d records=%d ms=%.1f", accepted, duplicates, len(rows), elapsed_ms)
+    return web.json_response({"accepted": accepted, "duplicates": duplicates})
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if _DIGITS(raw) is None or not low <= int(raw) <= high:
+        raise _BadQueryError(f"{name} must be a whole number {low}..{high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+class _BadQueryError(ValueError):
+    pass
+
+
+async def get_measurements(request: web.Request) -> web.Response:
+    """Stored records with seq > `after`, at most `limit`, in arrival order, each with its `seq`."""
+    try:
+        after = _query_int(request, "after", 0, 0, MAX_SEQ)
+        limit = _query_int(request, "limit", DEFAULT_PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
+    except _BadQueryError as exc:
+        return error_response(400, str(exc))
+    rows = await request.app[STORE].page(after, limit)
+    # each stored text is a JSON object `{...}`: put "seq" first without parsing it again
+    body = "[" + ",".join(f'{{"seq":{seq},{text[1:]}' for seq, text in rows) + "]"
+    return web.Response(text=body, content_type=JSON_TYPE)
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    """`{"count": n, "duplicates": d}`: stored records and duplicates received since the db was created."""
+    store = request.app[STORE]
+    return web.json_response({"count": store.count, "duplicates": store.duplicates})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """`{"status": "ok", "count": n}` (no token needed, never waits for the database)."""
+    return web.json_response({"status": "ok", "count": request.app[STORE].count})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of this server."""
+    return web.json_response(openapi_document(request.app[CONFIG]))
+
+
+def _error_schema(example: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {"error": {"type": "string", "examples": [example]}},
+    }
+
+
+def record_schema() -> dict[str, Any]:
+    """JSON Schema of one result record as POSTed (DESIGN.md section 3)."""
+    finite = {"minimum": -FLOAT_MAX, "maximum": FLOAT_MAX}
+    number: dict[str, Any] = {"type": "number", **finite, "description": "finite (NaN and Infinity are rejected)"}
+    properties: dict[str, Any] = {
+        "measurement_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+        "timestamp": {"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN},
+    }
+    for name in ID_FIELDS:
+        properties[name] = {"type": "string", "pattern": ID_PATTERN}
+    for name in TEXT_FIELDS:
+        properties[name] = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TEXT_CHARS,
+            "description": "printable characters only",
+        }
+    for name in POSITIVE_FIELDS:
+        properties[name] = {"type": "number", "exclusiveMinimum": 0, "maximum": FLOAT_MAX, "description": "finite"}
+    for name in NON_NEGATIVE_FIELDS:
+        properties[name] = {**number, "minimum": 0}
+    for name in NUMBER_FIELDS:
+        properties[name] = dict(number)
+    for name in NULLABLE_FIELDS:
+        properties[name] = {"type": ["number", "null"], **finite, "description": "finite, or null when not measured"}
+    properties["verdict"] = {"type": "string", "enum": list(VERDICTS)}
+    properties["flags"] = {"type": "array", "items": {"type": "string", "enum": list(FLAGS)}}
+    return {
+        "type": "object",
+        "required": list(RESULT_FIELDS),
+        "additionalProperties": False,
+        "properties": {name: properties[name] for name in RESULT_FIELDS},
+    }
+
+
+def stored_record_schema() -> dict[str, Any]:
+    """JSON Schema of a record as GET returns it: the record as stored plus its `seq`."""
+    schema = record_schema()
+    schema["required"] = ["seq", *schema["required"]]
+    schema["properties"] = {
+        "seq": {"type": "integer", "minimum": 1, "description": "arrival order"},
+        **schema["properties"],
+    }
+    return schema
+
+
+def openapi_document(config: MesConfig) -> dict[str, Any]:
+    """OpenAPI 3.1 description of exactly what this server does."""
+
+    def ref(name: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def response(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": description, "content": {JSON_TYPE: {"schema": ref(schema)}}}
+        if headers:
+            out["headers"] = headers
+        return out
+
+    unauthorized = response(
+        "MES_TOKEN is set and the request lacks `Authorization: Bearer <token>` (or the token is wrong)",
+        "Error",
+        {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+    )
+    other = response("any other error: 404 unknown path, 405 wrong method (with `Allow`), 500 unexpected", "Error")
+    bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    latency = f" Every /api/ request waits --latency-ms first (now {config.latency_ms:g} ms)."
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cmm-twin mock MES",
+            "version": "1.0.0",
+            "description": (
+                "Receives, validates, de-duplicates (on measurement_id) and durably stores result records. "
+                'Every error body is JSON `{"error": ...}` except 422 (`{"errors": [...]}`).' + latency
+            ),
+        },
+        "paths": {
+            MEASUREMENTS_PATH: {
+                "post": {
+                    "operationId": "postMeasurements",
+                    "summary": "store a batch of result records (all or nothing)",
+                    "security": bearer,
+                    "requestBody": {
+                        "required": True,
+                        "description": (
+                            "A JSON array of records, or one record object. Strict JSON: UTF-8, no NaN/Infinity, "
+                            "no duplicate keys. Any content type is accepted."
+                        ),
+                        "content": {
+                            JSON_TYPE: {
+                                "schema": {
+                                    "oneOf": [
+                                        {"type": "array", "maxItems": MAX_BATCH_RECORDS, "items": ref("Record")},
+                                        ref("Record"),
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": response(
+                            "committed durably: `accepted` records stored, `duplicates` already stored (or repeated "
+                            "in the batch) and not stored again",
+                            "Accepted",
+                        ),
+                        "400": response("the body is not well-formed strict JSON (`malformed JSON: ...`)", "Error"),
+                        "401": unauthorized,
+                        "413": response(
+                            f"body over --max-body-mb (now {config.max_body_bytes} bytes) or more than "
+                            f"{MAX_BATCH_RECORDS} records: split the batch",
+                            "Error",
+                        ),
+                        "422": response(
+                            "some records are invalid: every invalid record is listed by its index in the batch; "
+                            "nothing of the batch was stored",
+                            "ValidationErrors",
+                        ),
+                        "503": response(
+                            f"injected failure (--fail-rate, now {config.fail_rate:g}); nothing was stored, retry",
+                            "Error",
+                            {"Retry-After": {"schema": {"type": "string", "const": str(RETRY_AFTER_S)}}},
+                        ),
+                        "default": other,
+                    },
+                },
+                "get": {
+                    "operationId": "listMeasurements",
+                    "summary": "stored records in arrival order",
+                    "security": bearer,
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "description": "only records with seq greater than this",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "at most this many records",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PAGE_LIMIT,
+                                "default": DEFAULT_PAGE_LIMIT,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "records with their seq (ascending)",
+                            "content": {JSON_TYPE: {"schema": {"type": "array", "items": ref("StoredRecord")}}},
+                        },
+                        "400": response("after or limit is not a whole number in range", "Error"),
+                        "401": unauthorized,
+                        "default": other,
+                    },
+                },
+            },
+            STATS_PATH: {
+                "get": {
+                    "operationId": "getStats",
+                    "summary": "stored records and duplicates received since the database was created",
+                    "security": bearer,
+                    "responses": {"200": response("counters", "Stats"), "401": unauthorized, "default": other},
+                }
+            },
+            HEALTH_PATH: {
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "liveness (no token needed)",
+                    "security": [],
+                    "responses": {"200": response("the server is up", "Health"), "default": other},
+                }
+            },
+            OPENAPI_PATH: {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "this document (no token needed)",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1 document", "content": {JSON_TYPE: {"schema": {}}}},
+                        "default": other,
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "required only when the MES runs with MES_TOKEN set",
+                }
+            },
+            "schemas": {
+                "Record": record_schema(),
+                "StoredRecord": stored_record_schema(),
+                "Accepted": {
+                    "type": "object",
+                    "required": ["accepted", "duplicates"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "accepted": {"type": "integer", "minimum": 0},
+                        "duplicates": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "ValidationErrors": {
+                    "type": "object",
+                    "required": ["errors"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "errors": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["index", "field", "message"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "index": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "position of the record in the batch (0 for a single object)",
+                                    },
+                                    "field": {
+                                        "type": "string",
+                                        "description": f"the field, or `{RECORD_FIELD}` for the record as a whole",
+                                    },
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                },
+                "Error": _error_schema("malformed JSON: Expecting value: line 1 column 1 (char 0)"),
+                "Stats": {
+                    "type": "object",
+                    "required": ["count", "duplicates"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "count": {"type": "integer", "minimum": 0},
+                        "duplicates": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "count"],
+                    "additionalProperties": False,
+                    "properties": {"status": {"type": "string", "const": "ok"}, "count": {"type": "integer"}},
+                },
+            },
+        },
+    }
