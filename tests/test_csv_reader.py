@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,8 +28,10 @@ from cmm_twin.gateway.ingest.csv_reader import (
     _check_timestamp,
     _check_timestamps,
     _fast_timestamps,
+    concat_rows,
     measurement_ids,
     read_chunks,
+    read_small_files,
     to_records,
 )
 from cmm_twin.physics.materials import MATERIALS
@@ -852,3 +855,60 @@ def test_row_error_json() -> None:
         "column": None,
         "reason": "expected 10 fields, got 7",
     }
+
+
+# ----------------------------------------------------------------------------- many small files at once
+
+_SMALL_FILES: list[bytes] = [
+    b"timestamp,machine_id,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c\n"
+    b"2026-01-05T06:00:00Z,M1,A1,f,100,0.01,100.0118,25\n2026-01-05T06:00:01Z,M1,A2,f,100,0.01,x,25\n",
+    b"timestamp,machine_id,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c\n"
+    b"2026-01-05T06:00:02Z,M2,B1,f,100,0.01,100.0118,95\n\n2026-01-05T06:00:03Z,M2,B2,f,100,0.01,100.01,21",
+    b"",
+    b"timestamp,machine_id,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c\n",
+    b"\xef\xbb\xbftimestamp,machine_id,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c\r\n"
+    b"2026-01-05T06:00:04Z,M3,C1,f,100,0.01,100.0118,25\r\n",
+    b"timestamp,machine_id,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c\n"
+    b"2026-01-05T06:00:05Z,M4,D\xff,f,100,0.01,100.0118,25\n",
+    b"machine_id,timestamp,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c,air_temp_c\n"
+    b"M5,2026-01-05T06:00:06Z,E1,f,100,0.01,100.0118,25,24\n",
+    b"timestamp,machine_id,part_id\n2026-01-05T06:00:07Z,M6,F1\n",
+    b"\n\ntimestamp,machine_id,part_id,feature,nominal_mm,tolerance_mm,measured_mm,part_temp_c\n"
+    b"2026-01-05T06:00:08Z,M7,G1,f,100,0.01,100.0118,25\nbad line\n",
+]
+
+
+def _one_by_one(path: Path) -> object:
+    try:
+        chunks = list(read_chunks(path, IngestSettings()))
+    except (OSError, FileRejected) as exc:
+        return ("error", type(exc).__name__, str(exc))
+    if not chunks:
+        return None
+    return _summary(concat_rows([c.rows for c in chunks]), [e for c in chunks for e in c.errors])
+
+
+def _summary(rows: ValidRows, errors: list[RowError]) -> object:
+    air = [repr(v) for v in rows.air_temp_c.tolist()]  # NaN compares unequal to itself; its repr does not
+    return (rows.line.tolist(), rows.measurement_id, rows.measured_mm.tolist(), air, errors)
+
+
+@settings(max_examples=60, deadline=None)
+@given(order=st.permutations(list(range(len(_SMALL_FILES)))), repeat=st.integers(1, 3))
+def test_read_small_files_gives_what_read_chunks_gives_file_by_file(order: list[int], repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for k, index in enumerate(order * repeat):
+            path = Path(tmp) / f"f{k:03d}.csv"
+            path.write_bytes(_SMALL_FILES[index])
+            paths.append(path)
+        together = read_small_files(paths, IngestSettings())
+        for path, result in zip(paths, together, strict=True):
+            if isinstance(result, Exception):
+                got: object = ("error", type(result).__name__, str(result))
+            elif result is None:
+                got = None
+            else:
+                got = _summary(result.rows, result.errors)
+                assert result.end_offset == path.stat().st_size
+            assert got == _one_by_one(path), path.read_bytes()

@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
-from cmm_twin.gateway.state import AsyncState
+from cmm_twin.gateway.state import AsyncState, SpoolPage
 from cmm_twin.gateway.status import SinkStatus
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
 
+STATUS_REFRESH_S = 0.25
+"""How often a busy durable runner refreshes its buffer depth and oldest age."""
 IDLE_PING_S = 1.0
 """How often an idle durable runner asks its sink whether the receiver is reachable."""
 
@@ -88,36 +90,68 @@ class DurableRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; a batch in hand is finished or left spooled, never lost."""
         store = self.state.store
-        read_seq = await self.state.call(store.acked_seq, self.sink.name)
+        name = self.sink.name
+        read_seq = await self.state.call(store.acked_seq, name)
         await self.refresh_status()
-        while not stop.is_set():
-            if not self.buffer:
-                self.new_data.clear()
-                page = await self.state.call(store.read_after, read_seq, self.settings.page_size)
-                if page is None:
+        # The spool read of the next page and the acknowledgement of the last batch run on the
+        # state thread while the next batch is on the wire: one of each in flight at most.
+        next_page: asyncio.Future[SpoolPage | None] | None = None
+        ack: asyncio.Future[None] | None = None
+        refreshed = time.monotonic()
+        try:
+            while not stop.is_set():
+                if not self.buffer:
+                    if next_page is None:
+                        self.new_data.clear()
+                        next_page = asyncio.ensure_future(
+                            self.state.call(store.read_after, read_seq, self.settings.page_size)
+                        )
+                    page = await next_page
+                    next_page = None
+                    if page is None:
+                        if ack is not None:
+                            await ack
+                            ack = None
+                        await self.refresh_status()
+                        self._check_drained()
+                        await self._idle(stop)
+                        continue
+                    read_seq = int(page.seqs[-1])
+                    for start in range(0, len(page.seqs), self.settings.batch_size):
+                        end = start + self.settings.batch_size
+                        self.buffer.append((int(page.seqs[start:end][-1]), page.records.take(slice(start, end))))
+                if len(self.buffer) == 1 and next_page is None:  # read ahead while the last batch is sent
+                    self.new_data.clear()
+                    next_page = asyncio.ensure_future(
+                        self.state.call(store.read_after, read_seq, self.settings.page_size)
+                    )
+                last_seq, batch = self.buffer[0]
+                if not await self._deliver(batch, stop):
+                    return  # stopping: the batch stays spooled and is sent after restart
+                self.buffer.popleft()
+                if ack is not None:
+                    await ack
+                ack = asyncio.ensure_future(self.state.call(store.ack, name, last_seq))
+                self.status.rows_out += len(batch)
+                if self.on_delivered is not None:
+                    self.on_delivered(name, batch)
+                if time.monotonic() - refreshed > STATUS_REFRESH_S:
                     await self.refresh_status()
-                    await self._idle(stop)
-                    continue
-                read_seq = int(page.seqs[-1])
-                for start in range(0, len(page.seqs), self.settings.batch_size):
-                    end = start + self.settings.batch_size
-                    self.buffer.append((int(page.seqs[start:end][-1]), page.records.take(slice(start, end))))
-            last_seq, batch = self.buffer[0]
-            if not await self._deliver(batch, stop):
-                return  # stopping: the batch stays spooled and is sent after restart
-            self.buffer.popleft()
-            await self.state.call(store.ack, self.sink.name, last_seq)
-            self.status.rows_out += len(batch)
-            if self.on_delivered is not None:
-                self.on_delivered(self.sink.name, batch)
-            await self.refresh_status()
-            if self._flush_started is not None and self.status.buffer_depth == 0:
-                log.info(
-                    "buffer drained: %s is up to date (%.1f s after it came back)",
-                    self.sink.name,
-                    time.monotonic() - self._flush_started,
-                )
-                self._flush_started = None
+                    refreshed = time.monotonic()
+        finally:
+            for pending in (ack, next_page):
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pending)
+
+    def _check_drained(self) -> None:
+        if self._flush_started is not None and self.status.buffer_depth == 0:
+            log.info(
+                "buffer drained: %s is up to date (%.1f s after it came back)",
+                self.sink.name,
+                time.monotonic() - self._flush_started,
+            )
+            self._flush_started = None
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait for new records; meanwhile ask the sink whether its receiver is reachable."""

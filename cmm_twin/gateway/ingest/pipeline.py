@@ -18,9 +18,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.config import GatewayConfig
-from cmm_twin.gateway.ingest.csv_reader import FileRejected, IngestSettings, ParsedChunk, read_chunks, to_records
+from cmm_twin.gateway.ingest.csv_reader import (
+    FileRejected,
+    IngestSettings,
+    ParsedChunk,
+    concat_rows,
+    read_chunks,
+    read_small_files,
+    to_records,
+)
 from cmm_twin.gateway.ingest.inbox import InboxQueue, check_ready
 from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.runner import wait_or_stop
@@ -64,6 +74,10 @@ class _Job:
     reader: Iterator[ParsedChunk] | None = None
     done: bool = False
     """Set when the file has left the queue's concern (finished or vanished)."""
+
+
+_UNREAD = object()
+"""Marks a file that read_small_files did not read (it is resumed with read_chunks)."""
 
 
 class _GrewError(Exception):
@@ -311,13 +325,21 @@ class Pipeline:
         for a file that grew while being read (not committed)."""
         results: list[_Step | None] = [None] * len(jobs)
         staged: list[tuple[int, _Job, RecordBatch | None, list[StoredRowError]]] = []
-        for i, job in enumerate(jobs):
+        for job in jobs:
             job.progress = self._start(job)
+        fresh = [
+            job for job in jobs if job.progress is not None and not job.progress.complete and not job.progress.offset
+        ]
+        parsed = dict(zip(map(id, fresh), read_small_files([job.path for job in fresh], self.settings), strict=True))
+        evaluated = self._evaluate_together([c for c in parsed.values() if isinstance(c, ParsedChunk)])
+        for i, job in enumerate(jobs):
+            assert job.progress is not None
             if job.progress.complete:
                 staged.append((i, job, None, []))
                 continue
             try:
-                records, errors = self._read_whole(job)
+                chunk = parsed.get(id(job), _UNREAD)
+                records, errors = self._read_whole(job, chunk, evaluated.get(id(chunk)))
             except FileNotFoundError:
                 continue
             except _GrewError:
@@ -340,17 +362,45 @@ class Pipeline:
             _fsync_dir(directory)
         return results
 
-    def _read_whole(self, job: _Job) -> tuple[RecordBatch | None, list[StoredRowError]]:
-        """Read a small file in full and set its progress complete; a file-level error delivers
-        nothing of it. Raises _GrewError when the file changed size meanwhile."""
+    def _evaluate_together(self, chunks: list[ParsedChunk]) -> dict[int, RecordBatch | Exception]:
+        """Records of many small chunks from ONE physics call (split again per chunk, by id)."""
+        if not chunks:
+            return {}
+        try:
+            joint = to_records(concat_rows([c.rows for c in chunks]), self.config.physics)
+        except CmmTwinError:  # one chunk the physics refuses: evaluate each alone to pin it down
+            out: dict[int, RecordBatch | Exception] = {}
+            for chunk in chunks:
+                try:
+                    out[id(chunk)] = to_records(chunk.rows, self.config.physics)
+                except CmmTwinError as exc:
+                    out[id(chunk)] = exc
+            return out
+        bounds = np.cumsum([0] + [len(c.rows) for c in chunks]).tolist()
+        return {id(c): joint.take(slice(bounds[k], bounds[k + 1])) for k, c in enumerate(chunks)}
+
+    def _read_whole(
+        self,
+        job: _Job,
+        parsed: ParsedChunk | Exception | object | None = None,
+        evaluated: RecordBatch | Exception | None = None,
+    ) -> tuple[RecordBatch | None, list[StoredRowError]]:
+        """Take a small file in full (`parsed` by read_small_files, or read here when _UNREAD) and
+        set its progress complete; a file-level error delivers nothing of it. Raises _GrewError
+        when the file changed size meanwhile."""
         assert job.progress is not None
         p = job.progress
-        parts: list[RecordBatch] = []
-        errors: list[StoredRowError] = []
+        chunks: list[ParsedChunk] = []
         try:
-            for chunk in read_chunks(job.path, self.settings, p.offset, p.line):
-                parts.append(to_records(chunk.rows, self.config.physics))
-                errors.extend(StoredRowError(e.line, e.column, e.reason) for e in chunk.errors)
+            if parsed is _UNREAD:  # resuming after a crash mid-file: only what is not committed
+                chunks = list(read_chunks(job.path, self.settings, p.offset, p.line))
+            elif isinstance(parsed, Exception):
+                raise parsed
+            elif isinstance(parsed, ParsedChunk):
+                chunks = [parsed]
+            if isinstance(evaluated, Exception):
+                raise evaluated
+            parts = [evaluated] if evaluated is not None else [to_records(c.rows, self.config.physics) for c in chunks]
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -358,6 +408,7 @@ class Pipeline:
             return None, []
         if job.path.stat().st_size != job.size:
             raise _GrewError(job.path.name)
+        errors = [StoredRowError(e.line, e.column, e.reason) for chunk in chunks for e in chunk.errors]
         records = RecordBatch.concat(parts) if len(parts) > 1 else (parts[0] if parts else None)
         rows_ok = len(records) if records is not None else 0
         job.progress = replace(
