@@ -188,7 +188,7 @@ class GatewayConfig:
     log_level: str = "INFO"
     physics: PhysicsConfig = field(default_factory=PhysicsConfig)
     materials: Mapping[str, Material] = field(default_factory=lambda: dict(MATERIALS))
-    chunk_rows: int = 4_000
+    chunk_rows: int = 1_000
     files_per_commit: int = 200
     opcua_enabled: bool = True
     sink_batch_size: int = 500

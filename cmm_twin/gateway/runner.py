@@ -289,7 +289,7 @@ class LiveRunner:
         self,
         sink: Sink,
         status: SinkStatus,
-        max_batches: int = 8,
+        max_batches: int = 2,
         on_delivered: Callable[[str, RecordBatch], None] | None = None,
     ) -> None:
         self.sink = sink

@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 RETRY_FAILED_FILE_S = 5.0
 SPOOL_RECHECK_S = 0.5
-GROUP_MAX_FILE_BYTES = 512 << 10
+GROUP_MAX_FILE_BYTES = 256 << 10
 """Files up to this size are read whole and committed in groups of up to `files_per_commit`
-files and about this many bytes together (roughly one 4,000-row chunk)."""
+files and about this many bytes together (a few thousand rows)."""
 ERRORS_IN_LOG = 3
 """Row errors quoted in a file's warning line; the rest are in its sidecar report."""
 
