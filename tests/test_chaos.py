@@ -4,6 +4,7 @@ exactly once (`make chaos-test` runs only these)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -136,3 +137,38 @@ def test_mes_failing_30_percent_of_requests(tmp_path: Path) -> None:
         assert gateway.stop() == 0
         mes.stop()
     assert "injected failure" in gateway.log_text()
+
+
+def test_mes_rejecting_some_records_as_invalid(tmp_path: Path) -> None:
+    port = free_port()
+    # The MES's master data knows CMM-01 and CMM-02 only: the records of CMM-03 are invalid to it.
+    mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes.log", "--known-machines", "CMM-01,CMM-02")
+    mes.wait_ready()
+    gateway = gateway_for(tmp_path, mes.url)
+    simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "150", "--rate", "0")
+    try:
+        assert simulator.wait(60) == 0
+        wait_until(
+            lambda: (
+                gateway.get_json("/health")["files_processed"] == 150
+                and gateway.get_json("/health")["buffer_depth"] == 0
+            ),
+            120,
+            "everything delivered or dead-lettered",
+        )
+        expected = truth_ids(tmp_path / "truth")
+        stored = [r["measurement_id"] for r in mes.all_records()]
+        dead = [
+            json.loads(line) for line in (tmp_path / "data" / "state" / "dead_letter.jsonl").read_text().splitlines()
+        ]
+        dead_ids = [d["record"]["measurement_id"] for d in dead]
+        assert len(stored) == len(set(stored)) == 200  # CMM-01 and CMM-02: 100 parts x 2 features
+        assert len(dead_ids) == len(set(dead_ids)) == 100  # CMM-03: 50 parts x 2 features
+        assert sorted(stored + dead_ids) == sorted(expected)
+        assert {d["record"]["machine_id"] for d in dead} == {"CMM-03"}
+        assert {d["reason"] for d in dead} == {"machine_id: unknown machine 'CMM-03' (not in --known-machines)"}
+    finally:
+        simulator.kill()
+        assert gateway.stop() == 0
+        mes.stop()
+    assert "mes rejected record" in gateway.log_text()

@@ -924,3 +924,18 @@ def test_missing_db_and_env_configuration(tmp_path: Path) -> None:
     assert load_config(["--port", "1234"], {"CMM_DB": "x.db", "CMM_PORT": "99"}).port == 1234  # the flag wins
     assert create_app(config)[CONFIG] is config
     assert create_app(config)[STORE].path == Path("x.db")
+
+
+async def test_known_machines_rejects_records_of_unknown_machines(tmp_path: Path) -> None:
+    config = mes_config(tmp_path, "--known-machines", "CMM-01, CMM-02")
+    async with running(config) as client:
+        batch = [make_record(0), make_record(1, machine_id="CMM-09"), make_record(2, machine_id="CMM-02")]
+        status, answer = await post(client, batch)
+        assert status == 422
+        assert answer == {
+            "errors": [
+                {"index": 1, "field": "machine_id", "message": "unknown machine 'CMM-09' (not in --known-machines)"}
+            ]
+        }
+        status, answer = await post(client, [batch[0], batch[2]])
+        assert (status, answer) == (200, {"accepted": 2, "duplicates": 0})

@@ -44,13 +44,14 @@ ready_log = logging.getLogger("cmm_twin.mes.ready")
 
 @dataclass(frozen=True)
 class Option:
-    """One flag: its parser, default (None: required) and help; the variable is `CMM_<FLAG>`."""
+    """One flag: its parser, default and help; the variable is `CMM_<FLAG>`."""
 
     flag: str
     parse: Callable[[str], Any]
     default: Any
     help: str
     metavar: str
+    required: bool = False
 
     @property
     def dest(self) -> str:
@@ -97,6 +98,16 @@ def _number(low: float, high: float, low_open: bool = False) -> Callable[[str], 
     return parse
 
 
+def _machine_list(value: str) -> frozenset[str]:
+    machines = frozenset(m.strip() for m in value.split(",") if m.strip())
+    if not machines:
+        raise ValueError("expected one or more machine ids separated by commas")
+    bad = sorted(m for m in machines if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", m) is None)
+    if bad:
+        raise ValueError(f"not a machine id: {bad[0]!r}")
+    return machines
+
+
 def _path(value: str) -> Path:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -113,10 +124,17 @@ def _log_level(value: str) -> str:
 OPTIONS: tuple[Option, ...] = (
     Option("--host", _host, "127.0.0.1", "address to listen on", "HOST"),
     Option("--port", _whole(0, 65535), 8000, "TCP port (0: any free port, logged at start)", "PORT"),
-    Option("--db", _path, None, "SQLite database file (created if missing)", "PATH"),
+    Option("--db", _path, None, "SQLite database file (created if missing)", "PATH", required=True),
     Option("--fail-rate", _number(0.0, 1.0), 0.0, "share of POSTs answered 503 + Retry-After: 1 (0..1)", "F"),
     Option("--latency-ms", _number(0.0, 600_000.0), 0.0, "delay before answering each /api/ request", "N"),
     Option("--seed", _whole(-(2**63), 2**63 - 1), 0, "seed of the fault injection (reproducible runs)", "S"),
+    Option(
+        "--known-machines",
+        _machine_list,
+        None,
+        "comma-separated machine ids the MES knows; records of others are answered 422 (default: any)",
+        "IDS",
+    ),
     Option(
         "--max-body-mb", _number(0.0, MAX_BODY_MB_LIMIT, low_open=True), 16.0, "largest request body (413 above)", "M"
     ),
@@ -139,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=None,
     )
     for option in OPTIONS:
-        default = "required" if option.default is None else f"default {option.default}"
+        default = (
+            "required" if option.required else f"default {option.default if option.default is not None else 'off'}"
+        )
         parser.add_argument(option.flag, metavar=option.metavar, help=f"{option.help} (env {option.env}; {default})")
     return parser
 
@@ -154,7 +174,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         if raw is None and option.env in environ:
             raw, source = environ[option.env], option.env
         if raw is None:
-            if option.default is None:
+            if option.required:
                 raise ConfigError(option.flag, f"required (give {option.flag} {option.metavar} or set {option.env})")
             values[option.dest] = option.default
             continue

@@ -82,6 +82,8 @@ class MesConfig:
     log_level: str = "INFO"
     token: str | None = None
     """Bearer token required on /api/ routes (from MES_TOKEN); None: no auth."""
+    known_machines: frozenset[str] | None = None
+    """Master data: when set, records of other machines are answered 422 (a business rule)."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -189,6 +191,9 @@ async def post_measurements(request: web.Request) -> web.Response:
     if len(records) > MAX_BATCH_RECORDS:
         return error_response(413, f"batch of {len(records)} records exceeds {MAX_BATCH_RECORDS}: split it")
     errors, invalid = validate_records(records)
+    if not errors and config.known_machines is not None:
+        errors = unknown_machines(records, config.known_machines)
+        invalid = len(errors)
     try:
         ensure_unique_keys(parsed, records_valid=not errors)
     except MalformedBodyError as exc:
@@ -202,6 +207,15 @@ async def post_measurements(request: web.Request) -> web.Response:
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     log.info("batch: accepted=%d duplicates=%d records=%d ms=%.1f", accepted, duplicates, len(rows), elapsed_ms)
     return web.json_response({"accepted": accepted, "duplicates": duplicates})
+
+
+def unknown_machines(records: list[dict[str, Any]], known: frozenset[str]) -> list[dict[str, Any]]:
+    """422 errors for valid records whose machine the MES does not know (--known-machines)."""
+    return [
+        {"index": i, "field": "machine_id", "message": f"unknown machine {r['machine_id']!r} (not in --known-machines)"}
+        for i, r in enumerate(records)
+        if r["machine_id"] not in known
+    ]
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
