@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +94,20 @@ async def measure_latency(data_dir: Path, opcua_port: int, files: int) -> list[f
 
 
 def wait_files(gateway: GatewayProcess, count: int, timeout_s: float) -> None:
+    """Wait until the gateway has processed `count` files (polled gently: the poll costs the
+    gateway CPU, so the end time is taken from its log, not from the poll)."""
     deadline = time.monotonic() + timeout_s
     while gateway.get_json("/health")["files_processed"] < count:
         if time.monotonic() > deadline:
             raise TimeoutError(gateway.log_text()[-2000:])
-        time.sleep(0.002)
+        time.sleep(0.05)
+
+
+def last_logged_file_time(gateway: GatewayProcess, prefix: str) -> float:
+    """Wall time (s since the epoch) of the last 'file: ... rows ok' log line for files `prefix*`."""
+    stamps = re.findall(rf"^(\S+ \S+) INFO: {prefix}\S*: \d+ rows ok", gateway.log_text(), re.MULTILINE)
+    moment = datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f")
+    return moment.timestamp()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,11 +148,11 @@ def main() -> None:
             rows = "".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(args.backlog_rows))
             for k in range(args.backlog_files):
                 _write(staging / f"backlog_{k:05d}.csv", HEADER + rows)
-            started = time.perf_counter()
+            started = time.time()
             for k in range(args.backlog_files):
                 os.rename(staging / f"backlog_{k:05d}.csv", data / "inbox" / f"backlog_{k:05d}.csv")
             wait_files(gateway, done + args.backlog_files, 300)
-            elapsed = time.perf_counter() - started
+            elapsed = last_logged_file_time(gateway, "backlog_") - started
             results["backlog files/s"] = (
                 f"{args.backlog_files / elapsed:,.0f} files/s, {args.backlog_files * args.backlog_rows / elapsed:,.0f}"
                 f" rows/s ({args.backlog_files} x {args.backlog_rows} rows in {elapsed:.2f} s; goal >= 1,000 files/s)"

@@ -1,6 +1,6 @@
 """Every benchmark of the project, one after the other (`make bench`).
 
-    .venv/bin/python -m bench.run_all
+.venv/bin/python -m bench.run_all
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import stat
@@ -147,10 +148,11 @@ class InboxQueue:
             soonest = min(soonest, due - now)
         return None, soonest
 
-    def due(self, exclude: Path) -> list[Path]:
-        """Queued files that are due now, in order, without `exclude`."""
+    def due(self, exclude: Path, limit: int) -> list[Path]:
+        """Up to `limit` queued files that are due now, in order, without `exclude`."""
         now = time.monotonic()
-        return [p for p in self._pending if p != exclude and self._not_before.get(p, 0.0) <= now]
+        due = (p for p in self._pending if p != exclude and self._not_before.get(p, 0.0) <= now)
+        return list(itertools.islice(due, limit))
 
     def rescan(self) -> None:
         """Queue whatever the inbox holds; forget ignored paths that have gone."""

@@ -164,7 +164,7 @@ class Pipeline:
                 continue
             group = [first]
             group_bytes = first.size
-            for other in queue.due(exclude=path):
+            for other in queue.due(exclude=path, limit=self.config.files_per_commit):
                 if len(group) >= self.config.files_per_commit or group_bytes >= GROUP_MAX_FILE_BYTES:
                     break  # a group holds about as much as one chunk of a big file: memory stays bounded
                 job = self._ready_job(queue, other)
