@@ -167,6 +167,7 @@ async def test_file_deleted_before_it_is_read(tmp_path: Path) -> None:
             path.unlink()
         drop_file(config.inbox, "after_delete.csv", HEADER + csv_row("NEXT"))
         await wait_for((config.archive / "after_delete.csv").exists)
+        await wait_for(lambda: len(sink.records) == 1, what="delivery")
     assert [r["part_id"] for r in sink.records] == ["NEXT"]
     assert not list(config.quarantine.iterdir())
     assert not (config.archive / "vanishing.csv").exists()
@@ -184,6 +185,7 @@ async def test_file_still_being_written_is_not_read_half_written(tmp_path: Path)
             assert not sink.records, "read while the writer still had the file open"
             writer.write("gth_x,AL6061,100.0,0.010,100.0118,25.0,24.0\n" + csv_row("S3"))
         await wait_for((config.archive / "slow_writer.csv").exists)
+        await wait_for(lambda: len(sink.records) == 3, what="delivery")  # archived = spooled; delivery follows
     assert [r["part_id"] for r in sink.records] == ["S1", "S2", "S3"]
 
 
@@ -195,6 +197,7 @@ async def test_only_csv_names_are_taken(tmp_path: Path) -> None:
         drop_file(config.inbox, ".hidden.csv", HEADER + csv_row("HIDDEN"))
         drop_file(config.inbox, "real.csv", HEADER + csv_row("REAL"))
         await wait_for((config.archive / "real.csv").exists)
+        await wait_for(lambda: len(sink.records) == 1, what="delivery")
     assert [r["part_id"] for r in sink.records] == ["REAL"]
     assert (config.inbox / "notes.txt").exists()
     assert (config.inbox / ".hidden.csv").exists()
