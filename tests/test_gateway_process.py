@@ -188,7 +188,11 @@ def test_kill_9_mid_file_neither_skips_nor_respools(tmp_path: Path) -> None:
     write_big_file(staging, rows)
     record = tmp_path / "record.jsonl"
     script = [str(ROOT / "tests" / "recording_gateway.py"), str(record)]
-    args = gateway_args(tmp_path / "data", free_port())
+    # Chunks of 5,000 rows and POSTs of 500: a re-spooled chunk would show as 5,000 repeats, while
+    # at-least-once delivery may repeat only the batches in flight (one sent, one being acknowledged).
+    toml = tmp_path / "gateway.toml"
+    toml.write_text("[ingest]\nchunk_rows = 5000\n[sinks]\nbatch_size = 500\n")
+    args = gateway_args(tmp_path / "data", free_port(), "--config", str(toml))
     first = GatewayProcess(args, tmp_path / "first.log", script=script)
     first.wait_ready()
     (tmp_path / "data" / "inbox").mkdir(parents=True, exist_ok=True)
@@ -221,9 +225,7 @@ def test_kill_9_mid_file_neither_skips_nor_respools(tmp_path: Path) -> None:
     part_ids = {json.loads(v)["part_id"] for v in by_id.values()}
     assert len(part_ids) == rows, "rows were skipped"
     resent = len(ids) - len(by_id)
-    # At most the one batch that was delivered but not yet acknowledged is sent again; a re-spooled
-    # chunk would repeat thousands of rows.
-    assert resent <= 500, f"{resent} records delivered twice"
+    assert resent <= 2 * 500, f"{resent} records delivered twice"
     print(f"kill -9 after {delivered_before} of {rows} rows; after restart all {rows} present, {resent} re-sent")
 
 
