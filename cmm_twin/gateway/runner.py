@@ -45,7 +45,7 @@ class RunnerSettings:
     """How a durable sink is fed."""
 
     batch_size: int = 500
-    page_size: int = 5000
+    page_size: int = 1000
     """Records read from the spool at a time: the bound of the in-memory deque."""
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
