@@ -57,19 +57,7 @@ def measurement_id(machine_id: str, part_id: str, feature: str, timestamp: datet
     return str(uuid.uuid5(MEASUREMENT_ID_NAMESPACE, name))
 
 
-FLOAT_COLUMNS: tuple[str, ...] = (
-    "cte_per_k",
-    "nominal_mm",
-    "tolerance_mm",
-    "measured_mm",
-    "part_temp_c",
-    "air_temp_c",
-    "scale_temp_c",
-    "compensated_mm",
-    "correction_um",
-    "deviation_um",
-    "uncertainty_um",
-)
+FLOAT_COLUMNS: tuple[str, ...] = RESULT_FIELDS[RESULT_FIELDS.index("cte_per_k") : RESULT_FIELDS.index("verdict")]
 """Numeric fields of a result record; NaN in an optional temperature means "not given" (null)."""
 
 

@@ -10,45 +10,23 @@ OPCUA_PASSWORD) or an untracked .env loaded into it.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.options import Option, parse_host, parse_log_level
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
 
 PROG = "cmm_edge_gateway.py"
 HISTORIANS = ("sqlite", "influx", "none")
 IMPLEMENTED_HISTORIANS = ("none",)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, environment variable, TOML key, parser and default."""
-
-    flag: str
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-    is_switch: bool = False
-    metavar: str | None = None
-
-    @property
-    def dest(self) -> str:
-        """Attribute name (also the TOML key): `--data-dir` -> `data_dir`."""
-        return self.flag.removeprefix("--").replace("-", "_")
-
-    @property
-    def env(self) -> str:
-        """Environment variable: `--data-dir` -> `CMM_DATA_DIR`."""
-        return "CMM_" + self.dest.upper()
 
 
 def _text(value: str) -> str:
@@ -117,13 +95,6 @@ def _non_negative(value: str) -> float:
     return number
 
 
-def _log_level(value: str) -> str:
-    level = value.strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
-    return level
-
-
 OPTIONS: tuple[Option, ...] = (
     Option(
         "--data-dir", Path, Path("data"), "data directory holding inbox/, archive/, quarantine/, state/", metavar="DIR"
@@ -138,10 +109,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("--influx-org", _text, None, "InfluxDB organisation"),
     Option("--influx-bucket", _text, None, "InfluxDB bucket"),
     Option(
-        "--opcua-allow-anonymous", _switch, False, "offer anonymous login and the None policy off loopback too", True
+        "--opcua-allow-anonymous",
+        _switch,
+        False,
+        "offer anonymous login and the None policy off loopback too",
+        is_switch=True,
     ),
     Option(
-        "--once", _switch, False, "process what is in the inbox, deliver it, exit (non-zero if anything failed)", True
+        "--once",
+        _switch,
+        False,
+        "process what is in the inbox, deliver it, exit (non-zero if anything failed)",
+        is_switch=True,
     ),
     Option(
         "--settle-ms",
@@ -154,7 +133,7 @@ OPTIONS: tuple[Option, ...] = (
         "--spool-limit-mb", _positive, 1024.0, "stop taking new files while the spool holds this much", metavar="MB"
     ),
     Option("--default-material", _text, "AL6061", "material of rows without a material column"),
-    Option("--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks")
@@ -358,9 +337,7 @@ def _check_combinations(config: GatewayConfig) -> None:
         ):
             if value is not None:
                 raise ConfigError(flag, "only used with --historian influx")
-    host = config.http[0]
-    if host not in ("localhost",):
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError("--http", f"host must be an IP address or localhost, got {host!r}") from None
+    try:
+        parse_host(config.http[0])
+    except ValueError as exc:
+        raise ConfigError("--http", str(exc)) from None

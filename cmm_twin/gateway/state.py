@@ -19,7 +19,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,28 +31,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SPOOL_COLUMNS: tuple[str, ...] = (
-    "measurement_id",
-    "timestamp",
-    "timestamp_ns",
-    "machine_id",
-    "part_id",
-    "feature",
-    "material",
-    "cte_per_k",
-    "nominal_mm",
-    "tolerance_mm",
-    "measured_mm",
-    "part_temp_c",
-    "air_temp_c",
-    "scale_temp_c",
-    "compensated_mm",
-    "correction_um",
-    "deviation_um",
-    "uncertainty_um",
-    "verdict",
-    "flags",
-)
+_SPOOL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RecordBatch))
+"""One spool column per RecordBatch column."""
 _TEXT_COLUMNS = {"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"}
 _INT_COLUMNS = {"timestamp_ns": np.int64, "verdict": np.int8, "flags": np.int32}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import logging
 import math
 import os
@@ -18,7 +17,6 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,6 +27,7 @@ from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.logs import setup_logging
 from cmm_twin.mes.server import MesConfig, create_app
 from cmm_twin.mes.store import StoreError
+from cmm_twin.options import Option, parse_host, parse_log_level
 
 PROG = "mock_mes.py"
 TOKEN_ENV = "MES_TOKEN"
@@ -40,38 +39,6 @@ threshold (700) the cyclic GC would run ~15 times per batch (~10 % of the ingest
 log = logging.getLogger("cmm_twin.mes")
 ready_log = logging.getLogger("cmm_twin.mes.ready")
 """Logs the start-up line; INFO whatever --log-level says, since scripts and tests wait for it."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One flag: its parser, default and help; the variable is `CMM_<FLAG>`."""
-
-    flag: str
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-    metavar: str
-    required: bool = False
-
-    @property
-    def dest(self) -> str:
-        """`--fail-rate` -> `fail_rate` (the MesConfig field)."""
-        return self.flag.removeprefix("--").replace("-", "_")
-
-    @property
-    def env(self) -> str:
-        """`--fail-rate` -> `CMM_FAIL_RATE`."""
-        return "CMM_" + self.dest.upper()
-
-
-def _host(value: str) -> str:
-    host = value.strip()
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"expected an IP address or localhost, got {value!r}") from None
-    return host
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -114,15 +81,8 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
-def _log_level(value: str) -> str:
-    level = value.strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {value!r}")
-    return level
-
-
 OPTIONS: tuple[Option, ...] = (
-    Option("--host", _host, "127.0.0.1", "address to listen on", "HOST"),
+    Option("--host", parse_host, "127.0.0.1", "address to listen on", "HOST"),
     Option("--port", _whole(0, 65535), 8000, "TCP port (0: any free port, logged at start)", "PORT"),
     Option("--db", _path, None, "SQLite database file (created if missing)", "PATH", required=True),
     Option("--fail-rate", _number(0.0, 1.0), 0.0, "share of POSTs answered 503 + Retry-After: 1 (0..1)", "F"),
@@ -139,7 +99,11 @@ OPTIONS: tuple[Option, ...] = (
         "--max-body-mb", _number(0.0, MAX_BODY_MB_LIMIT, low_open=True), 16.0, "largest request body (413 above)", "M"
     ),
     Option(
-        "--log-level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR (the start-up line is always logged)", "LEVEL"
+        "--log-level",
+        parse_log_level,
+        "INFO",
+        "DEBUG, INFO, WARNING or ERROR (the start-up line is always logged)",
+        "LEVEL",
     ),
 )
 
