@@ -57,6 +57,22 @@ def measurement_id(machine_id: str, part_id: str, feature: str, timestamp: datet
     return str(uuid.uuid5(MEASUREMENT_ID_NAMESPACE, name))
 
 
+INBOX_COLUMNS: tuple[str, ...] = (
+    "timestamp",
+    "machine_id",
+    "part_id",
+    "feature",
+    "material",
+    "nominal_mm",
+    "tolerance_mm",
+    "measured_mm",
+    "part_temp_c",
+    "air_temp_c",
+    "scale_temp_c",
+)
+"""Columns of an inbox CSV file (DESIGN.md section 2), in contract order."""
+INBOX_OPTIONAL_COLUMNS: tuple[str, ...] = ("material", "air_temp_c", "scale_temp_c")
+
 FLOAT_COLUMNS: tuple[str, ...] = RESULT_FIELDS[RESULT_FIELDS.index("cte_per_k") : RESULT_FIELDS.index("verdict")]
 """Numeric fields of a result record; NaN in an optional temperature means "not given" (null)."""
 

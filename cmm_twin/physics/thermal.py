@@ -157,13 +157,10 @@ def compensate_to_20c(
     L20 = L * (1 + a_s * (T_s - 20)) / (1 + a_w * (T_w - 20)).
     """
     measured = np.asarray(measured_mm, dtype=np.float64)
-    scale_factor = 1.0 + np.asarray(scale_cte_per_k, dtype=np.float64) * (
-        np.asarray(scale_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
+    return np.asarray(
+        measured * expansion_factor(scale_temp_c, scale_cte_per_k) / expansion_factor(part_temp_c, cte_per_k),
+        dtype=np.float64,
     )
-    part_factor = 1.0 + np.asarray(cte_per_k, dtype=np.float64) * (
-        np.asarray(part_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
-    )
-    return np.asarray(measured * scale_factor / part_factor, dtype=np.float64)
 
 
 def expand_from_20c(
@@ -175,13 +172,18 @@ def expand_from_20c(
 ) -> FloatArray:
     """What an ideal CMM reads for a part of `length_20c_mm`: the inverse of compensate_to_20c."""
     length = np.asarray(length_20c_mm, dtype=np.float64)
-    part_factor = 1.0 + np.asarray(cte_per_k, dtype=np.float64) * (
-        np.asarray(part_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
+    return np.asarray(
+        length * expansion_factor(part_temp_c, cte_per_k) / expansion_factor(scale_temp_c, scale_cte_per_k),
+        dtype=np.float64,
     )
-    scale_factor = 1.0 + np.asarray(scale_cte_per_k, dtype=np.float64) * (
-        np.asarray(scale_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
+
+
+def expansion_factor(temp_c: ArrayLike, cte_per_k: ArrayLike) -> FloatArray:
+    """1 + a * (T - 20): how much a length at 20 degC grows at T (ISO 1 reference)."""
+    return np.asarray(
+        1.0 + np.asarray(cte_per_k, dtype=np.float64) * (np.asarray(temp_c, dtype=np.float64) - REFERENCE_TEMP_C),
+        dtype=np.float64,
     )
-    return np.asarray(length * part_factor / scale_factor, dtype=np.float64)
 
 
 def compensate_linear(

@@ -15,24 +15,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cmm_twin.records import measurement_id
+from cmm_twin.records import INBOX_COLUMNS, measurement_id
 from cmm_twin.simulator.shop import PartBatch
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "timestamp",
-    "machine_id",
-    "part_id",
-    "feature",
-    "material",
-    "nominal_mm",
-    "tolerance_mm",
-    "measured_mm",
-    "part_temp_c",
-    "air_temp_c",
-)
-"""Columns of an inbox file, in the order written."""
+CSV_COLUMNS: tuple[str, ...] = tuple(c for c in INBOX_COLUMNS if c != "scale_temp_c")
+"""Columns of an inbox file, in the order written (the simulated CMM has no scale thermometer)."""
 
 TRUTH_COLUMNS: tuple[str, ...] = (
     "measurement_id",

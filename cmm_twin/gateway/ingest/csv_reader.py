@@ -49,34 +49,13 @@ from numpy.typing import NDArray
 from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.physics.materials import MATERIALS, Material
 from cmm_twin.physics.thermal import PhysicsConfig, evaluate
-from cmm_twin.records import MEASUREMENT_ID_NAMESPACE, RecordBatch
+from cmm_twin.records import INBOX_COLUMNS, INBOX_OPTIONAL_COLUMNS, MEASUREMENT_ID_NAMESPACE, RecordBatch
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "timestamp",
-    "machine_id",
-    "part_id",
-    "feature",
-    "nominal_mm",
-    "tolerance_mm",
-    "measured_mm",
-    "part_temp_c",
-)
-OPTIONAL_COLUMNS: tuple[str, ...] = ("material", "air_temp_c", "scale_temp_c")
-CONTRACT_COLUMNS: tuple[str, ...] = (
-    "timestamp",
-    "machine_id",
-    "part_id",
-    "feature",
-    "material",
-    "nominal_mm",
-    "tolerance_mm",
-    "measured_mm",
-    "part_temp_c",
-    "air_temp_c",
-    "scale_temp_c",
-)
+OPTIONAL_COLUMNS: tuple[str, ...] = INBOX_OPTIONAL_COLUMNS
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in INBOX_COLUMNS if c not in OPTIONAL_COLUMNS)
+CONTRACT_COLUMNS: tuple[str, ...] = INBOX_COLUMNS
 """Contract columns in contract order: a row's errors are looked for in this order."""
 
 MAX_LINE_BYTES = 1 << 20
