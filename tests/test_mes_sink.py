@@ -5,6 +5,7 @@ exercised by the chaos tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -84,21 +85,27 @@ class EdgeServer:
         return web.json_response({"status": "ok"})
 
 
-@pytest.fixture
-async def edge() -> AsyncIterator[EdgeServer]:
+@contextlib.asynccontextmanager
+async def edge_on(port: int) -> AsyncIterator[EdgeServer]:
+    """An EdgeServer listening on 127.0.0.1:`port` (0: any free port) until the block ends."""
     server = EdgeServer()
     app = web.Application()
     app.router.add_post("/api/v1/measurements", server.handle)
     app.router.add_get("/health", server.health)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         yield server
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[EdgeServer]:
+    async with edge_on(0) as server:
+        yield server
 
 
 def rows(n: int, prefix: str = "P") -> str:
@@ -187,16 +194,46 @@ async def test_mes_down_at_start_buffers_then_delivers(tmp_path: Path) -> None:
         drop_file(config.inbox, "a.csv", rows(10))
         await wait_for(lambda: gateway.status.sinks["mes"].state == "buffering" and gateway.status.buffer_depth == 10)
         assert (config.archive / "a.csv").exists()  # the file is done: its rows are held in the spool
-        server = EdgeServer()
-        app = web.Application()
-        app.router.add_post("/api/v1/measurements", server.handle)
-        app.router.add_get("/health", server.health)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with edge_on(port) as server:
             await wait_for(lambda: len(server.stored) == 10 and gateway.status.buffer_depth == 0)
             await asyncio.sleep(1.2)
             assert gateway.status.sinks["mes"].state == "connected"
-        finally:
-            await runner.cleanup()
+
+
+async def test_spool_limit_pauses_intake_and_resumes_when_drained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    config = gateway_config(
+        tmp_path,
+        mes_url=f"http://127.0.0.1:{port}",
+        spool_limit_mb=0.2,
+        sink_backoff_min_s=0.05,
+        sink_backoff_max_s=0.2,
+    )
+    async with running_gateway(config) as gateway:
+        taken = 0
+        while not gateway.status.intake_paused:  # about 60 KB of spool per file
+            assert taken < 30, "the spool limit never stopped the intake"
+            drop_file(config.inbox, f"f{taken:02d}.csv", rows(150, prefix=f"F{taken:02d}-"))
+            taken += 1
+            await wait_for(
+                lambda: gateway.status.files_processed == taken or gateway.status.intake_paused,  # noqa: B023
+                what="the file",
+            )
+            await asyncio.sleep(0.6)  # the spool is measured every 0.5 s
+        taken = gateway.status.files_processed
+        for k in range(len(list(config.archive.glob("*.csv"))) + len(list(config.inbox.glob("*.csv"))), 12):
+            drop_file(config.inbox, f"f{k:02d}.csv", rows(150, prefix=f"F{k:02d}-"))
+        await asyncio.sleep(1.0)
+        assert gateway.status.files_processed == taken
+        assert len(list(config.inbox.glob("*.csv"))) == 12 - taken, "files were taken while the spool was full"
+        async with edge_on(port) as server:
+            await wait_for(lambda: len(server.stored) == 12 * 150, timeout_s=60, what="everything delivered")
+            assert not gateway.status.intake_paused
+            assert not list(config.inbox.glob("*.csv"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("spool full (") for m in messages)
+    assert any(m.startswith("spool has room again") for m in messages)
+    assert len({r["measurement_id"] for r in server.stored}) == 12 * 150

@@ -189,13 +189,13 @@ class Pipeline:
         if not self.status.intake_paused and used >= limit:
             self.status.intake_paused = True
             log.warning(
-                "spool full (%.0f MB >= --spool-limit-mb %.0f): new files wait in the inbox until the sinks catch up",
+                "spool full (%.1f MB >= --spool-limit-mb %g): new files wait in the inbox until the sinks catch up",
                 used / 1e6,
                 self.config.spool_limit_mb,
             )
         elif self.status.intake_paused and used < 0.9 * limit:
             self.status.intake_paused = False
-            log.info("spool has room again (%.0f MB): taking new files", used / 1e6)
+            log.info("spool has room again (%.1f MB): taking new files", used / 1e6)
         return self.status.intake_paused
 
     def _ready_job(self, queue: InboxQueue, path: Path) -> _Job | None:
