@@ -284,7 +284,9 @@ async def test_gateway_object(tmp_path: Path) -> None:
     settings = OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
     async with asyncio.timeout(TIMEOUT_S), running(settings) as sink, connected(sink.endpoint_url) as client:
         status = GatewayStatus(
-            files_processed=3, rows_rejected=2, sinks={"mes": SinkStatus(state="connected", buffer_depth=5)}
+            files_processed=3,
+            rows_rejected=2,
+            sinks={"mes": SinkStatus(state="connected", buffer_depth=5, oldest_age_s=12.34)},
         )
         await sink.update_gateway(status)
         ns = await client.get_namespace_index(NAMESPACE_URI)
@@ -300,6 +302,7 @@ async def test_gateway_object(tmp_path: Path) -> None:
         assert values == {"FilesProcessed": 3, "RowsRejected": 2, "BufferDepth": 5}
         assert value_of(await read("MesConnected")) is True
         assert value_of(await read("HistorianConnected")) is False
+        assert value_of(await read("BufferOldestAge")) == 12.3
 
         before = await read("FilesProcessed")
         await sink.update_gateway(status)  # nothing changed: nothing written
