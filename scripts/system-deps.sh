@@ -15,5 +15,5 @@ if [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-  echo "system-deps: missing Debian packages: ${missing[*]} (run as root or install them; tests needing them are skipped)" >&2
+  echo "system-deps: missing Debian packages: ${missing[*]} (run as root, or install them: the tests that need them fail without)" >&2
 fi
