@@ -46,6 +46,16 @@ def wait_until(predicate: object, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def wait_delivered(gateway: GatewayProcess, files: int, timeout_s: float, what: str) -> None:
+    """Wait until the gateway has taken `files` files and holds nothing unacknowledged."""
+
+    def done() -> bool:
+        health = gateway.get_json("/health")
+        return bool(health["files_processed"] == files and health["buffer_depth"] == 0)
+
+    wait_until(done, timeout_s, what)
+
+
 def assert_exactly_once(mes: MesProcess, truth: Path) -> int:
     expected = truth_ids(truth)
     stored = [r["measurement_id"] for r in mes.all_records()]
@@ -73,14 +83,7 @@ def test_mes_killed_and_restarted_while_the_shop_runs(tmp_path: Path) -> None:
         mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes2.log")
         mes.wait_ready()
         assert simulator.wait(60) == 0
-        wait_until(
-            lambda: (
-                gateway.get_json("/health")["files_processed"] == 400
-                and gateway.get_json("/health")["buffer_depth"] == 0
-            ),
-            60,
-            "the backlog to drain",
-        )
+        wait_delivered(gateway, 400, 60, "the backlog to drain")
         count = assert_exactly_once(mes, tmp_path / "truth")
         assert count == 800
     finally:
@@ -123,14 +126,7 @@ def test_mes_failing_30_percent_of_requests(tmp_path: Path) -> None:
     simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "300", "--rate", "100")
     try:
         assert simulator.wait(60) == 0
-        wait_until(
-            lambda: (
-                gateway.get_json("/health")["files_processed"] == 300
-                and gateway.get_json("/health")["buffer_depth"] == 0
-            ),
-            120,
-            "everything delivered",
-        )
+        wait_delivered(gateway, 300, 120, "everything delivered")
         assert assert_exactly_once(mes, tmp_path / "truth") == 600
     finally:
         simulator.kill()
@@ -148,14 +144,7 @@ def test_mes_rejecting_some_records_as_invalid(tmp_path: Path) -> None:
     simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "150", "--rate", "0")
     try:
         assert simulator.wait(60) == 0
-        wait_until(
-            lambda: (
-                gateway.get_json("/health")["files_processed"] == 150
-                and gateway.get_json("/health")["buffer_depth"] == 0
-            ),
-            120,
-            "everything delivered or dead-lettered",
-        )
+        wait_delivered(gateway, 150, 120, "everything delivered or dead-lettered")
         expected = truth_ids(tmp_path / "truth")
         stored = [r["measurement_id"] for r in mes.all_records()]
         dead = [
