@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Split
-from cmm_twin.gateway.sinks.mes import classify, parse_retry_after
+from cmm_twin.gateway.sinks.http import parse_retry_after
+from cmm_twin.gateway.sinks.mes import classify
 from tests.gateway_harness import HEADER, csv_row, drop_file, free_port, gateway_config, running_gateway, wait_for
 
 

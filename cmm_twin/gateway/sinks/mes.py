@@ -5,7 +5,7 @@ spool, batching, backoff and acknowledgement:
 
 | answer | outcome |
 |---|---|
-| 200 | Delivered (the MES committed the batch; duplicates by `measurement_id` are fine) |
+| 200 (2xx) | Delivered (the MES committed the batch; duplicates by `measurement_id` are fine) |
 | connection error, timeout, 5xx, 408, 429 | Retry (honouring `Retry-After`) |
 | 401, 403 | Refused: forwarding stops loudly, the data stays spooled until the token is fixed |
 | 404, 405 | Refused: the URL is wrong (dead-lettering would throw good data away) |
@@ -16,16 +16,15 @@ spool, batching, backoff and acknowledgement:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import time
 from collections.abc import Mapping
 
 import aiohttp
 import orjson
 
-from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
+from cmm_twin.gateway.sinks.base import Retry, Sink, WriteOutcome
+from cmm_twin.gateway.sinks.http import classify_answer, parse_retry_after
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
@@ -99,23 +98,11 @@ class MesSink(Sink):
 
 def classify(status: int, text: str, retry_after_s: float | None, batch_len: int) -> WriteOutcome:
     """The outcome of an MES answer (see the module docstring)."""
-    if status == 200:
-        return Delivered()
-    reason = f"HTTP {status}: {_short(text)}"
-    if status in (408, 429) or status >= 500:
-        return Retry(reason, retry_after_s)
-    if status in (401, 403):
-        return Refused(f"{reason} (check {TOKEN_ENV})")
-    if status in (404, 405):
-        return Refused(f"{reason} (check --mes-url)")
-    if status == 413:
-        return Split(reason)
     invalid = _invalid_records(text, batch_len) if status == 422 else {}
-    if invalid:
-        return Rejected(invalid)
-    if batch_len > 1:
-        return Split(reason)
-    return Rejected({0: reason})
+    return classify_answer(status, text, retry_after_s, batch_len, _REFUSED, invalid)
+
+
+_REFUSED = {401: f"check {TOKEN_ENV}", 403: f"check {TOKEN_ENV}", 404: "check --mes-url", 405: "check --mes-url"}
 
 
 def _invalid_records(text: str, batch_len: int) -> dict[int, str]:
@@ -135,24 +122,3 @@ def _invalid_records(text: str, batch_len: int) -> dict[int, str]:
             message = f"{error.get('field')}: {error.get('message')}"
             invalid[index] = f"{invalid[index]}; {message}" if index in invalid else message
     return invalid
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
