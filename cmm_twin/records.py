@@ -111,6 +111,15 @@ class RecordBatch:
     def __len__(self) -> int:
         return len(self.measurement_id)
 
+    @staticmethod
+    def empty() -> RecordBatch:
+        """A batch of no records."""
+        values: dict[str, Any] = {}
+        for f in fields(RecordBatch):
+            dtype = {"timestamp_ns": np.int64, "verdict": np.int8, "flags": np.int32}.get(f.name, np.float64)
+            values[f.name] = [] if f.type == "list[str]" else np.empty(0, dtype=dtype)
+        return RecordBatch(**values)
+
     def take(self, index: slice | Sequence[int] | NDArray[np.intp]) -> RecordBatch:
         """The rows at `index` (a slice or integer positions), as a new batch."""
         values: dict[str, Any] = {}

@@ -15,8 +15,25 @@ def test_defaults_bind_to_loopback() -> None:
     config = load_config([], environ={})
     assert config.http == ("127.0.0.1", 8080)
     assert config.opcua_endpoint == "opc.tcp://127.0.0.1:4840/cmm-twin/"
-    assert config.historian == "none"
+    assert config.historian == "sqlite", "the embedded historian when no InfluxDB is configured"
     assert not config.opcua_allow_anonymous
+
+
+def test_historian_choice_and_influx_flags() -> None:
+    influx = ["--influx-url", "http://127.0.0.1:8086", "--influx-org", "plant", "--influx-bucket", "cmm"]
+    config = load_config(influx, environ={})
+    assert (config.historian, config.influx_org, config.influx_bucket) == ("influx", "plant", "cmm")
+    assert config.influx_precision == "ns" and config.historian_batch_size == 5000
+    assert load_config(["--historian", "none"], environ={}).historian == "none"
+    assert load_config([], environ={"CMM_INFLUX_PRECISION": "MS"}).influx_precision == "ms"
+    with pytest.raises(ConfigError, match="--influx-bucket: required with --historian influx"):
+        load_config(influx[:4], environ={})
+    with pytest.raises(ConfigError, match="--influx-url: only used with --historian influx"):
+        load_config(["--historian", "sqlite", *influx], environ={})
+    with pytest.raises(ConfigError, match="--influx-precision: expected ns or ms"):
+        load_config(["--influx-precision", "s"], environ={})
+    with pytest.raises(ConfigError, match="CMM_HISTORY_RETENTION_DAYS: must be > 0"):
+        load_config([], environ={"CMM_HISTORY_RETENTION_DAYS": "0"})
 
 
 def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -14,6 +15,10 @@ from typing import Any
 from cmm_twin import __version__
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.config import GatewayConfig
+from cmm_twin.gateway.historian.base import HistorianSink
+from cmm_twin.gateway.historian.influx import InfluxSink
+from cmm_twin.gateway.historian.lineprotocol import HealthSample
+from cmm_twin.gateway.historian.sqlite import SqliteHistorianSink
 from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.metrics import GatewayMetrics
@@ -59,6 +64,9 @@ class Gateway:
         sinks: list[Sink] = [self.opcua] if self.opcua else []
         if config.mes_url is not None:
             sinks.append(MesSink.from_env(config.mes_url, self.environ))
+        self.historian = self._historian_sink()
+        if self.historian is not None:
+            sinks.append(self.historian)
         sinks += extra_sinks
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
@@ -69,6 +77,17 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._live: list[LiveRunner] = []
         self._durable: list[DurableRunner] = []
+
+    def _historian_sink(self) -> HistorianSink | None:
+        config = self.config
+        if config.historian == "sqlite":
+            return SqliteHistorianSink(config.history_path, config.history_retention_days)
+        if config.historian == "influx":
+            assert config.influx_url and config.influx_org and config.influx_bucket  # checked by load_config
+            return InfluxSink.from_env(
+                config.influx_url, config.influx_org, config.influx_bucket, config.influx_precision, self.environ
+            )
+        return None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until `stop` (exit code 0), or with `once` until the inbox is delivered (0) or a
@@ -91,7 +110,7 @@ class Gateway:
         await state.call(state.store.register_sinks, [s.name for s in durable])
         async with contextlib.AsyncExitStack() as stack:
             for sink in self.sinks:
-                self.status.sinks[sink.name] = SinkStatus()
+                self.status.sinks[sink.name] = SinkStatus(durable=sink.durable)
                 try:
                     await sink.open()
                 except Exception as exc:
@@ -101,7 +120,11 @@ class Gateway:
                     continue
                 stack.push_async_callback(sink.close)
 
-            http = HttpServer(build_app(self.status, self.metrics, self._health_extra), *config.http)
+            historian = self.historian
+            history = None
+            if isinstance(historian, SqliteHistorianSink) and self.status.sinks[historian.name].state != "failed":
+                history = historian.query
+            http = HttpServer(build_app(self.status, self.metrics, self._health_extra, history), *config.http)
             try:
                 await http.start()
             except OSError as exc:
@@ -121,7 +144,8 @@ class Gateway:
                     state,
                     self.status.sinks[s.name],
                     RunnerSettings(
-                        batch_size=config.sink_batch_size,
+                        batch_size=self._batch_size(s),
+                        page_size=max(1000, self._batch_size(s)),
                         backoff_min_s=config.sink_backoff_min_s,
                         backoff_max_s=config.sink_backoff_max_s,
                         dead_letter_path=config.state_dir / "dead_letter.jsonl",
@@ -185,6 +209,9 @@ class Gateway:
             return None
         return 0
 
+    def _batch_size(self, sink: Sink) -> int:
+        return self.config.historian_batch_size if isinstance(sink, HistorianSink) else self.config.sink_batch_size
+
     def _publish(self, records: RecordBatch) -> None:
         for live in self._live:
             live.offer(records)
@@ -197,9 +224,13 @@ class Gateway:
         latency.observe(max(0.0, (now_ns - int(records.timestamp_ns.max())) / 1e9))
 
     async def _status_loop(self, state: AsyncState, stop: asyncio.Event) -> None:
-        """Keep OPC UA diagnostics current and trim the spool, until `stop`."""
+        """Keep OPC UA diagnostics current, sample health for the historian and trim the spool."""
         last_purge = time.monotonic()
+        last_health = -math.inf
         while not stop.is_set():
+            if self.historian is not None and time.monotonic() - last_health >= self.config.health_interval_s:
+                last_health = time.monotonic()
+                self.historian.offer_health(self.health_sample())
             if self.opcua is not None and self.status.sinks[self.opcua.name].state != "failed":
                 try:
                     await self.opcua.update_gateway(self.status)
@@ -209,6 +240,18 @@ class Gateway:
                 await state.call(state.store.purge)
                 last_purge = time.monotonic()
             await wait_or_stop(stop, STATUS_INTERVAL_S)
+
+    def health_sample(self) -> HealthSample:
+        """The gateway's health now, as a `gateway_health` point."""
+        status = self.status
+        return HealthSample(
+            timestamp_ns=time.time_ns(),
+            buffer_depth=status.buffer_depth,
+            mes_connected=status.connected("mes"),
+            historian_connected=status.connected("historian"),
+            files_processed=status.files_processed,
+            rows_rejected=status.rows_rejected,
+        )
 
     def _health_extra(self) -> dict[str, Any]:
         return {"version": __version__}

@@ -20,13 +20,13 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.gateway.historian.lineprotocol import Precision
 from cmm_twin.options import Option, parse_host, parse_log_level
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
 
 PROG = "cmm_edge_gateway.py"
 HISTORIANS = ("sqlite", "influx", "none")
-IMPLEMENTED_HISTORIANS = ("none",)
 
 
 def _text(value: str) -> str:
@@ -65,11 +65,16 @@ def _host_port(value: str) -> tuple[str, int]:
 
 def _historian(value: str) -> str:
     value = value.strip().lower()
-    if value not in HISTORIANS:
-        raise ValueError(f"expected one of {', '.join(HISTORIANS)}, got {value!r}")
-    if value not in IMPLEMENTED_HISTORIANS:
-        raise ValueError(f"{value!r} is not available in this version yet; use none")
+    if value not in (*HISTORIANS, "auto"):
+        raise ValueError(f"expected one of {', '.join(HISTORIANS)} or auto, got {value!r}")
     return value
+
+
+def _precision(value: str) -> Precision:
+    try:
+        return Precision(value.strip().lower())
+    except ValueError:
+        raise ValueError(f"expected ns or ms, got {value!r}") from None
 
 
 def _switch(value: str) -> bool:
@@ -104,10 +109,27 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--http", _host_port, ("127.0.0.1", 8080), "HOST:PORT of /health, /metrics and the page", metavar="HOST:PORT"
     ),
-    Option("--historian", _historian, "none", f"historian: {', '.join(HISTORIANS)}", metavar="KIND"),
+    Option(
+        "--historian",
+        _historian,
+        "auto",
+        f"historian: {', '.join(HISTORIANS)}; auto = influx when --influx-url is given, else sqlite",
+        metavar="KIND",
+    ),
     Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)"),
     Option("--influx-org", _text, None, "InfluxDB organisation"),
     Option("--influx-bucket", _text, None, "InfluxDB bucket"),
+    Option("--influx-precision", _precision, Precision.NS, "timestamp precision written to InfluxDB: ns or ms"),
+    Option(
+        "--history-retention-days",
+        _positive,
+        30.0,
+        "days the embedded (sqlite) historian keeps points",
+        metavar="DAYS",
+    ),
+    Option(
+        "--health-interval-s", _positive, 5.0, "seconds between gateway_health points in the historian", metavar="S"
+    ),
     Option(
         "--opcua-allow-anonymous",
         _switch,
@@ -143,6 +165,7 @@ SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
     ("sinks", "batch_size"): ("sink_batch_size", int, 100_000),
     ("sinks", "backoff_min_s"): ("sink_backoff_min_s", float, 3600.0),
     ("sinks", "backoff_max_s"): ("sink_backoff_max_s", float, 3600.0),
+    ("sinks", "historian_batch_size"): ("historian_batch_size", int, 100_000),
 }
 """TOML keys of the [ingest] and [sinks] tables: (config field, type, largest value)."""
 
@@ -155,10 +178,13 @@ class GatewayConfig:
     mes_url: str | None = None
     opcua_endpoint: str = "opc.tcp://127.0.0.1:4840/cmm-twin/"
     http: tuple[str, int] = ("127.0.0.1", 8080)
-    historian: str = "none"
+    historian: str = "sqlite"
     influx_url: str | None = None
     influx_org: str | None = None
     influx_bucket: str | None = None
+    influx_precision: Precision = Precision.NS
+    history_retention_days: float = 30.0
+    health_interval_s: float = 5.0
     opcua_allow_anonymous: bool = False
     once: bool = False
     settle_ms: float = 500.0
@@ -171,6 +197,7 @@ class GatewayConfig:
     files_per_commit: int = 200
     opcua_enabled: bool = True
     sink_batch_size: int = 500
+    historian_batch_size: int = 5_000
     sink_backoff_min_s: float = 0.5
     sink_backoff_max_s: float = 30.0
 
@@ -191,8 +218,13 @@ class GatewayConfig:
 
     @property
     def state_dir(self) -> Path:
-        """Durable state: spool, progress, certificates, dead letters."""
+        """Durable state: spool, progress, certificates, dead letters, the embedded historian."""
         return self.data_dir / "state"
+
+    @property
+    def history_path(self) -> Path:
+        """The embedded historian's database (`--historian sqlite`)."""
+        return self.state_dir / "history.sqlite"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -243,6 +275,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
             values[option.dest] = option.parse(raw)
         except ValueError as exc:
             raise ConfigError(source, str(exc)) from None
+    if values["historian"] == "auto":
+        values["historian"] = "influx" if values["influx_url"] is not None else "sqlite"
     sections = {k: v for k, v in toml_data.items() if k in TOML_SECTIONS}
     config = GatewayConfig(**values, **_sections(sections, str(config_path)))
     _check_combinations(config)
@@ -329,14 +363,16 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _check_combinations(config: GatewayConfig) -> None:
     if config.default_material.upper() not in config.materials:
         raise ConfigError("--default-material", f"unknown material {config.default_material!r}")
-    if config.historian != "influx":
-        for flag, value in (
-            ("--influx-url", config.influx_url),
-            ("--influx-org", config.influx_org),
-            ("--influx-bucket", config.influx_bucket),
-        ):
-            if value is not None:
-                raise ConfigError(flag, "only used with --historian influx")
+    influx_flags = (
+        ("--influx-url", config.influx_url),
+        ("--influx-org", config.influx_org),
+        ("--influx-bucket", config.influx_bucket),
+    )
+    for flag, value in influx_flags:
+        if config.historian != "influx" and value is not None:
+            raise ConfigError(flag, "only used with --historian influx")
+        if config.historian == "influx" and value is None:
+            raise ConfigError(flag, "required with --historian influx")
     try:
         parse_host(config.http[0])
     except ValueError as exc:

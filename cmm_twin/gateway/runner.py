@@ -117,6 +117,7 @@ class DurableRunner:
                         await self._idle(stop)
                         continue
                     read_seq = int(page.seqs[-1])
+                    self.status.buffer_depth = max(self.status.buffer_depth, len(page.seqs))
                     for start in range(0, len(page.seqs), self.settings.batch_size):
                         end = start + self.settings.batch_size
                         self.buffer.append((int(page.seqs[start:end][-1]), page.records.take(slice(start, end))))

@@ -15,6 +15,8 @@ class SinkStatus:
     oldest_age_s: float = 0.0
     rows_out: int = 0
     last_error: str | None = None
+    durable: bool = False
+    """Fed from the spool: its buffer depth counts spooled records it has not acknowledged."""
 
 
 @dataclass
@@ -39,6 +41,13 @@ class GatewayStatus:
     def buffer_depth(self) -> int:
         """Records not yet acknowledged, all durable sinks together."""
         return sum(s.buffer_depth for s in self.sinks.values())
+
+    def spooled(self, records: int) -> None:
+        """Count newly spooled records in every durable sink's depth at once (its runner corrects
+        the figure from the spool), so /health never shows an empty buffer for spooled records."""
+        for sink in self.sinks.values():
+            if sink.durable:
+                sink.buffer_depth += records
 
     def connected(self, sink_name: str) -> bool:
         """True when the named sink exists and is delivering."""

@@ -1,13 +1,15 @@
-"""HTTP side of the gateway (aiohttp): /health and /metrics."""
+"""HTTP side of the gateway (aiohttp): /health, /metrics and /api/v1/history."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from cmm_twin.gateway.historian.api import HistoryParamError, history_document, parse_history_params
+from cmm_twin.gateway.historian.sqlite import HistoryQuery, HistoryResult
 from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.status import GatewayStatus
 
@@ -17,6 +19,8 @@ STATUS_KEY = web.AppKey("status", GatewayStatus)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 ExtraHealth = Callable[[], dict[str, Any]]
 EXTRA_KEY: web.AppKey[ExtraHealth] = web.AppKey("extra")
+HistoryReader = Callable[[HistoryQuery], Awaitable[HistoryResult]]
+HISTORY_KEY: web.AppKey[HistoryReader | None] = web.AppKey("history")
 
 
 def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -57,14 +61,34 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
-def build_app(status: GatewayStatus, metrics: GatewayMetrics, extra: Callable[[], dict[str, Any]]) -> web.Application:
-    """The aiohttp application serving the gateway's HTTP API."""
+async def _history(request: web.Request) -> web.Response:
+    reader = request.app[HISTORY_KEY]
+    if reader is None:
+        return web.json_response(
+            {"error": "no embedded historian: this gateway runs with --historian influx or none"}, status=404
+        )
+    try:
+        query = parse_history_params(request.query)
+    except HistoryParamError as exc:
+        return web.json_response({"error": exc.reason, "parameter": exc.parameter}, status=400)
+    return web.json_response(history_document(query, await reader(query)))
+
+
+def build_app(
+    status: GatewayStatus,
+    metrics: GatewayMetrics,
+    extra: Callable[[], dict[str, Any]],
+    history: HistoryReader | None = None,
+) -> web.Application:
+    """The aiohttp application serving the gateway's HTTP API (history only with a reader)."""
     app = web.Application()
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
     app[EXTRA_KEY] = extra
+    app[HISTORY_KEY] = history
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/v1/history", _history)
     return app
 
 

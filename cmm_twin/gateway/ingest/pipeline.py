@@ -268,6 +268,7 @@ class Pipeline:
         if step.records is not None and len(step.records):
             self.publish(step.records)
             if self.spool_enabled:
+                self.status.spooled(len(step.records))
                 self.spooled.set()
         self._count(step)
         outcome = step.outcome
