@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite needs when they are missing.
 # Runs apt-get only as root (as in CI); otherwise it says what is missing and carries on.
 set -euo pipefail
-packages=()
+packages=(victoria-metrics chromium)
 if [ "${#packages[@]}" -eq 0 ]; then
   exit 0
 fi
