@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -114,10 +114,23 @@ class RecordBatch:
     @staticmethod
     def empty() -> RecordBatch:
         """A batch of no records."""
+        return RecordBatch.with_blanks(0, {})
+
+    @staticmethod
+    def with_blanks(rows: int, columns: Mapping[str, Any]) -> RecordBatch:
+        """A batch of `rows` records from `columns`; columns not given are blank ("" / NaN / 0).
+
+        For sinks that send only some columns (see `Sink.columns`)."""
         values: dict[str, Any] = {}
-        for f in fields(RecordBatch):
-            dtype = {"timestamp_ns": np.int64, "verdict": np.int8, "flags": np.int32}.get(f.name, np.float64)
-            values[f.name] = [] if f.type == "list[str]" else np.empty(0, dtype=dtype)
+        for name in RECORD_COLUMNS:
+            if name in columns:
+                values[name] = columns[name]
+            elif name in TEXT_COLUMNS:
+                values[name] = [""] * rows
+            elif name in INT_COLUMNS:
+                values[name] = np.zeros(rows, dtype=INT_COLUMNS[name])
+            else:
+                values[name] = np.full(rows, np.nan)
         return RecordBatch(**values)
 
     def take(self, index: slice | Sequence[int] | NDArray[np.intp]) -> RecordBatch:
@@ -162,6 +175,13 @@ class RecordBatch:
             else:
                 values[f.name] = [v for c in columns for v in c]
         return RecordBatch(**values)
+
+
+RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RecordBatch))
+"""The column names of a RecordBatch, in order."""
+TEXT_COLUMNS = frozenset({"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"})
+INT_COLUMNS: dict[str, type[np.integer[Any]]] = {"timestamp_ns": np.int64, "verdict": np.int8, "flags": np.int32}
+"""Integer columns and their dtypes; every other non-text column is float64."""
 
 
 def _nullable(column: NDArray[np.float64]) -> list[float | None]:

@@ -2,7 +2,9 @@
 
 It holds, so that kill -9 at any moment neither skips nor re-spools a row:
 - the spool: every valid result record, in arrival order (`seq`), until every durable sink has
-  acknowledged it;
+  acknowledged it. It is stored by column: one row per committed chunk of records, each column
+  a BLOB (numbers as raw little-endian arrays, text as a JSON list), so a sink reads a page of
+  records at the cost of a few decodes instead of one Python object per value;
 - one acknowledgement cursor per durable sink (the highest `seq` it holds for good);
 - ingest progress per inbox file (byte offset and line of the last committed chunk) and the row
   errors found so far, written in the SAME transaction as that chunk's records.
@@ -19,23 +21,26 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
-from cmm_twin.records import RecordBatch
+from cmm_twin.records import INT_COLUMNS, RECORD_COLUMNS, TEXT_COLUMNS, RecordBatch
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SPOOL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RecordBatch))
+_SPOOL_COLUMNS = RECORD_COLUMNS
 """One spool column per RecordBatch column."""
-_TEXT_COLUMNS = {"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"}
-_INT_COLUMNS = {"timestamp_ns": np.int64, "verdict": np.int8, "flags": np.int32}
+_TEXT_COLUMNS = TEXT_COLUMNS
+_INT_COLUMNS = INT_COLUMNS
 
+SPOOL_CHUNK_ROWS = 1000
+"""Records per spool row at most: a page read decodes whole chunks, so they stay small."""
 MAX_STORED_ERRORS_PER_FILE = 1000
 """Row errors kept per file for its sidecar report; the rest are counted, not listed."""
 
@@ -81,13 +86,13 @@ class StateStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        columns = ", ".join(
-            f"{c} {'TEXT' if c in _TEXT_COLUMNS else 'INTEGER' if c in _INT_COLUMNS else 'REAL'}"
-            for c in _SPOOL_COLUMNS
-        )
+        blobs = ", ".join(f"{c} BLOB NOT NULL" for c in _SPOOL_COLUMNS)
         self._db.executescript(
             f"""
-            CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, {columns});
+            CREATE TABLE IF NOT EXISTS spool_chunks (
+                last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, {blobs});
+            CREATE TABLE IF NOT EXISTS spool_meta (id INTEGER PRIMARY KEY CHECK (id = 0), next_seq INTEGER NOT NULL);
+            INSERT OR IGNORE INTO spool_meta VALUES (0, 1);
             CREATE TABLE IF NOT EXISTS cursors (sink TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS files (
                 name TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, offset INTEGER, line INTEGER,
@@ -97,8 +102,39 @@ class StateStore:
             """
         )
         self._insert_sql = (
-            f"INSERT INTO spool ({', '.join(_SPOOL_COLUMNS)}) VALUES ({', '.join('?' * len(_SPOOL_COLUMNS))})"
+            f"INSERT INTO spool_chunks (last_seq, first_seq, {', '.join(_SPOOL_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * (len(_SPOOL_COLUMNS) + 2))})"
         )
+        self._migrate_row_spool()
+
+    def _migrate_row_spool(self) -> None:
+        """Move records from the spool of earlier versions (one row per record) into chunks."""
+        db = self._db
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spool'").fetchone() is None:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            after = 0
+            while rows := db.execute(
+                f"SELECT seq, {', '.join(_SPOOL_COLUMNS)} FROM spool WHERE seq > ? ORDER BY seq LIMIT 10000", (after,)
+            ).fetchall():
+                after = rows[-1][0]
+                columns = list(zip(*rows, strict=True))
+                values: dict[str, Any] = {
+                    name: list(col) if name in _TEXT_COLUMNS else np.array(col, dtype=_dtype(name))
+                    for name, col in zip(_SPOOL_COLUMNS, columns[1:], strict=True)
+                }
+                db.execute(self._insert_sql, _chunk_row(int(rows[0][0]), RecordBatch(**values)))
+            counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
+            db.execute(
+                "UPDATE spool_meta SET next_seq = MAX(next_seq, ?)", (max(after, counter[0] if counter else 0) + 1,)
+            )
+            db.execute("DROP TABLE spool")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("spool moved to the chunked format (records up to seq %d)", after)
 
     def close(self) -> None:
         """Close the database (committed data is already on disk)."""
@@ -126,7 +162,15 @@ class StateStore:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))
                 db.execute("DELETE FROM file_errors WHERE name = ?", (name,))
             if records is not None and len(records):
-                db.executemany(self._insert_sql, _rows_of(records))
+                first = db.execute("SELECT next_seq FROM spool_meta").fetchone()[0]
+                db.executemany(
+                    self._insert_sql,
+                    [
+                        _chunk_row(first + start, records.take(slice(start, start + SPOOL_CHUNK_ROWS)))
+                        for start in range(0, len(records), SPOOL_CHUNK_ROWS)
+                    ],
+                )
+                db.execute("UPDATE spool_meta SET next_seq = ?", (first + len(records),))
             for name, file_errors in errors.items():
                 stored = db.execute("SELECT COUNT(*) FROM file_errors WHERE name = ?", (name,)).fetchone()[0]
                 room = max(0, MAX_STORED_ERRORS_PER_FILE - stored)
@@ -199,7 +243,7 @@ class StateStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            end = db.execute("SELECT COALESCE(MAX(seq), 0) FROM spool").fetchone()[0]
+            end = self._newest_seq()
             db.executemany("INSERT OR IGNORE INTO cursors VALUES (?, ?)", [(n, end) for n in names])
             placeholders = ", ".join("?" * len(names))
             db.execute(f"DELETE FROM cursors WHERE sink NOT IN ({placeholders})", tuple(names))
@@ -214,24 +258,52 @@ class StateStore:
         row = self._db.execute("SELECT acked_seq FROM cursors WHERE sink = ?", (sink,)).fetchone()
         return int(row[0]) if row else 0
 
-    def read_after(self, after_seq: int, limit: int) -> SpoolPage | None:
-        """Up to `limit` records with seq > `after_seq`, in order; None when there are none."""
-        rows = self._db.execute(
-            f"SELECT seq, {', '.join(_SPOOL_COLUMNS)} FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
-        if not rows:
+    def _newest_seq(self) -> int:
+        return int(self._db.execute("SELECT next_seq FROM spool_meta").fetchone()[0]) - 1
+
+    def read_after(self, after_seq: int, limit: int, columns: Sequence[str] | None = None) -> SpoolPage | None:
+        """Up to `limit` records with seq > `after_seq`, in order; None when there are none.
+
+        With `columns`, only those are decoded (the others are blank): a sink that sends a few
+        columns does not pay for the rest."""
+        names = _SPOOL_COLUMNS if columns is None else tuple(c for c in _SPOOL_COLUMNS if c in columns)
+        cursor = self._db.execute(
+            f"SELECT first_seq, last_seq, {', '.join(names)} FROM spool_chunks WHERE last_seq > ? ORDER BY last_seq",
+            (after_seq,),
+        )
+        parts: list[RecordBatch] = []
+        seqs: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+        taken = 0
+        while taken < limit and (row := cursor.fetchone()) is not None:
+            first, last = int(row[0]), int(row[1])
+            start = max(0, after_seq + 1 - first)
+            stop = min(last - first + 1, start + limit - taken)
+            chunk = _decode(row[2:], names, last - first + 1)
+            parts.append(chunk.take(slice(start, stop)))
+            seqs.append(np.arange(first + start, first + stop, dtype=np.int64))
+            taken += stop - start
+        cursor.close()
+        if not parts:
             return None
-        columns = list(zip(*rows, strict=True))
-        values: dict[str, Any] = {}
-        for name, column in zip(_SPOOL_COLUMNS, columns[1:], strict=True):
-            if name in _TEXT_COLUMNS:
-                values[name] = list(column)
-            elif name in _INT_COLUMNS:
-                values[name] = np.array(column, dtype=_INT_COLUMNS[name])
-            else:
-                values[name] = np.array(column, dtype=np.float64)  # NULL (NaN stored) -> nan
-        return SpoolPage(np.array(columns[0], dtype=np.int64), RecordBatch(**values))
+        return SpoolPage(np.concatenate(seqs), parts[0] if len(parts) == 1 else RecordBatch.concat(parts))
+
+    def read_seqs(self, seqs: Sequence[int]) -> RecordBatch:
+        """The full records with these sequence numbers, in seq order (e.g. for dead letters)."""
+        wanted = sorted({int(s) for s in seqs})
+        if not wanted:
+            return RecordBatch.empty()
+        rows = self._db.execute(
+            f"SELECT first_seq, last_seq, {', '.join(_SPOOL_COLUMNS)} FROM spool_chunks "
+            "WHERE last_seq >= ? AND first_seq <= ? ORDER BY last_seq",
+            (wanted[0], wanted[-1]),
+        ).fetchall()
+        parts = []
+        for row in rows:
+            first, last = int(row[0]), int(row[1])
+            inside = [s - first for s in wanted if first <= s <= last]
+            if inside:
+                parts.append(_decode(row[2:], _SPOOL_COLUMNS, last - first + 1).take(inside))
+        return RecordBatch.concat(parts) if parts else RecordBatch.empty()
 
     def ack(self, sink: str, seq: int) -> None:
         """Record that `sink` holds every record up to `seq` (durably)."""
@@ -241,23 +313,31 @@ class StateStore:
         """(records `sink` has not acknowledged, timestamp_ns of the oldest of them or None).
 
         Sequence numbers are contiguous and the spool is only trimmed from below, so the count is
-        the distance between the newest record and the cursor: no table scan.
+        the distance between the newest record and the cursor: no scan.
         """
         after = self.acked_seq(sink)
-        newest = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM spool").fetchone()[0]
+        newest = self._newest_seq()
         if newest <= after:
             return 0, None
-        oldest = self._db.execute(
-            "SELECT timestamp_ns FROM spool WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
+        row = self._db.execute(
+            "SELECT first_seq, last_seq, timestamp_ns FROM spool_chunks WHERE last_seq > ? ORDER BY last_seq LIMIT 1",
+            (after,),
         ).fetchone()
-        return int(newest - after), (int(oldest[0]) if oldest else None)
+        if row is None:
+            return int(newest - after), None
+        stamps = np.frombuffer(row[2], dtype=np.int64)
+        return int(newest - after), int(stamps[max(0, after + 1 - int(row[0]))])
 
     def purge(self) -> int:
-        """Delete records every durable sink has acknowledged; returns how many."""
+        """Delete records every durable sink has acknowledged (whole chunks); returns how many."""
         floor = self._db.execute("SELECT MIN(acked_seq) FROM cursors").fetchone()[0]
         if floor is None:  # no durable sink: nothing is kept
-            floor = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM spool").fetchone()[0]
-        return self._db.execute("DELETE FROM spool WHERE seq <= ?", (floor,)).rowcount
+            floor = self._newest_seq()
+        deleted = self._db.execute(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM spool_chunks WHERE last_seq <= ?", (floor,)
+        ).fetchone()[0]
+        self._db.execute("DELETE FROM spool_chunks WHERE last_seq <= ?", (floor,))
+        return int(deleted)
 
     def spool_bytes(self) -> int:
         """Bytes of the database in use (pages not on the free list); deleting acknowledged
@@ -268,18 +348,38 @@ class StateStore:
         return int((pages - free) * page_size)
 
 
-def _rows_of(records: RecordBatch) -> Iterable[tuple[Any, ...]]:
-    columns: list[list[Any]] = []
+def _dtype(name: str) -> type[np.generic]:
+    return _INT_COLUMNS.get(name, np.float64)
+
+
+def _wire(name: str) -> np.dtype[Any]:
+    """The stored (little-endian) dtype of a numeric column."""
+    return np.dtype(_dtype(name)).newbyteorder("<")
+
+
+def _chunk_row(first_seq: int, records: RecordBatch) -> tuple[Any, ...]:
+    """The spool_chunks row of `records` numbered from `first_seq`: each column as one BLOB."""
+    blobs: list[bytes] = []
     for name in _SPOOL_COLUMNS:
         column = getattr(records, name)
-        if isinstance(column, np.ndarray):
-            values = column.tolist()
-            if column.dtype.kind == "f" and np.isnan(column).any():
-                values = [None if v != v else v for v in values]  # noqa: PLR0124 (NaN check)
-            columns.append(values)
+        if name in _TEXT_COLUMNS:
+            blobs.append(orjson.dumps(column))
         else:
-            columns.append(column)
-    return zip(*columns, strict=True)
+            blobs.append(
+                np.ascontiguousarray(column, dtype=_dtype(name)).astype(f"<{np.dtype(_dtype(name)).str[1:]}").tobytes()
+            )
+    return (first_seq + len(records) - 1, first_seq, *blobs)
+
+
+def _decode(blobs: Sequence[bytes], names: Sequence[str], rows: int) -> RecordBatch:
+    """A chunk's records from its column BLOBs (columns not in `names` blank)."""
+    values: dict[str, Any] = {}
+    for name, blob in zip(names, blobs, strict=True):
+        if name in _TEXT_COLUMNS:
+            values[name] = orjson.loads(blob)
+        else:
+            values[name] = np.frombuffer(blob, dtype=_wire(name)).astype(_dtype(name))
+    return RecordBatch.with_blanks(rows, values)
 
 
 class AsyncState:
