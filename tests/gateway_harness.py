@@ -50,7 +50,7 @@ class RecordingSink(Sink):
     async def open(self) -> None:
         pass
 
-    async def write(self, batch: RecordBatch) -> WriteOutcome:
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
         records = batch.to_dicts()
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as f:

@@ -93,7 +93,7 @@ LINE_A = (
 LINE_B = (
     "cmm_measurement,machine_id=CMM-02,feature=bore_d,material=STEEL_1020,verdict=FAIL "
     "measured_mm=25.0031,compensated_mm=25.00163,part_temp_c=0.30000000000000004,"
-    "correction_um=-1.25e-05,deviation_um=1.63,uncertainty_um=1.5 "
+    "correction_um=-0.0000125,deviation_um=1.63,uncertainty_um=1.5 "
 )
 LINE_C = (
     r"cmm_measurement,machine_id=CMM\ 03,feature=a\,b\=c,material=x\\y,verdict=UNCERTAIN "

@@ -24,11 +24,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
-from cmm_twin.gateway.state import AsyncState, SpoolPage
+from cmm_twin.gateway.state import AsyncState
 from cmm_twin.gateway.status import SinkStatus
 from cmm_twin.records import RecordBatch
 
@@ -38,6 +40,12 @@ STATUS_REFRESH_S = 0.25
 """How often a busy durable runner refreshes its buffer depth and oldest age."""
 IDLE_PING_S = 1.0
 """How often an idle durable runner asks its sink whether the receiver is reachable."""
+
+
+class _Batch(NamedTuple):
+    seqs: NDArray[np.int64]
+    records: RecordBatch
+    prepared: object
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,8 @@ class DurableRunner:
         self.status = status
         self.settings = settings
         self.new_data = new_data
-        self.buffer: deque[tuple[int, RecordBatch]] = deque()
+        self.buffer: deque[_Batch] = deque()
+        """Batches in hand with their spool sequence numbers and what the sink prepared."""
         self._outage = False
         self._flush_started: float | None = None
         self._refused_reason: str | None = None
@@ -93,9 +102,10 @@ class DurableRunner:
         name = self.sink.name
         read_seq = await self.state.call(store.acked_seq, name)
         await self.refresh_status()
-        # The spool read of the next page and the acknowledgement of the last batch run on the
-        # state thread while the next batch is on the wire: one of each in flight at most.
-        next_page: asyncio.Future[SpoolPage | None] | None = None
+        # The spool read (and the sink's encoding) of the next page and the acknowledgement of
+        # the last batch run on the state thread while the next batch is on the wire: one of
+        # each in flight at most.
+        next_page: asyncio.Future[list[_Batch] | None] | None = None
         ack: asyncio.Future[None] | None = None
         refreshed = time.monotonic()
         try:
@@ -103,9 +113,7 @@ class DurableRunner:
                 if not self.buffer:
                     if next_page is None:
                         self.new_data.clear()
-                        next_page = asyncio.ensure_future(
-                            self.state.call(store.read_after, read_seq, self.settings.page_size)
-                        )
+                        next_page = asyncio.ensure_future(self.state.call(self._read_page, read_seq))
                     page = await next_page
                     next_page = None
                     if page is None:
@@ -116,18 +124,15 @@ class DurableRunner:
                         self._check_drained()
                         await self._idle(stop)
                         continue
-                    read_seq = int(page.seqs[-1])
-                    self.status.buffer_depth = max(self.status.buffer_depth, len(page.seqs))
-                    for start in range(0, len(page.seqs), self.settings.batch_size):
-                        end = start + self.settings.batch_size
-                        self.buffer.append((int(page.seqs[start:end][-1]), page.records.take(slice(start, end))))
+                    read_seq = int(page[-1].seqs[-1])
+                    self.status.buffer_depth = max(self.status.buffer_depth, sum(len(b.seqs) for b in page))
+                    self.buffer.extend(page)
                 if len(self.buffer) == 1 and next_page is None:  # read ahead while the last batch is sent
                     self.new_data.clear()
-                    next_page = asyncio.ensure_future(
-                        self.state.call(store.read_after, read_seq, self.settings.page_size)
-                    )
-                last_seq, batch = self.buffer[0]
-                if not await self._deliver(batch, stop):
+                    next_page = asyncio.ensure_future(self.state.call(self._read_page, read_seq))
+                seqs, batch, prepared = self.buffer[0]
+                last_seq = int(seqs[-1])
+                if not await self._deliver(batch, seqs, stop, prepared):
                     return  # stopping: the batch stays spooled and is sent after restart
                 self.buffer.popleft()
                 if ack is not None:
@@ -168,10 +173,32 @@ class DurableRunner:
         self.status.buffer_depth = depth
         self.status.oldest_age_s = max(0.0, time.time() - oldest_ns / 1e9) if oldest_ns is not None else 0.0
 
-    async def _deliver(self, batch: RecordBatch, stop: asyncio.Event) -> bool:
-        """Send `batch` until it is delivered or dead-lettered (True), or `stop` is set (False)."""
+    def _read_page(self, after_seq: int) -> list[_Batch] | None:
+        """On the state thread: the next page of the spool in batches, each prepared by the sink."""
+        page = self.state.store.read_after(after_seq, self.settings.page_size, self.sink.columns)
+        if page is None:
+            return None
+        batches = []
+        for start in range(0, len(page.seqs), self.settings.batch_size):
+            part = slice(start, start + self.settings.batch_size)
+            batch = page.records.take(part)
+            batches.append(_Batch(page.seqs[part], batch, self._prepare(batch)))
+        return batches
+
+    def _prepare(self, batch: RecordBatch) -> object:
+        try:
+            return self.sink.prepare(batch)
+        except Exception:  # a sink bug must not stop delivery: write() encodes it again
+            log.exception("%s: unexpected error in prepare", self.sink.name)
+            return None
+
+    async def _deliver(
+        self, batch: RecordBatch, seqs: NDArray[np.int64], stop: asyncio.Event, prepared: object = None
+    ) -> bool:
+        """Send `batch` until it is delivered or dead-lettered (True), or `stop` is set (False);
+        `prepared` is the sink's encoding of this exact batch (dropped once the batch changes)."""
         while True:
-            outcome = await self._write(batch)
+            outcome = await self._write(batch, prepared)
             match outcome:
                 case Delivered():
                     self._recovered(len(batch))
@@ -180,19 +207,19 @@ class DurableRunner:
                     self._recovered(len(batch))
                     if not invalid:  # nothing named: cannot make progress by retrying
                         invalid = dict.fromkeys(range(len(batch)), "rejected without a reason")
-                    await self._dead_letter(batch, invalid)
+                    await self._dead_letter(batch, seqs, invalid)
                     keep = np.array([i for i in range(len(batch)) if i not in invalid], dtype=np.intp)
                     if not len(keep):
                         return True
-                    batch = batch.take(keep)
+                    batch, seqs, prepared = batch.take(keep), seqs[keep], None
                 case Split(reason=reason):
                     if len(batch) == 1:
-                        await self._dead_letter(batch, {0: f"too large for the receiver: {reason}"})
+                        await self._dead_letter(batch, seqs, {0: f"too large for the receiver: {reason}"})
                         return True
                     half = len(batch) // 2
                     log.info("%s: batch of %d too large (%s), splitting", self.sink.name, len(batch), reason)
-                    for part in (batch.take(slice(0, half)), batch.take(slice(half, None))):
-                        if not await self._deliver(part, stop):
+                    for part in (slice(0, half), slice(half, None)):
+                        if not await self._deliver(batch.take(part), seqs[part], stop):
                             return False
                     return True
                 case Retry(reason=reason, retry_after_s=retry_after_s):
@@ -215,9 +242,9 @@ class DurableRunner:
                     if stop.is_set():
                         return False
 
-    async def _write(self, batch: RecordBatch) -> WriteOutcome:
+    async def _write(self, batch: RecordBatch, prepared: object) -> WriteOutcome:
         try:
-            return await self.sink.write(batch)
+            return await self.sink.write(batch, prepared)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a sink bug must not stop delivery: log it and retry
@@ -253,8 +280,13 @@ class DurableRunner:
         await wait_or_stop(stop, delay)
         return not stop.is_set()
 
-    async def _dead_letter(self, batch: RecordBatch, invalid: Mapping[int, str]) -> None:
-        """Append the invalid records with their reasons to the dead-letter file (fsynced)."""
+    async def _dead_letter(self, batch: RecordBatch, seqs: NDArray[np.int64], invalid: Mapping[int, str]) -> None:
+        """Append the invalid records (in full) with their reasons to the dead-letter file (fsynced)."""
+        if self.sink.columns is not None:  # the batch holds only the sink's columns: read the rest
+            positions = sorted(invalid)
+            full = await self.state.call(self.state.store.read_seqs, seqs[positions].tolist())
+            invalid = {j: invalid[i] for j, i in enumerate(positions)}
+            batch = full
         records = batch.to_dicts()
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         lines = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from cmm_twin.gateway.historian.lineprotocol import HealthSample
+from cmm_twin.gateway.historian.lineprotocol import FIELD_KEYS, TAG_KEYS, HealthSample
 from cmm_twin.gateway.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class HistorianSink(Sink):
 
     name = HISTORIAN_SINK_NAME
     durable = True
+    columns = ("timestamp_ns", *TAG_KEYS, *FIELD_KEYS)
 
     def __init__(self, max_samples: int = MAX_HEALTH_SAMPLES) -> None:
         self._health: deque[HealthSample] = deque(maxlen=max_samples)

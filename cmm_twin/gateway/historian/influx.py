@@ -23,7 +23,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from cmm_twin.gateway.historian.base import HistorianSink
-from cmm_twin.gateway.historian.lineprotocol import Precision, health_line, measurement_lines
+from cmm_twin.gateway.historian.lineprotocol import Precision, health_line, measurement_body
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
 from cmm_twin.gateway.sinks.http import classify_answer, parse_retry_after, short_text
 from cmm_twin.records import RecordBatch
@@ -90,24 +90,27 @@ class InfluxSink(HistorianSink):
             except Exception:  # closing must not fail a shutdown
                 log.debug("closing the InfluxDB client failed", exc_info=True)
 
-    async def write(self, batch: RecordBatch) -> WriteOutcome:
+    def prepare(self, batch: RecordBatch) -> bytes:
+        """The batch's `cmm_measurement` lines."""
+        return measurement_body(batch, self.precision)
+
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
         """Write `batch` (and waiting health samples) as one line-protocol request."""
         assert self._write_api is not None, "write() before open()"
-        lines = measurement_lines(batch, self.precision)
         health = self.pending_health()
-        lines += [health_line(s, self.precision) for s in health]
-        if not lines:
+        body = prepared if isinstance(prepared, bytes) else self.prepare(batch)
+        parts = [body] if body else []
+        parts += [health_line(s, self.precision).encode() for s in health]
+        if not parts:
             return Delivered()
+        body = b"\n".join(parts)
         try:
             await self._write_api.write(
-                bucket=self.bucket,
-                org=self.org,
-                record="\n".join(lines).encode(),
-                write_precision=_WRITE_PRECISION[self.precision],
+                bucket=self.bucket, org=self.org, record=body, write_precision=_WRITE_PRECISION[self.precision]
             )
         except ApiException as exc:
             text = _text(exc.body)
-            invalid = _invalid_lines(text, lines) if exc.status in (400, 422) else {}
+            invalid = _invalid_lines(text, body.decode().split("\n")) if exc.status in (400, 422) else {}
             if invalid and min(invalid) >= len(batch):  # only health lines refused: drop them
                 log.warning("historian refused %d health samples: %s", len(health), short_text(text))
                 self.health_written(health)

@@ -191,7 +191,7 @@ class SqliteHistorianSink(HistorianSink):
             log.debug("closing the history store failed", exc_info=True)
         self._executor.shutdown(wait=False)
 
-    async def write(self, batch: RecordBatch) -> WriteOutcome:
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
         """Store `batch` with the waiting health samples; Delivered once committed."""
         assert self._store is not None, "write() before open()"
         health = self.pending_health()

@@ -63,7 +63,8 @@ class Sink(abc.ABC):
 
     Contract (the runner keeps it, implementations rely on it):
     - `open` is awaited once before any `write`; if it raises, the sink is not used.
-    - `write` is never called concurrently with itself, and never after `close`.
+    - `write` is never called concurrently with itself, and never after `close`; `prepare` may run
+      on another thread at any time between `open` and `close`.
     - `write` classifies what happened and returns an outcome; it raises only for bugs (the
       runner logs an unexpected exception and treats it as `Retry`).
     - A durable sink returns `Delivered` only when the receiver holds the records for good; the
@@ -75,14 +76,24 @@ class Sink(abc.ABC):
     name: str = "sink"
     durable: bool = True
     """Durable sinks are fed from the spool and acknowledged; live ones (OPC UA) get the newest rows."""
+    columns: tuple[str, ...] | None = None
+    """The record columns `write` uses (None: all); the runner reads only these from the spool
+    and leaves the others blank."""
 
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect or start serving."""
 
+    def prepare(self, batch: RecordBatch) -> object:
+        """Encode `batch` for `write` (e.g. its request body), or None (the default: `write`
+        encodes). The runner calls it on a worker thread while the previous batch is on the
+        wire, so it must be pure: no I/O, no shared state."""
+        return None
+
     @abc.abstractmethod
-    async def write(self, batch: RecordBatch) -> WriteOutcome:
-        """Deliver `batch` (in order) and classify the outcome."""
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
+        """Deliver `batch` (in order) and classify the outcome; `prepared` is what `prepare`
+        returned for this very batch, or None (then `write` encodes it itself)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

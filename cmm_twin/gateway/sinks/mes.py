@@ -71,10 +71,14 @@ class MesSink(Sink):
                 log.debug("closing the MES session failed", exc_info=True)
             self._session = None
 
-    async def write(self, batch: RecordBatch) -> WriteOutcome:
+    def prepare(self, batch: RecordBatch) -> bytes:
+        """The request body: the records as one JSON array."""
+        return orjson.dumps(batch.to_dicts())
+
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
         """POST `batch` as one JSON array and classify the answer."""
         assert self._session is not None, "write() before open()"
-        body = orjson.dumps(batch.to_dicts())
+        body = prepared if isinstance(prepared, bytes) else self.prepare(batch)
         try:
             async with self._session.post(self.base_url + MEASUREMENTS_PATH, data=body) as response:
                 status = response.status

@@ -742,7 +742,7 @@ class OpcUaSink(Sink):
             raise RuntimeError("OpcUaSink used while not open")
         return self._server
 
-    async def write(self, batch: RecordBatch) -> WriteOutcome:
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
         """Publish the last row of each machine in `batch` (arrival order) and return Delivered."""
         server = self._require_server()
         count = len(batch)
