@@ -48,7 +48,7 @@ def wait_health(gateway: GatewayProcess, predicate: Any, timeout_s: float) -> di
             return health
         if time.monotonic() > deadline:
             raise TimeoutError(f"{health}\n{gateway.log_text()[-3000:]}")
-        time.sleep(0.01)
+        time.sleep(0.05)
 
 
 async def raw_rate(url: str, records: list[dict[str, Any]], batch: int = 500) -> float:
