@@ -104,8 +104,20 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--data-dir", Path, Path("data"), "data directory holding inbox/, archive/, quarantine/, state/", metavar="DIR"
     ),
-    Option("--mes-url", _url, None, "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off"),
-    Option("--opcua-endpoint", _opcua_endpoint, "opc.tcp://127.0.0.1:4840/cmm-twin/", "OPC UA server endpoint"),
+    Option(
+        "--mes-url",
+        _url,
+        None,
+        "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off",
+        metavar="URL",
+    ),
+    Option(
+        "--opcua-endpoint",
+        _opcua_endpoint,
+        "opc.tcp://127.0.0.1:4840/cmm-twin/",
+        "OPC UA server endpoint",
+        metavar="URL",
+    ),
     Option(
         "--http", _host_port, ("127.0.0.1", 8080), "HOST:PORT of /health, /metrics and the page", metavar="HOST:PORT"
     ),
@@ -116,10 +128,12 @@ OPTIONS: tuple[Option, ...] = (
         f"historian: {', '.join(HISTORIANS)}; auto = influx when --influx-url is given, else sqlite",
         metavar="KIND",
     ),
-    Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)"),
-    Option("--influx-org", _text, None, "InfluxDB organisation"),
-    Option("--influx-bucket", _text, None, "InfluxDB bucket"),
-    Option("--influx-precision", _precision, Precision.NS, "timestamp precision written to InfluxDB: ns or ms"),
+    Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)", metavar="URL"),
+    Option("--influx-org", _text, None, "InfluxDB organisation (required with influx)", metavar="ORG"),
+    Option("--influx-bucket", _text, None, "InfluxDB bucket (required with influx)", metavar="BUCKET"),
+    Option(
+        "--influx-precision", _precision, Precision.NS, "timestamp precision written to InfluxDB: ns or ms", metavar="P"
+    ),
     Option(
         "--history-retention-days",
         _positive,
@@ -154,8 +168,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--spool-limit-mb", _positive, 1024.0, "stop taking new files while the spool holds this much", metavar="MB"
     ),
-    Option("--default-material", _text, "AL6061", "material of rows without a material column"),
-    Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Option("--default-material", _text, "AL6061", "material of rows without a material column", metavar="KEY"),
+    Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL"),
 )
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
 TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks")
@@ -236,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The gateway's command line (defaults shown are applied after env and TOML)."""
     parser = _Parser(prog=PROG, description="cmm-twin edge gateway", argument_default=None)
     for option in OPTIONS:
-        help_text = f"{option.help} (env {option.env}; default {_show(option.default)})"
+        help_text = f"{option.help} (env {option.env}; default {show_default(option.default)})"
         if option.is_switch:
             parser.add_argument(option.flag, action="store_const", const="true", help=help_text)
         else:
@@ -245,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show(value: Any) -> str:
+def show_default(value: Any) -> str:
+    """A default as the help and the README show it (`off` for None/False, HOST:PORT joined)."""
     if isinstance(value, tuple):
         return ":".join(str(v) for v in value)
     return "off" if value is None or value is False else str(value)

@@ -135,7 +135,8 @@ def _parse_level(text: str) -> str:
     return level
 
 
-_OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
+OPTION_TABLE: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
+    # settings field: (flag, metavar, parser, help with the default)
     # settings field: (flag, metavar, parser, help)
     "outdir": ("--outdir", "DIR", _parse_dir, "inbox directory the CSV files go to (required; created if missing)"),
     "machines": ("--machines", "N", lambda t: _parse_int(t, 1, MAX_MACHINES), f"CMMs, 1..{MAX_MACHINES} (default 3)"),
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set by the environment variable CMM_<FLAG>, e.g. CMM_RATE=0.",
         allow_abbrev=False,
     )
-    for field, (flag, metavar, _, help_text) in _OPTIONS.items():
+    for field, (flag, metavar, _, help_text) in OPTION_TABLE.items():
         parser.add_argument(flag, dest=field, metavar=metavar, help=f"{help_text} [{env_name(flag)}]")
     return parser
 
@@ -179,7 +180,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> Simula
     """
     namespace = build_parser().parse_args(argv)
     values: dict[str, Any] = {}
-    for field, (flag, _, parse, _) in _OPTIONS.items():
+    for field, (flag, _, parse, _) in OPTION_TABLE.items():
         raw: str | None = getattr(namespace, field)
         key = flag
         if raw is None:
