@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from cmm_twin.gateway.config import load_config as load_gateway_config
 from cmm_twin.gateway.historian.lineprotocol import (
