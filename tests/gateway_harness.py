@@ -19,6 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from cmm_twin.gateway.app import Gateway
 from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
@@ -27,6 +29,18 @@ from cmm_twin.records import RecordBatch
 ROOT = Path(__file__).resolve().parent.parent
 
 HEADER = "timestamp,machine_id,part_id,feature,material,nominal_mm,tolerance_mm,measured_mm,part_temp_c,air_temp_c\n"
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1:`port` (0: any free port) until the block ends; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:

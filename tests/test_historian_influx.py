@@ -33,6 +33,7 @@ from tests.gateway_harness import (
     drop_file,
     gateway_config,
     running_gateway,
+    serving,
     wait_for,
 )
 from tests.test_opcua_sink import make_batch
@@ -183,14 +184,8 @@ async def edge_proxy(upstream: str) -> AsyncIterator[EdgeProxy]:
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/api/v2/write", proxy.write)
     app.router.add_get("/ping", proxy.ping)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        proxy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving(app) as proxy.url:
         yield proxy
-    finally:
-        await runner.cleanup()
 
 
 async def test_503_twice_then_204_loses_nothing_and_keeps_order(
@@ -302,14 +297,8 @@ async def edge_influx() -> AsyncIterator[EdgeInflux]:
     server = EdgeInflux()
     app = web.Application()
     app.router.add_post("/api/v2/write", server.write)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving(app) as server.url:
         yield server
-    finally:
-        await runner.cleanup()
 
 
 def data_lines(lines: list[str]) -> list[str]:

@@ -20,7 +20,16 @@ from aiohttp import web
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Split
 from cmm_twin.gateway.sinks.http import parse_retry_after
 from cmm_twin.gateway.sinks.mes import classify
-from tests.gateway_harness import HEADER, csv_row, drop_file, free_port, gateway_config, running_gateway, wait_for
+from tests.gateway_harness import (
+    HEADER,
+    csv_row,
+    drop_file,
+    free_port,
+    gateway_config,
+    running_gateway,
+    serving,
+    wait_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -93,14 +102,8 @@ async def edge_on(port: int) -> AsyncIterator[EdgeServer]:
     app = web.Application()
     app.router.add_post("/api/v1/measurements", server.handle)
     app.router.add_get("/health", server.health)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving(app, port) as server.url:
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
