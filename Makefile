@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest chaos-test bench system-deps clean
+.PHONY: run chaos test lint typecheck pytest chaos-test bench system-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 system-deps:
 	@bash scripts/system-deps.sh
 
+# The whole twin (mock MES, edge gateway, shop simulator) on 127.0.0.1; Ctrl+C stops it.
 run: $(STAMP)
-	PY=$(PY) bash scripts/run.sh
+	$(PY) -m cmm_twin run
+
+# The same, with the MES killed 20 s after start-up and restarted 15 s later (outage and recovery).
+chaos: $(STAMP)
+	$(PY) -m cmm_twin run --chaos-after 20 --chaos-down 15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -10,7 +10,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [%(name)s]"
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr at `level`; chatty libraries (asyncua, aiohttp access) only from WARNING."""
+    """Log to stderr at `level`; chatty libraries (asyncua, aiohttp access, watchfiles' "N changes
+    detected" per file) only from WARNING."""
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    for noisy in ("asyncua", "aiohttp.access"):
+    for noisy in ("asyncua", "aiohttp.access", "watchfiles"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from cmm_twin import launcher
 from cmm_twin.gateway import config as gateway_config
 from cmm_twin.mes import cli as mes_cli
 from cmm_twin.options import Option
@@ -44,6 +45,12 @@ def _option_rows(options: Iterable[Option]) -> list[str]:
 def render() -> str:
     """The generated Markdown block (without the markers)."""
     lines = [
+        "#### Launcher (`make run`, `python -m cmm_twin run`)",
+        "",
+        "| flag | environment | default | meaning |",
+        "|---|---|---|---|",
+        *_option_rows(launcher.OPTIONS),
+        "",
         "#### Gateway (`cmm_edge_gateway.py`)",
         "",
         "| flag | environment | default | meaning |",
