@@ -8,7 +8,7 @@ Prints:
   (goal >= 100,000 rows/s) and the gateway's peak RSS meanwhile (goal <= 150 MB), beside the
   RSS of the idle gateway measured in the same run (the baseline).
 
-    .venv/bin/python -m bench.bench_gateway [--files 300] [--rows 1000000]
+    .venv/bin/python -m bench.bench_gateway [--files 300] [--rows 1000000] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.uaerrors import UaError
 
+from bench.figures import Figure, add_common_arguments, emit, progress
 from tests.gateway_harness import HEADER, GatewayProcess, free_port
+
+LATENCY_P50_MS = 30.0
+LATENCY_P99_MS = 100.0
+BACKLOG_FILES_PER_S = 1000.0
+BIG_FILE_ROWS_PER_S = 100_000.0
+PEAK_RSS_MB = 150.0
 
 
 def _row(i: int, machine: str = "CMM-01", measured_mm: float | None = None) -> str:
@@ -115,14 +122,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", type=int, default=300, help="files for the latency figure")
-    parser.add_argument("--backlog-files", type=int, default=1000)
-    parser.add_argument("--backlog-rows", type=int, default=100)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big file")
-    args = parser.parse_args()
-    results: dict[str, str] = {}
+def figures(
+    quick: bool = False,
+    *,
+    files: int | None = None,
+    backlog_files: int | None = None,
+    backlog_rows: int = 100,
+    rows: int | None = None,
+) -> list[Figure]:
+    """Latency, backlog, one big file and peak RSS (beside the idle RSS) of one gateway process."""
+    files = files or (50 if quick else 300)
+    backlog_files = backlog_files or (300 if quick else 1000)
+    rows = rows or (100_000 if quick else 1_000_000)
+    out: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="cmm-bench-") as tmp:
         data = Path(tmp) / "data"
         opcua_port = free_port()
@@ -138,31 +150,62 @@ def main() -> None:
             gateway.wait_ready(60)
             idle_rss_mb = gateway.peak_rss_mb()
 
-            latencies = asyncio.run(measure_latency(data, opcua_port, args.files))
-            results["latency p50"] = f"{percentile(latencies, 50):.1f} ms (goal <= 30)"
-            results["latency p99"] = f"{percentile(latencies, 99):.1f} ms (goal <= 100)"
+            progress(f"gateway: latency over {files} files")
+            latencies = asyncio.run(measure_latency(data, opcua_port, files))
+            latency = f"gateway: rename into the inbox -> OPC UA data change at a client, {{}} ({files} files)"
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            out.append(
+                Figure(
+                    latency.format("p50"),
+                    p50,
+                    "ms",
+                    f"<= {LATENCY_P50_MS:.0f} ms",
+                    higher_is_better=False,
+                    met=p50 <= LATENCY_P50_MS,
+                )
+            )
+            out.append(
+                Figure(
+                    latency.format("p99"),
+                    p99,
+                    "ms",
+                    f"<= {LATENCY_P99_MS:.0f} ms",
+                    higher_is_better=False,
+                    met=p99 <= LATENCY_P99_MS,
+                )
+            )
             done = gateway.get_json("/health")["files_processed"]
 
+            progress(f"gateway: backlog of {backlog_files:,} files x {backlog_rows} rows")
             staging = Path(tmp) / "backlog"
             staging.mkdir()
-            rows = "".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(args.backlog_rows))
-            for k in range(args.backlog_files):
-                _write(staging / f"backlog_{k:05d}.csv", HEADER + rows)
+            lines = "".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(backlog_rows))
+            for k in range(backlog_files):
+                _write(staging / f"backlog_{k:05d}.csv", HEADER + lines)
             started = time.time()
-            for k in range(args.backlog_files):
+            for k in range(backlog_files):
                 os.rename(staging / f"backlog_{k:05d}.csv", data / "inbox" / f"backlog_{k:05d}.csv")
-            wait_files(gateway, done + args.backlog_files, 300)
+            wait_files(gateway, done + backlog_files, 300)
             elapsed = last_logged_file_time(gateway, "backlog_") - started
-            results["backlog files/s"] = (
-                f"{args.backlog_files / elapsed:,.0f} files/s, {args.backlog_files * args.backlog_rows / elapsed:,.0f}"
-                f" rows/s ({args.backlog_files} x {args.backlog_rows} rows in {elapsed:.2f} s; goal >= 1,000 files/s)"
+            files_per_s = backlog_files / elapsed
+            backlog = f"gateway: backlog of {backlog_files:,} files x {backlog_rows} rows ({elapsed:.2f} s)"
+            out.append(
+                Figure(
+                    backlog,
+                    files_per_s,
+                    "files/s",
+                    f">= {BACKLOG_FILES_PER_S:,.0f} files/s",
+                    met=files_per_s >= BACKLOG_FILES_PER_S,
+                )
             )
+            out.append(Figure("gateway: the same backlog, in rows", backlog_files * backlog_rows / elapsed, "rows/s"))
 
+            progress(f"gateway: one {rows:,}-row file")
             big = Path(tmp) / "big.csv"
             with big.open("w") as f:
                 f.write(HEADER)
-                for start in range(0, args.rows, 50_000):
-                    f.write("".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(start, min(args.rows, start + 50_000))))
+                for start in range(0, rows, 50_000):
+                    f.write("".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(start, min(rows, start + 50_000))))
             size_mb = big.stat().st_size / 1e6
             before = gateway.get_json("/health")["files_processed"]
             started = time.perf_counter()
@@ -176,16 +219,47 @@ def main() -> None:
                 time.sleep(0.01)
             elapsed = time.perf_counter() - started
             peak_mb = max(peak_mb, gateway.peak_rss_mb())
-            results["big file rows/s"] = (
-                f"{args.rows / elapsed:,.0f} rows/s ({args.rows:,} rows, {size_mb:.0f} MB in {elapsed:.2f} s;"
-                " goal >= 100,000)"
+            rows_per_s = rows / elapsed
+            out.append(
+                Figure(
+                    f"gateway: one {rows:,}-row file ({size_mb:.0f} MB) through validation, compensation and OPC UA"
+                    f" ({elapsed:.2f} s)",
+                    rows_per_s,
+                    "rows/s",
+                    f">= {BIG_FILE_ROWS_PER_S:,.0f} rows/s",
+                    met=rows_per_s >= BIG_FILE_ROWS_PER_S,
+                )
             )
-            results["peak RSS"] = f"{peak_mb:.0f} MB (goal <= 150; idle gateway baseline {idle_rss_mb:.0f} MB)"
+            out.append(
+                Figure(
+                    "gateway: peak RSS during that file (VmHWM of the whole run)",
+                    peak_mb,
+                    "MB",
+                    f"<= {PEAK_RSS_MB:.0f} MB",
+                    baseline=idle_rss_mb,
+                    baseline_name="idle gateway",
+                    higher_is_better=False,
+                    met=peak_mb <= PEAK_RSS_MB,
+                )
+            )
         finally:
             gateway.stop()
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value}")
+    return out
+
+
+def main() -> None:
+    """Run the benchmark and print one line per figure."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=None, help="files for the latency figure (default 300)")
+    parser.add_argument("--backlog-files", type=int, default=None, help="default 1,000")
+    parser.add_argument("--backlog-rows", type=int, default=100)
+    parser.add_argument("--rows", type=int, default=None, help="rows of the big file (default 1,000,000)")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    result = figures(
+        args.quick, files=args.files, backlog_files=args.backlog_files, backlog_rows=args.backlog_rows, rows=args.rows
+    )
+    emit(result, as_json=args.json)
 
 
 if __name__ == "__main__":

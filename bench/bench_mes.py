@@ -7,7 +7,7 @@
   a minimal client (pre-encoded JSON, one request at a time), measured in the same run;
 - RSS: the gateway's peak RSS while it holds 1,000,000 records spooled (goal < 150 MB).
 
-    .venv/bin/python -m bench.bench_mes [--records 200000] [--spool-records 1000000]
+    .venv/bin/python -m bench.bench_mes [--records 200000] [--spool-records 1000000] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from typing import Any
 
 import aiohttp
 
+from bench.figures import Figure, add_common_arguments, emit, progress
 from tests.gateway_harness import HEADER, GatewayProcess, MesProcess, free_port
+
+DRAIN_RECORDS_PER_S = 20_000.0
+DRAIN_OF_RAW = 0.5
+SPOOLED_RSS_MB = 150.0
 
 
 def write_inbox(inbox: Path, staging: Path, records: int, per_file: int, prefix: str) -> None:
@@ -79,12 +84,11 @@ async def fetch_all(url: str, total: int) -> list[dict[str, Any]]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--spool-records", type=int, default=1_000_000)
-    args = parser.parse_args()
-    results: dict[str, str] = {}
+def figures(quick: bool = False, *, records: int | None = None, spool_records: int | None = None) -> list[Figure]:
+    """Drain rate beside the raw rate of the same records (one run), then peak RSS with a large spool."""
+    records = records or (20_000 if quick else 200_000)
+    spool_records = spool_records or (100_000 if quick else 1_000_000)
+    out: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="cmm-bench-mes-") as tmp_text:
         tmp = Path(tmp_text)
         mes_port = free_port()
@@ -100,57 +104,81 @@ def main() -> None:
         mes: MesProcess | None = None
         try:
             gateway.wait_ready(60)
-            write_inbox(data / "inbox", tmp / "staging", args.records, 2000, "D")
+            progress(f"MES: spooling {records:,} records, then the drain")
+            write_inbox(data / "inbox", tmp / "staging", records, 2000, "D")
             wait_health(
                 gateway,
-                lambda h: h["buffer_depth"] == args.records and h["files_processed"] * 2000 >= args.records,
+                lambda h: h["buffer_depth"] == records and h["files_processed"] * 2000 >= records,
                 600,
             )
             mes = MesProcess(tmp / "mes.sqlite", mes_port, tmp / "mes.log")
             mes.wait_ready()
             # Timed from the gateway's first delivery (its retry backoff is not the drain rate).
-            first = wait_health(gateway, lambda h: h["buffer_depth"] < args.records, 120)
+            first = wait_health(gateway, lambda h: h["buffer_depth"] < records, 120)
             started = time.perf_counter()
             wait_health(gateway, lambda h: h["buffer_depth"] == 0, 600)
             drain = first["buffer_depth"] / (time.perf_counter() - started)
-            records = asyncio.run(fetch_all(mes_url, args.records))
-            assert len(records) == args.records, len(records)
+            stored = asyncio.run(fetch_all(mes_url, records))
+            assert len(stored) == records, len(stored)
             mes.stop()
             mes = None
 
+            progress("MES: raw ingest of the same records")
             raw_mes = MesProcess(tmp / "raw.sqlite", free_port(), tmp / "raw.log")
             try:
                 raw_mes.wait_ready()
-                raw = asyncio.run(raw_rate(raw_mes.url, records))
+                raw = asyncio.run(raw_rate(raw_mes.url, stored))
             finally:
                 raw_mes.stop()
-            results["drain (gateway -> MES)"] = (
-                f"{drain:,.0f} records/s ({args.records:,} spooled records; goal >= 20,000)"
+            out.append(
+                Figure(
+                    f"MES: gateway drain of {records:,} spooled records into the mock MES",
+                    drain,
+                    "records/s",
+                    f">= {DRAIN_RECORDS_PER_S:,.0f}/s and >= {DRAIN_OF_RAW * 100:.0f} % of raw",
+                    baseline=raw,
+                    baseline_name="raw ingest of the same records, minimal client, batches of 500",
+                    met=drain >= DRAIN_RECORDS_PER_S and drain / raw >= DRAIN_OF_RAW,
+                )
             )
-            results["raw (minimal client -> MES)"] = f"{raw:,.0f} records/s (same records, batches of 500)"
-            results["drain / raw"] = f"{drain / raw:.0%} (goal >= 50 %)"
 
             # RSS with a large backlog: the MES is down again while the records arrive.
-            write_inbox(data / "inbox", tmp / "staging", args.spool_records, 20_000, "S")
+            progress(f"MES: spooling {spool_records:,} records (MES down) for the RSS")
+            write_inbox(data / "inbox", tmp / "staging", spool_records, 20_000, "S")
             peak = 0.0
             deadline = time.monotonic() + 900
-            while gateway.get_json("/health")["buffer_depth"] < args.spool_records:
+            while gateway.get_json("/health")["buffer_depth"] < spool_records:
                 peak = max(peak, gateway.peak_rss_mb())
                 if time.monotonic() > deadline:
                     raise TimeoutError("spooling took too long")
                 time.sleep(0.05)
             peak = max(peak, gateway.peak_rss_mb())
             spool_mb = gateway.get_json("/health")["spool_mb"]
-            results["gateway peak RSS, 1M spooled"] = (
-                f"{peak:.0f} MB with {args.spool_records:,} records spooled ({spool_mb:.0f} MB spool; goal < 150)"
+            out.append(
+                Figure(
+                    f"MES: gateway peak RSS with {spool_records:,} records spooled ({spool_mb:.0f} MB spool)",
+                    peak,
+                    "MB",
+                    f"< {SPOOLED_RSS_MB:.0f} MB",
+                    higher_is_better=False,
+                    met=peak < SPOOLED_RSS_MB,
+                )
             )
         finally:
             if mes is not None:
                 mes.stop()
             gateway.stop()
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value}")
+    return out
+
+
+def main() -> None:
+    """Run the benchmark and print one line per figure."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=None, help="records drained (default 200,000)")
+    parser.add_argument("--spool-records", type=int, default=None, help="records spooled for the RSS (default 1M)")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    emit(figures(args.quick, records=args.records, spool_records=args.spool_records), as_json=args.json)
 
 
 if __name__ == "__main__":
