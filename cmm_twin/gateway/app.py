@@ -22,6 +22,7 @@ from cmm_twin.gateway.historian.sqlite import SqliteHistorianSink
 from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.page.feed import PageFeed
 from cmm_twin.gateway.runner import DurableRunner, LiveRunner, RunnerSettings, wait_or_stop
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.mes import MesSink
@@ -34,6 +35,11 @@ from cmm_twin.records import RecordBatch
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 0.25
+PAGE_QUEUE_BATCHES = 16
+"""Batches queued for the live page's sink: it takes them at once, so this only rides out a
+commit group of many small files published together; past it the oldest batch is dropped (the
+page shows the newest; its verdict counts never miss a batch: `_publish` counts them). Bounded
+small, as a 1,000-row batch is a few hundred kB."""
 PURGE_INTERVAL_S = 5.0
 
 
@@ -61,7 +67,10 @@ class Gateway:
                     config.opcua_endpoint, config.opcua_allow_anonymous, config.state_dir, self.environ
                 )
             )
+        self.page = PageFeed(config.quarantine)
+        """The live page's sink (always on: it only keeps a bounded ring in memory)."""
         sinks: list[Sink] = [self.opcua] if self.opcua else []
+        sinks.append(self.page)
         if config.mes_url is not None:
             sinks.append(MesSink.from_env(config.mes_url, self.environ))
         self.historian = self._historian_sink()
@@ -124,7 +133,9 @@ class Gateway:
             history = None
             if isinstance(historian, SqliteHistorianSink) and self.status.sinks[historian.name].state != "failed":
                 history = historian.query
-            http = HttpServer(build_app(self.status, self.metrics, self._health_extra, history), *config.http)
+            http = HttpServer(
+                build_app(self.status, self.metrics, self._health_extra, history, page=self.page), *config.http
+            )
             try:
                 await http.start()
             except OSError as exc:
@@ -134,7 +145,12 @@ class Gateway:
 
             spooled = asyncio.Event()
             self._live = [
-                LiveRunner(s, self.status.sinks[s.name], on_delivered=self._delivered)
+                LiveRunner(
+                    s,
+                    self.status.sinks[s.name],
+                    max_batches=PAGE_QUEUE_BATCHES if s is self.page else 2,
+                    on_delivered=self._delivered,
+                )
                 for s in self.sinks
                 if not s.durable and self.status.sinks[s.name].state != "failed"
             ]
@@ -203,7 +219,8 @@ class Gateway:
             return 1
         if not self.pipeline.idle.is_set() or len(queue):
             return None
-        if any(not live.queue.empty() for live in self._live):
+        # The page is a view, not a destination: --once does not wait for it.
+        if any(not live.queue.empty() for live in self._live if live.sink is not self.page):
             return None
         if any(self.status.sinks[r.sink.name].buffer_depth or r.buffer for r in self._durable):
             return None
@@ -213,6 +230,7 @@ class Gateway:
         return self.config.historian_batch_size if isinstance(sink, HistorianSink) else self.config.sink_batch_size
 
     def _publish(self, records: RecordBatch) -> None:
+        self.page.count(records)
         for live in self._live:
             live.offer(records)
 
@@ -228,6 +246,7 @@ class Gateway:
         last_purge = time.monotonic()
         last_health = -math.inf
         while not stop.is_set():
+            self.page.sample_health(self.status)
             if self.historian is not None and time.monotonic() - last_health >= self.config.health_interval_s:
                 last_health = time.monotonic()
                 self.historian.offer_health(self.health_sample())

@@ -1,4 +1,5 @@
-"""HTTP side of the gateway (aiohttp): /health, /metrics and /api/v1/history."""
+"""HTTP side of the gateway (aiohttp): /health, /metrics, /api/v1/history and the live page
+(`/`, `/static/{name}`, `/api/v1/events`, `/api/v1/rejects`; see `cmm_twin.gateway.page`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from aiohttp import web
 from cmm_twin.gateway.historian.api import HistoryParamError, history_document, parse_history_params
 from cmm_twin.gateway.historian.sqlite import HistoryQuery, HistoryResult
 from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.page.feed import PageFeed
+from cmm_twin.gateway.page.stream import add_page_routes
 from cmm_twin.gateway.status import GatewayStatus
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,9 @@ ExtraHealth = Callable[[], dict[str, Any]]
 EXTRA_KEY: web.AppKey[ExtraHealth] = web.AppKey("extra")
 HistoryReader = Callable[[HistoryQuery], Awaitable[HistoryResult]]
 HISTORY_KEY: web.AppKey[HistoryReader | None] = web.AppKey("history")
+SHUTDOWN_TIMEOUT_S = 2.0
+"""How long stopping waits for a request still in progress before cancelling it (the page's
+streams end at once through the app's on_shutdown hook; this is the backstop)."""
 
 
 def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -79,8 +85,10 @@ def build_app(
     metrics: GatewayMetrics,
     extra: Callable[[], dict[str, Any]],
     history: HistoryReader | None = None,
+    page: PageFeed | None = None,
 ) -> web.Application:
-    """The aiohttp application serving the gateway's HTTP API (history only with a reader)."""
+    """The aiohttp application serving the gateway's HTTP API (history only with a reader, the
+    live page only with its feed)."""
     app = web.Application()
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
@@ -89,6 +97,8 @@ def build_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/v1/history", _history)
+    if page is not None:
+        add_page_routes(app, page, lambda: health_document(status, extra())[0], history is not None)
     return app
 
 
@@ -96,7 +106,7 @@ class HttpServer:
     """Serves `build_app` on host:port; `port` is the real port (useful with port 0)."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         self.host = host
         self.port = port
 

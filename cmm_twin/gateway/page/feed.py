@@ -1,0 +1,191 @@
+"""`PageFeed`: the live sink behind the page. It keeps, in memory and bounded, what the page shows.
+
+- a ring of the newest `capacity` records, each reduced to what the page draws (`RECORD_FIELDS`)
+  and numbered with an increasing `id` (1, 2, ... since start; records the ring dropped keep
+  their numbers, so a reader can tell it missed some);
+- verdict counts since start per machine (every record counts, also those the ring dropped);
+  the gateway calls `count` for every batch it publishes, so the counts stay exact even when the
+  LiveRunner drops a batch in a burst;
+- the newest tolerance and nominal per feature;
+- a wall-clock history of the buffer depth and the MES and historian states (one sample a second,
+  the last ten minutes), fed by the gateway's status loop.
+
+It is fed by a LiveRunner like the OPC UA sink (non-durable: it never holds up a file or the
+spool). `write` does a bounded amount of work without awaiting anything, so it never blocks the
+pipeline; readers (the SSE stream) only copy from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmm_twin.gateway.page.rejects import RejectsReader
+from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
+from cmm_twin.gateway.status import GatewayStatus
+from cmm_twin.physics.thermal import VERDICT_NAMES
+from cmm_twin.records import RecordBatch
+
+PAGE_SINK_NAME = "page"
+RING_CAPACITY = 3000
+HEALTH_SAMPLES = 600
+"""Ten minutes of buffer-depth samples at one a second."""
+HEALTH_SAMPLE_S = 1.0
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "id",
+    "time",
+    "t",
+    "machine_id",
+    "part_id",
+    "feature",
+    "nominal_mm",
+    "tolerance_mm",
+    "measured_mm",
+    "compensated_mm",
+    "part_temp_c",
+    "air_temp_c",
+    "deviation_um",
+    "uncertainty_um",
+    "verdict",
+)
+"""Keys of a page record: `time` is the measurement time (ISO 8601 UTC), `t` the same in Unix
+milliseconds; NaN temperatures are sent as null (orjson writes NaN as null)."""
+
+_FLOATS = (
+    "nominal_mm",
+    "tolerance_mm",
+    "measured_mm",
+    "compensated_mm",
+    "part_temp_c",
+    "air_temp_c",
+    "deviation_um",
+    "uncertainty_um",
+)
+
+
+class PageFeed(Sink):
+    """The live page's sink; see the module docstring."""
+
+    name = PAGE_SINK_NAME
+    durable = False
+    columns = None
+
+    def __init__(self, quarantine: Path, capacity: int = RING_CAPACITY) -> None:
+        self.capacity = capacity
+        self.ring: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self.last_id = 0
+        """The `id` of the newest record (0: none yet)."""
+        self.boot = secrets.token_hex(4)
+        """Tells this process's record ids from another's (part of the SSE event id)."""
+        self.counts: dict[str, dict[str, int]] = {}
+        """{machine_id: {"PASS": n, "FAIL": n, "UNCERTAIN": n}} since start."""
+        self.tolerances: dict[str, dict[str, float]] = {}
+        """{feature: {"tolerance_mm": x, "nominal_mm": y}} as last seen."""
+        self.health: deque[dict[str, Any]] = deque(maxlen=HEALTH_SAMPLES)
+        self.rejects = RejectsReader(quarantine)
+        self._last_sample = -float("inf")
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
+        """Take `batch` into the ring (no await: never waits)."""
+        self.add(batch)
+        return Delivered()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, batch: RecordBatch) -> None:
+        """Keep the newest `capacity` records of `batch` in the ring (`count` counts them)."""
+        n = len(batch)
+        if not n:
+            return
+        skip = max(0, n - self.capacity)
+        tail = batch.take(slice(skip, n)) if skip else batch
+        first_id = self.last_id + skip + 1
+        self.last_id += n
+        columns: list[Iterable[Any]] = [
+            range(first_id, first_id + len(tail)),
+            tail.timestamp,
+            (tail.timestamp_ns // 1_000_000).tolist(),
+            tail.machine_id,
+            tail.part_id,
+            tail.feature,
+            *(getattr(tail, name).tolist() for name in _FLOATS),
+            VERDICT_NAMES[tail.verdict].tolist(),
+        ]
+        self.ring.extend(dict(zip(RECORD_FIELDS, row, strict=True)) for row in zip(*columns, strict=True))
+        features, last = np.unique(np.asarray(tail.feature[::-1]), return_index=True)
+        for feature, index in zip(features.tolist(), (len(tail) - 1 - last).tolist(), strict=True):
+            self.tolerances[feature] = {
+                "tolerance_mm": float(tail.tolerance_mm[index]),
+                "nominal_mm": float(tail.nominal_mm[index]),
+            }
+
+    def count(self, batch: RecordBatch) -> None:
+        """Add the verdicts of `batch` to the counts per machine (vectorised; called on publish)."""
+        if not len(batch):
+            return
+        machines, inverse = np.unique(np.asarray(batch.machine_id), return_inverse=True)
+        kinds = len(VERDICT_NAMES)
+        table = np.bincount(inverse * kinds + batch.verdict, minlength=len(machines) * kinds).reshape(-1, kinds)
+        names = VERDICT_NAMES.tolist()
+        for machine, row in zip(machines.tolist(), table.tolist(), strict=True):
+            counts = self.counts.setdefault(machine, dict.fromkeys(names, 0))
+            for name, count in zip(names, row, strict=True):
+                counts[name] += count
+
+    def sample_health(self, status: GatewayStatus, now_s: float | None = None) -> None:
+        """Keep one sample of buffer depth and sink states a second (called by the status loop)."""
+        mono = time.monotonic()
+        if mono - self._last_sample < HEALTH_SAMPLE_S * 0.95:
+            return
+        self._last_sample = mono
+        self.health.append(health_sample(status, now_s))
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def first_id(self) -> int:
+        """The `id` of the oldest record in the ring (last_id + 1 when the ring is empty)."""
+        return self.last_id - len(self.ring) + 1
+
+    def records_after(self, after_id: int, machine_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """The ring's records with `id > after_id` (of one machine if given), oldest first, and
+        whether records after `after_id` were already dropped from the ring (a gap)."""
+        start = max(0, after_id + 1 - self.first_id)
+        gap = after_id + 1 < self.first_id
+        if start >= len(self.ring):
+            return [], gap
+        records = itertools.islice(self.ring, start, None)
+        if machine_id is not None:
+            return [r for r in records if r["machine_id"] == machine_id], gap
+        return list(records), gap
+
+    def counts_copy(self) -> dict[str, dict[str, int]]:
+        """The verdict counts per machine (a copy)."""
+        return {machine: dict(counts) for machine, counts in self.counts.items()}
+
+
+def health_sample(status: GatewayStatus, now_s: float | None = None) -> dict[str, Any]:
+    """`{"t": epoch ms, "buffer_depth": n, "mes": state|null, "historian": state|null}`."""
+    now_s = time.time() if now_s is None else now_s
+    mes = status.sinks.get("mes")
+    historian = status.sinks.get("historian")
+    return {
+        "t": int(now_s * 1000),
+        "buffer_depth": status.buffer_depth,
+        "mes": mes.state if mes is not None else None,
+        "historian": historian.state if historian is not None else None,
+    }
