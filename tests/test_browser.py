@@ -1,0 +1,128 @@
+"""The live page in a real browser: Debian's headless Chromium driven by Playwright's Python API.
+
+The whole twin runs as real processes on loopback (mock MES, gateway with the embedded
+historian, simulator). The test waits until the charts have data, kills the MES and sees the
+buffer rise and the MES shown as disconnected, restarts it and sees the buffer drain to zero;
+no console errors throughout. Screenshots go to test-artifacts/ (CMM_TEST_ARTIFACTS overrides).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import ConsoleMessage, Error, Page, sync_playwright
+
+from tests.gateway_harness import ROOT, GatewayProcess, MesProcess, free_port, run_simulator
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("CMM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-background-networking",  # the machine has no network: no update or sync probes
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def twin(tmp_path: Path) -> Iterator[tuple[GatewayProcess, MesProcess, Path]]:
+    if shutil.which(CHROMIUM) is None:
+        raise AssertionError(f"{CHROMIUM} is not installed: run `make test` (it installs Debian's chromium as root)")
+    data = tmp_path / "data"
+    mes_port = free_port()
+    mes = MesProcess(tmp_path / "mes.sqlite", mes_port, tmp_path / "mes.log")
+    mes.wait_ready()
+    gateway = GatewayProcess(
+        [
+            "--data-dir", str(data), "--http", "127.0.0.1:0", "--mes-url", mes.url,
+            "--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/",
+            "--historian", "sqlite", "--health-interval-s", "1", "--settle-ms", "50",
+        ],
+        tmp_path / "gateway.log",
+    )  # fmt: skip
+    simulator = run_simulator(data / "inbox", tmp_path / "truth", "--rate", "4", "--speedup", "240")
+    try:
+        gateway.wait_ready(60)
+        yield gateway, mes, tmp_path
+    finally:
+        simulator.send_signal(signal.SIGTERM)
+        simulator.wait(30)
+        gateway.stop()
+        mes.stop()  # the first MES process (killed by the test)
+
+
+def text_of(page: Page, element_id: str) -> str:
+    return page.locator(f"#{element_id}").inner_text().strip()
+
+
+def test_live_page_shows_the_twin_and_an_mes_outage(twin: tuple[GatewayProcess, MesProcess, Path]) -> None:
+    gateway, mes, tmp_path = twin
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+
+            def on_console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    problems.append(f"console error: {message.text}")
+
+            def on_page_error(error: Error) -> None:
+                problems.append(f"page error: {error}")
+
+            page.on("console", on_console)
+            page.on("pageerror", on_page_error)
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(f"http://127.0.0.1:{gateway.http_port}/")
+
+            # Every chart has data.
+            page.wait_for_function(
+                """() => {
+                    const charts = [...document.querySelectorAll('canvas[data-points]')];
+                    return charts.length >= 3 && charts.every(c => Number(c.dataset.points) > 0);
+                }""",
+                timeout=60_000,
+            )
+            page.wait_for_function("() => document.querySelector('#mes-state').innerText.includes('connected')")
+            assert text_of(page, "mes-state").startswith("connected"), text_of(page, "mes-state")
+            page.screenshot(path=str(ARTIFACTS / "live-page.png"))
+
+            # The MES dies: the page shows it disconnected and the buffer rising.
+            mes.proc.kill()
+            mes.proc.wait(10)
+            page.wait_for_function(
+                """() => !document.querySelector('#mes-state').innerText.startsWith('connected')
+                         && Number(document.querySelector('#buffer-depth').innerText.replace(/[^0-9]/g, '')) > 0""",
+                timeout=60_000,
+            )
+            assert text_of(page, "mes-state") in ("buffering", "disconnected"), text_of(page, "mes-state")
+            page.screenshot(path=str(ARTIFACTS / "live-page-mes-outage.png"))
+
+            # The MES comes back: the buffer drains to zero and the MES shows connected again.
+            restarted = MesProcess(mes.db, mes.port, tmp_path / "mes-restarted.log")
+            try:
+                restarted.wait_ready()
+                page.wait_for_function(
+                    """() => document.querySelector('#mes-state').innerText.startsWith('connected')
+                             && document.querySelector('#buffer-depth').innerText.trim() === '0'""",
+                    timeout=90_000,
+                )
+                page.screenshot(path=str(ARTIFACTS / "live-page-recovered.png"))
+            finally:
+                restarted.stop()
+        finally:
+            browser.close()
+    assert not problems, problems
+    foreign = [url for url in requests if not url.startswith(f"http://127.0.0.1:{gateway.http_port}/")]
+    assert not foreign, f"the page works offline: no request leaves the gateway ({foreign})"
+    assert "Network Lost! Buffering..." in gateway.log_text()
+    assert "Flushing buffer..." in gateway.log_text()
