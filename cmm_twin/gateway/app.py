@@ -16,7 +16,6 @@ from cmm_twin import __version__
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.historian.base import HistorianSink
-from cmm_twin.gateway.historian.influx import InfluxSink
 from cmm_twin.gateway.historian.lineprotocol import HealthSample
 from cmm_twin.gateway.historian.sqlite import SqliteHistorianSink
 from cmm_twin.gateway.ingest.inbox import InboxQueue
@@ -92,6 +91,9 @@ class Gateway:
         if config.historian == "sqlite":
             return SqliteHistorianSink(config.history_path, config.history_retention_days)
         if config.historian == "influx":
+            # Imported only when used: influxdb-client costs about 16 MB of RSS.
+            from cmm_twin.gateway.historian.influx import InfluxSink  # noqa: PLC0415
+
             assert config.influx_url and config.influx_org and config.influx_bucket  # checked by load_config
             return InfluxSink.from_env(
                 config.influx_url, config.influx_org, config.influx_bucket, config.influx_precision, self.environ
