@@ -1,8 +1,10 @@
 """`PageFeed`: the live sink behind the page. It keeps, in memory and bounded, what the page shows.
 
-- a ring of the newest `capacity` records, each reduced to what the page draws (`RECORD_FIELDS`)
-  and numbered with an increasing `id` (1, 2, ... since start; records the ring dropped keep
-  their numbers, so a reader can tell it missed some);
+- a ring of the newest `capacity` records, numbered with an increasing `id` (1, 2, ... since
+  start; records the ring dropped keep their numbers, so a reader can tell it missed some). It
+  holds the batches as they came (columns); a record becomes the dict the page draws
+  (`RECORD_FIELDS`) only when a reader asks for it, so a burst of a million rows costs the
+  feed nearly nothing while no page is open;
 - verdict counts since start per machine (every record counts, also those the ring dropped);
   the gateway calls `count` for every batch it publishes, so the counts stay exact even when the
   LiveRunner drops a batch in a burst;
@@ -17,7 +19,6 @@ pipeline; readers (the SSE stream) only copy from it.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from cmm_twin.gateway.page.rejects import RejectsReader
 from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
@@ -80,7 +82,10 @@ class PageFeed(Sink):
 
     def __init__(self, quarantine: Path, capacity: int = RING_CAPACITY) -> None:
         self.capacity = capacity
-        self.ring: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._chunks: deque[tuple[int, RecordBatch]] = deque()
+        """(id of the first record, records) per batch taken, oldest first."""
+        self._held = 0
+        """Records in `_chunks` (at least the ring's length: whole chunks are dropped)."""
         self.last_id = 0
         """The `id` of the newest record (0: none yet)."""
         self.boot = secrets.token_hex(4)
@@ -113,25 +118,22 @@ class PageFeed(Sink):
             return
         skip = max(0, n - self.capacity)
         tail = batch.take(slice(skip, n)) if skip else batch
-        first_id = self.last_id + skip + 1
+        self._chunks.append((self.last_id + skip + 1, tail))
         self.last_id += n
-        columns: list[Iterable[Any]] = [
-            range(first_id, first_id + len(tail)),
-            tail.timestamp,
-            (tail.timestamp_ns // 1_000_000).tolist(),
-            tail.machine_id,
-            tail.part_id,
-            tail.feature,
-            *(getattr(tail, name).tolist() for name in _FLOATS),
-            VERDICT_NAMES[tail.verdict].tolist(),
-        ]
-        self.ring.extend(dict(zip(RECORD_FIELDS, row, strict=True)) for row in zip(*columns, strict=True))
+        self._held += len(tail)
+        while self._held - len(self._chunks[0][1]) >= self.capacity:  # the rest still fills the ring
+            self._held -= len(self._chunks.popleft()[1])
         features, last = np.unique(np.asarray(tail.feature[::-1]), return_index=True)
         for feature, index in zip(features.tolist(), (len(tail) - 1 - last).tolist(), strict=True):
             self.tolerances[feature] = {
                 "tolerance_mm": float(tail.tolerance_mm[index]),
                 "nominal_mm": float(tail.nominal_mm[index]),
             }
+
+    @property
+    def ring(self) -> list[dict[str, Any]]:
+        """The ring's records as page dicts, oldest first."""
+        return self.records_after(0)[0]
 
     def count(self, batch: RecordBatch) -> None:
         """Add the verdicts of `batch` to the counts per machine (vectorised; called on publish)."""
@@ -159,23 +161,48 @@ class PageFeed(Sink):
     @property
     def first_id(self) -> int:
         """The `id` of the oldest record in the ring (last_id + 1 when the ring is empty)."""
-        return self.last_id - len(self.ring) + 1
+        return self.last_id - min(self._held, self.capacity) + 1
 
     def records_after(self, after_id: int, machine_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
         """The ring's records with `id > after_id` (of one machine if given), oldest first, and
         whether records after `after_id` were already dropped from the ring (a gap)."""
-        start = max(0, after_id + 1 - self.first_id)
-        gap = after_id + 1 < self.first_id
-        if start >= len(self.ring):
-            return [], gap
-        records = itertools.islice(self.ring, start, None)
-        if machine_id is not None:
-            return [r for r in records if r["machine_id"] == machine_id], gap
-        return list(records), gap
+        first = self.first_id
+        gap = after_id + 1 < first
+        start_id = max(after_id + 1, first)
+        out: list[dict[str, Any]] = []
+        for chunk_first, chunk in self._chunks:
+            chunk_last = chunk_first + len(chunk) - 1
+            if chunk_last < start_id:
+                continue
+            offset = max(0, start_id - chunk_first)
+            ids = np.arange(chunk_first + offset, chunk_last + 1)
+            part = chunk.take(slice(offset, None)) if offset else chunk
+            if machine_id is not None:
+                keep = np.flatnonzero(np.asarray(part.machine_id) == machine_id)
+                part, ids = part.take(keep), ids[keep]
+            out += _page_records(part, ids)
+        return out, gap
 
     def counts_copy(self) -> dict[str, dict[str, int]]:
         """The verdict counts per machine (a copy)."""
         return {machine: dict(counts) for machine, counts in self.counts.items()}
+
+
+def _page_records(batch: RecordBatch, ids: NDArray[np.int64]) -> list[dict[str, Any]]:
+    """`batch` as page dicts (`RECORD_FIELDS`) numbered `ids`."""
+    if not len(batch):
+        return []
+    columns: list[Iterable[Any]] = [
+        ids.tolist(),
+        batch.timestamp,
+        (batch.timestamp_ns // 1_000_000).tolist(),
+        batch.machine_id,
+        batch.part_id,
+        batch.feature,
+        *(getattr(batch, name).tolist() for name in _FLOATS),
+        VERDICT_NAMES[batch.verdict].tolist(),
+    ]
+    return [dict(zip(RECORD_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 def health_sample(status: GatewayStatus, now_s: float | None = None) -> dict[str, Any]:
