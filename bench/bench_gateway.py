@@ -7,6 +7,9 @@ Prints:
 - throughput of one 1,000,000-row file through validation, compensation and the OPC UA sink
   (goal >= 100,000 rows/s) and the gateway's peak RSS meanwhile (goal <= 150 MB), beside the
   RSS of the idle gateway measured in the same run (the baseline).
+These measure the ingest path (`--historian none`, as in the gateway issue). Then the same big
+file through a second gateway in the default configuration (the embedded SQLite historian,
+which keeps every row): rows/s until the historian holds them all, and its peak RSS.
 
     .venv/bin/python -m bench.bench_gateway [--files 300] [--rows 1000000] [--quick] [--json]
 """
@@ -143,6 +146,7 @@ def figures(
                 "--data-dir", str(data),
                 "--http", "127.0.0.1:0",
                 "--opcua-endpoint", f"opc.tcp://127.0.0.1:{opcua_port}/cmm-twin/",
+                "--historian", "none",
             ],
             Path(tmp) / "gateway.log",
         )  # fmt: skip
@@ -202,23 +206,9 @@ def figures(
 
             progress(f"gateway: one {rows:,}-row file")
             big = Path(tmp) / "big.csv"
-            with big.open("w") as f:
-                f.write(HEADER)
-                for start in range(0, rows, 50_000):
-                    f.write("".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(start, min(rows, start + 50_000))))
+            write_big_file(big, rows)
             size_mb = big.stat().st_size / 1e6
-            before = gateway.get_json("/health")["files_processed"]
-            started = time.perf_counter()
-            os.rename(big, data / "inbox" / "big.csv")
-            peak_mb = 0.0
-            deadline = time.monotonic() + 600
-            while gateway.get_json("/health")["files_processed"] < before + 1:
-                peak_mb = max(peak_mb, gateway.peak_rss_mb())
-                if time.monotonic() > deadline:
-                    raise TimeoutError("big file not processed in 600 s")
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - started
-            peak_mb = max(peak_mb, gateway.peak_rss_mb())
+            elapsed, peak_mb = process_big_file(gateway, big, data / "inbox" / "big.csv", historian=False)
             rows_per_s = rows / elapsed
             out.append(
                 Figure(
@@ -244,7 +234,61 @@ def figures(
             )
         finally:
             gateway.stop()
+
+        progress(f"gateway: one {rows:,}-row file with the embedded historian (default configuration)")
+        data = Path(tmp) / "data-historian"
+        gateway = GatewayProcess(
+            [
+                "--data-dir", str(data),
+                "--http", "127.0.0.1:0",
+                "--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/",
+            ],
+            Path(tmp) / "gateway-historian.log",
+        )  # fmt: skip
+        try:
+            gateway.wait_ready(60)
+            big = Path(tmp) / "big-historian.csv"
+            write_big_file(big, rows)
+            elapsed, peak_mb = process_big_file(gateway, big, data / "inbox" / "big.csv", historian=True)
+            out.append(
+                Figure(
+                    f"gateway, default configuration: the same file until the embedded historian holds every row"
+                    f" ({elapsed:.2f} s)",
+                    rows / elapsed,
+                    "rows/s",
+                )
+            )
+            out.append(Figure("gateway, default configuration: peak RSS during that file", peak_mb, "MB"))
+        finally:
+            gateway.stop()
     return out
+
+
+def write_big_file(path: Path, rows: int) -> None:
+    """`rows` valid rows on three machines, written in blocks."""
+    with path.open("w") as f:
+        f.write(HEADER)
+        for start in range(0, rows, 50_000):
+            f.write("".join(_row(i, f"CMM-0{i % 3 + 1}") for i in range(start, min(rows, start + 50_000))))
+
+
+def process_big_file(gateway: GatewayProcess, staged: Path, target: Path, historian: bool) -> tuple[float, float]:
+    """Rename `staged` into the inbox; (seconds until it is processed, or with `historian` until
+    the historian's buffer is empty too; peak RSS in MB meanwhile)."""
+    before = gateway.get_json("/health")["files_processed"]
+    started = time.perf_counter()
+    os.rename(staged, target)
+    peak_mb = 0.0
+    deadline = time.monotonic() + 600
+    while True:
+        health = gateway.get_json("/health")
+        if health["files_processed"] > before and not (historian and health["buffer_depth"]):
+            break
+        peak_mb = max(peak_mb, gateway.peak_rss_mb())
+        if time.monotonic() > deadline:
+            raise TimeoutError("big file not processed in 600 s")
+        time.sleep(0.01)
+    return time.perf_counter() - started, max(peak_mb, gateway.peak_rss_mb())
 
 
 def main() -> None:

@@ -98,6 +98,7 @@ def figures(quick: bool = False, *, records: int | None = None, spool_records: i
             [
                 "--data-dir", str(data), "--http", "127.0.0.1:0", "--mes-url", mes_url,
                 "--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/",
+                "--historian", "none",  # the MES path alone: buffer depth is the MES's
             ],
             tmp / "gateway.log",
         )  # fmt: skip

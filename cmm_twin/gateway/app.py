@@ -34,7 +34,7 @@ from cmm_twin.records import RecordBatch
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 0.25
-PAGE_QUEUE_BATCHES = 16
+PAGE_QUEUE_BATCHES = 4
 """Batches queued for the live page's sink: it takes them at once, so this only rides out a
 commit group of many small files published together; past it the oldest batch is dropped (the
 page shows the newest; its verdict counts never miss a batch: `_publish` counts them). Bounded

@@ -73,6 +73,9 @@ _FLOATS = (
 )
 
 
+_KEPT_COLUMNS = ("timestamp", "timestamp_ns", "machine_id", "part_id", "feature", "verdict", *_FLOATS)
+
+
 class PageFeed(Sink):
     """The live page's sink; see the module docstring."""
 
@@ -118,6 +121,8 @@ class PageFeed(Sink):
             return
         skip = max(0, n - self.capacity)
         tail = batch.take(slice(skip, n)) if skip else batch
+        # Only the columns the page draws are kept (ids, materials and the rest would be dead weight).
+        tail = RecordBatch.with_blanks(len(tail), {name: getattr(tail, name) for name in _KEPT_COLUMNS})
         self._chunks.append((self.last_id + skip + 1, tail))
         self.last_id += n
         self._held += len(tail)
