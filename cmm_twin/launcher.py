@@ -39,12 +39,12 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from cmm_twin.envfile import load_env_file
 from cmm_twin.errors import ConfigError
 from cmm_twin.logs import LOG_FORMAT
-from cmm_twin.options import Option
+from cmm_twin.options import ConfigErrorParser, Option
 from cmm_twin.simulator.shop import MAX_MACHINES, SECONDS_PER_DAY
 
 PROG = "python -m cmm_twin run"
@@ -160,14 +160,9 @@ class LauncherSettings:
     stop_timeout_s: float = STOP_TIMEOUT_S
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError("arguments", message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `run` (values stay text here; `load_settings` validates them)."""
-    parser = _Parser(
+    parser = ConfigErrorParser(
         prog=PROG,
         description=(
             "Start the mock MES, the edge gateway and the shop simulator on 127.0.0.1 and stream their "

@@ -3,10 +3,13 @@ and the parsers of values that several programs take."""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+
+from cmm_twin.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -33,6 +36,14 @@ class Option:
     def env(self) -> str:
         """Environment variable: `--data-dir` -> `CMM_DATA_DIR`."""
         return "CMM_" + self.dest.upper()
+
+
+class ConfigErrorParser(argparse.ArgumentParser):
+    """An argument parser that raises ConfigError (printed as one line, exit 2, by the entry
+    point) instead of printing usage and exiting itself."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError("arguments", message)
 
 
 def parse_log_level(value: str) -> str:

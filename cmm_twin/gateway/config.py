@@ -16,12 +16,12 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway.historian.lineprotocol import Precision
-from cmm_twin.options import Option, parse_host, parse_log_level
+from cmm_twin.options import ConfigErrorParser, Option, parse_host, parse_log_level
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
 
@@ -241,14 +241,9 @@ class GatewayConfig:
         return self.state_dir / "history.sqlite"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError("arguments", message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The gateway's command line (defaults shown are applied after env and TOML)."""
-    parser = _Parser(prog=PROG, description="cmm-twin edge gateway", argument_default=None)
+    parser = ConfigErrorParser(prog=PROG, description="cmm-twin edge gateway", argument_default=None)
     for option in OPTIONS:
         help_text = f"{option.help} (env {option.env}; default {show_default(option.default)})"
         if option.is_switch:

@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +27,7 @@ from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.logs import setup_logging
 from cmm_twin.mes.server import MesConfig, create_app
 from cmm_twin.mes.store import StoreError
-from cmm_twin.options import Option, parse_host, parse_log_level
+from cmm_twin.options import ConfigErrorParser, Option, parse_host, parse_log_level
 
 PROG = "mock_mes.py"
 TOKEN_ENV = "MES_TOKEN"
@@ -108,14 +108,9 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError("arguments", message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The mock MES command line (defaults are applied after the environment)."""
-    parser = _Parser(
+    parser = ConfigErrorParser(
         prog=PROG,
         description=f"cmm-twin mock MES (aiohttp + SQLite); requires a bearer token when {TOKEN_ENV} is set",
         argument_default=None,

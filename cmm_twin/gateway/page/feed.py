@@ -41,26 +41,6 @@ HEALTH_SAMPLES = 600
 """Ten minutes of buffer-depth samples at one a second."""
 HEALTH_SAMPLE_S = 1.0
 
-RECORD_FIELDS: tuple[str, ...] = (
-    "id",
-    "time",
-    "t",
-    "machine_id",
-    "part_id",
-    "feature",
-    "nominal_mm",
-    "tolerance_mm",
-    "measured_mm",
-    "compensated_mm",
-    "part_temp_c",
-    "air_temp_c",
-    "deviation_um",
-    "uncertainty_um",
-    "verdict",
-)
-"""Keys of a page record: `time` is the measurement time (ISO 8601 UTC), `t` the same in Unix
-milliseconds; NaN temperatures are sent as null (orjson writes NaN as null)."""
-
 _FLOATS = (
     "nominal_mm",
     "tolerance_mm",
@@ -71,6 +51,9 @@ _FLOATS = (
     "deviation_um",
     "uncertainty_um",
 )
+RECORD_FIELDS: tuple[str, ...] = ("id", "time", "t", "machine_id", "part_id", "feature", *_FLOATS, "verdict")
+"""Keys of a page record: `time` is the measurement time (ISO 8601 UTC), `t` the same in Unix
+milliseconds; NaN temperatures are sent as null (orjson writes NaN as null)."""
 
 
 _KEPT_COLUMNS = ("timestamp", "timestamp_ns", "machine_id", "part_id", "feature", "verdict", *_FLOATS)
