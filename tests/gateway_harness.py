@@ -80,8 +80,11 @@ class RecordingSink(Sink):
 
 
 def gateway_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
-    """A config for in-process tests: loopback, HTTP port 0, no OPC UA unless asked."""
-    base = GatewayConfig(data_dir=data_dir, http=("127.0.0.1", 0), opcua_enabled=False, settle_ms=50.0)
+    """A config for in-process tests: loopback, HTTP port 0, no OPC UA and no historian unless
+    asked (so a test's buffer depth is that of the sinks it is about)."""
+    base = GatewayConfig(
+        data_dir=data_dir, http=("127.0.0.1", 0), opcua_enabled=False, settle_ms=50.0, historian="none"
+    )
     return replace(base, **overrides)
 
 

@@ -121,7 +121,7 @@ async def test_page_and_its_files_are_served_from_the_gateway_only(tmp_path: Pat
 
 async def test_events_stream_records_health_and_rejects(tmp_path: Path) -> None:
     recorder = RecordingSink()
-    config = gateway_config(tmp_path / "data")
+    config = gateway_config(tmp_path / "data", historian="sqlite")
     async with running_gateway(config, recorder) as gateway, aiohttp.ClientSession() as http:
         events_url = f"http://127.0.0.1:{gateway.http_port}/api/v1/events"
         async with http.get(events_url) as response:

@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SPOOL_COLUMNS = RECORD_COLUMNS
-"""One spool column per RecordBatch column."""
-_TEXT_COLUMNS = TEXT_COLUMNS
-_INT_COLUMNS = INT_COLUMNS
 
 SPOOL_CHUNK_ROWS = 1000
 """Records per spool row at most: a page read decodes whole chunks, so they stay small."""
@@ -86,7 +82,7 @@ class StateStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        blobs = ", ".join(f"{c} BLOB NOT NULL" for c in _SPOOL_COLUMNS)
+        blobs = ", ".join(f"{c} BLOB NOT NULL" for c in RECORD_COLUMNS)
         self._db.executescript(
             f"""
             CREATE TABLE IF NOT EXISTS spool_chunks (
@@ -102,8 +98,8 @@ class StateStore:
             """
         )
         self._insert_sql = (
-            f"INSERT INTO spool_chunks (last_seq, first_seq, {', '.join(_SPOOL_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * (len(_SPOOL_COLUMNS) + 2))})"
+            f"INSERT INTO spool_chunks (last_seq, first_seq, {', '.join(RECORD_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * (len(RECORD_COLUMNS) + 2))})"
         )
         self._migrate_row_spool()
 
@@ -116,13 +112,13 @@ class StateStore:
         try:
             after = 0
             while rows := db.execute(
-                f"SELECT seq, {', '.join(_SPOOL_COLUMNS)} FROM spool WHERE seq > ? ORDER BY seq LIMIT 10000", (after,)
+                f"SELECT seq, {', '.join(RECORD_COLUMNS)} FROM spool WHERE seq > ? ORDER BY seq LIMIT 10000", (after,)
             ).fetchall():
                 after = rows[-1][0]
                 columns = list(zip(*rows, strict=True))
                 values: dict[str, Any] = {
-                    name: list(col) if name in _TEXT_COLUMNS else np.array(col, dtype=_dtype(name))
-                    for name, col in zip(_SPOOL_COLUMNS, columns[1:], strict=True)
+                    name: list(col) if name in TEXT_COLUMNS else np.array(col, dtype=_dtype(name))
+                    for name, col in zip(RECORD_COLUMNS, columns[1:], strict=True)
                 }
                 db.execute(self._insert_sql, _chunk_row(int(rows[0][0]), RecordBatch(**values)))
             counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
@@ -266,7 +262,7 @@ class StateStore:
 
         With `columns`, only those are decoded (the others are blank): a sink that sends a few
         columns does not pay for the rest."""
-        names = _SPOOL_COLUMNS if columns is None else tuple(c for c in _SPOOL_COLUMNS if c in columns)
+        names = RECORD_COLUMNS if columns is None else tuple(c for c in RECORD_COLUMNS if c in columns)
         cursor = self._db.execute(
             f"SELECT first_seq, last_seq, {', '.join(names)} FROM spool_chunks WHERE last_seq > ? ORDER BY last_seq",
             (after_seq,),
@@ -293,7 +289,7 @@ class StateStore:
         if not wanted:
             return RecordBatch.empty()
         rows = self._db.execute(
-            f"SELECT first_seq, last_seq, {', '.join(_SPOOL_COLUMNS)} FROM spool_chunks "
+            f"SELECT first_seq, last_seq, {', '.join(RECORD_COLUMNS)} FROM spool_chunks "
             "WHERE last_seq >= ? AND first_seq <= ? ORDER BY last_seq",
             (wanted[0], wanted[-1]),
         ).fetchall()
@@ -302,7 +298,7 @@ class StateStore:
             first, last = int(row[0]), int(row[1])
             inside = [s - first for s in wanted if first <= s <= last]
             if inside:
-                parts.append(_decode(row[2:], _SPOOL_COLUMNS, last - first + 1).take(inside))
+                parts.append(_decode(row[2:], RECORD_COLUMNS, last - first + 1).take(inside))
         return RecordBatch.concat(parts) if parts else RecordBatch.empty()
 
     def ack(self, sink: str, seq: int) -> None:
@@ -349,7 +345,7 @@ class StateStore:
 
 
 def _dtype(name: str) -> type[np.generic]:
-    return _INT_COLUMNS.get(name, np.float64)
+    return INT_COLUMNS.get(name, np.float64)
 
 
 def _wire(name: str) -> np.dtype[Any]:
@@ -360,9 +356,9 @@ def _wire(name: str) -> np.dtype[Any]:
 def _chunk_row(first_seq: int, records: RecordBatch) -> tuple[Any, ...]:
     """The spool_chunks row of `records` numbered from `first_seq`: each column as one BLOB."""
     blobs: list[bytes] = []
-    for name in _SPOOL_COLUMNS:
+    for name in RECORD_COLUMNS:
         column = getattr(records, name)
-        if name in _TEXT_COLUMNS:
+        if name in TEXT_COLUMNS:
             blobs.append(orjson.dumps(column))
         else:
             blobs.append(
@@ -375,7 +371,7 @@ def _decode(blobs: Sequence[bytes], names: Sequence[str], rows: int) -> RecordBa
     """A chunk's records from its column BLOBs (columns not in `names` blank)."""
     values: dict[str, Any] = {}
     for name, blob in zip(names, blobs, strict=True):
-        if name in _TEXT_COLUMNS:
+        if name in TEXT_COLUMNS:
             values[name] = orjson.loads(blob)
         else:
             values[name] = np.frombuffer(blob, dtype=_wire(name)).astype(_dtype(name))
