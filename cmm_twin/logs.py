@@ -15,3 +15,10 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("asyncua", "aiohttp.access", "watchfiles"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def safe_name(name: object) -> str:
+    """`name` (a file name or path) for a log line: repr-style escaped, so a newline or a control
+    character in a name cannot forge or break a log line."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)[1:-1]
