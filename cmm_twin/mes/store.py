@@ -60,7 +60,7 @@ _SCHEMA: Final = (
     " received_at TEXT NOT NULL,"
     " UNIQUE (measurement_id, received_record))",
 )
-_INSERT: Final = "INSERT INTO measurements (seq, measurement_id, record) VALUES (?, ?, ?)"
+_INSERT: Final = "INSERT INTO measurements (measurement_id, record) VALUES (?, ?)"
 _LAST_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) FROM measurements"
 _RECORDS_BY_SEQ: Final = "SELECT seq, record FROM measurements WHERE seq IN ({})"
 _INSERT_CONFLICT: Final = (
@@ -287,9 +287,12 @@ class MeasurementStore:
                 found = [conflict for conflict, *_ in conflicts]
                 return InsertResult(0, 0, found), len(stored), self._duplicates_total, self._conflicts_total
             first_seq = int(conn.execute(_LAST_SEQ).fetchone()[0]) + 1
+            consecutive = True
             fresh = rows if not repeats else [rows[i] for i in fresh_ids.values()]
             if fresh:
-                conn.executemany(_INSERT, ((seq, *row) for seq, row in enumerate(fresh, first_seq)))
+                conn.executemany(_INSERT, fresh)
+                # under the write lock, SQLite numbers the new rows on from the largest seq
+                consecutive = conn.execute("SELECT last_insert_rowid()").fetchone()[0] == first_seq + len(fresh) - 1
             if repeats:
                 conn.execute(_COUNT_DUPLICATES, (len(repeats),))
             conn.execute("COMMIT")
@@ -297,10 +300,13 @@ class MeasurementStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        stored.update(zip(fresh_ids, range(first_seq, first_seq + len(fresh_ids)), strict=True))
         self._duplicates_total += len(repeats)
+        if consecutive:
+            stored.update(zip(fresh_ids, range(first_seq, first_seq + len(fresh_ids)), strict=True))
+        else:  # never seen: read the seqs (and counters) back rather than guess them
+            self._load()
         result = InsertResult(len(fresh_ids), len(repeats))
-        return result, len(stored), self._duplicates_total, self._conflicts_total
+        return result, len(self._ids), self._duplicates_total, self._conflicts_total
 
     def _find_conflicts(
         self, rows: Sequence[tuple[str, str]], repeats: list[int], fresh_ids: Mapping[str, int]
