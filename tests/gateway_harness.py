@@ -204,7 +204,7 @@ class GatewayProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=60) as response:
             return str(response.read().decode())
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
         """Send `sig` and wait for the exit code (kill -9 after `timeout_s`)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -273,7 +273,7 @@ class MesProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(30)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
