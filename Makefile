@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run chaos test lint typecheck pytest chaos-test bench system-deps clean
+.PHONY: run chaos test test-under-load lint typecheck pytest chaos-test bench system-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ pytest: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# `make test` three times in a row while two busy CPU processes run beside it (a loaded machine:
+# tests judge outcomes, never wall-clock budgets). Stops at the first failure; the busy processes
+# are killed by pid however it ends.
+test-under-load: $(STAMP)
+	@bash -c 'set -e; busy=""; \
+	trap "kill \$$busy 2>/dev/null || true" EXIT; \
+	for i in 1 2; do $(PY) -c "while True: pass" & busy="$$busy $$!"; done; \
+	echo "test-under-load: busy CPU processes$$busy"; \
+	for run in 1 2 3; do \
+		echo "test-under-load: run $$run of 3"; started=$$SECONDS; \
+		$(MAKE) --no-print-directory test; \
+		echo "test-under-load: run $$run of 3 passed in $$((SECONDS - started)) s"; \
+	done'
 
 # The chaos engineering suite alone: MES and gateway killed mid-run, faults injected.
 chaos-test: $(STAMP)

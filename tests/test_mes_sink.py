@@ -1,5 +1,5 @@
 """The MES sink on the real runner and the real gateway, against a server that injects faults at
-the network edge (503 twice then 200, 429 with Retry-After, 401, 413, 422). The real mock MES is
+the network edge (503 twice then 200, 429 with Retry-After, 401, 413, 422, 409). The real mock MES is
 exercised by the chaos tests."""
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ from tests.gateway_harness import (
         (422, '{"errors": [{"index": 1, "field": "verdict", "message": "bad"}]}', 2, Rejected({1: "verdict: bad"})),
         (422, "not json", 2, Split("HTTP 422: not json")),
         (422, "not json", 1, Rejected({0: "HTTP 422: not json"})),
+        (
+            409,
+            '{"conflicts": [{"index": 1, "measurement_id": "x", "field": "measured_mm", "stored": 100.0118,'
+            ' "received": 100.0125}, {"index": 9, "field": "verdict"}]}',
+            2,
+            Rejected(
+                {
+                    1: "conflict: the MES holds another value for this measurement "
+                    "(field measured_mm: stored 100.0118 received 100.0125)"
+                }
+            ),
+        ),
+        (409, "not json", 2, Split("HTTP 409: not json")),
+        (409, '{"conflicts": "x"}', 1, Rejected({0: 'HTTP 409: {"conflicts": "x"}'})),
         (400, "{}", 1, Rejected({0: "HTTP 400: {}"})),
     ],
 )
@@ -75,6 +89,7 @@ class EdgeServer:
     judge: Callable[[list[dict[str, Any]]], tuple[int, dict[str, str], str] | None] | None = None
     stored: list[dict[str, Any]] = field(default_factory=list)
     requests: list[float] = field(default_factory=list)
+    content_types: set[str] = field(default_factory=set)
     batch_sizes: list[int] = field(default_factory=list)
     accepted_sizes: list[int] = field(default_factory=list)
     url: str = ""
@@ -82,6 +97,7 @@ class EdgeServer:
     async def handle(self, request: web.Request) -> web.Response:
         records = json.loads(await request.read())
         self.requests.append(time.monotonic())
+        self.content_types.add(request.headers.get("Content-Type", ""))
         self.batch_sizes.append(len(records))
         answer = self.script.pop(0) if self.script else (self.judge(records) if self.judge else None)
         if answer is not None:
@@ -127,6 +143,7 @@ async def test_503_twice_then_200_delivers_everything_once_with_the_two_log_line
         await wait_for(lambda: len(edge.stored) == 30 and gateway.status.buffer_depth == 0)
         assert gateway.status.sinks["mes"].state == "connected"
     assert [r["part_id"] for r in edge.stored] == [f"P{i:04d}" for i in range(30)]
+    assert edge.content_types == {"application/json"}  # the type the MES requires (415 otherwise)
     messages = [r.getMessage() for r in caplog.records]
     lost = [m for m in messages if m.startswith("Network Lost! Buffering...")]
     flushing = [i for i, m in enumerate(messages) if m.startswith("Flushing buffer...")]
@@ -181,10 +198,9 @@ async def test_401_stops_forwarding_loudly_and_keeps_the_data(
     config = gateway_config(tmp_path, mes_url=edge.url, sink_backoff_min_s=0.05, sink_backoff_max_s=0.5)
     async with running_gateway(config) as gateway:
         drop_file(config.inbox, "a.csv", rows(5))
-        await wait_for(lambda: gateway.status.sinks["mes"].state == "refused")
-        assert gateway.status.buffer_depth == 5
+        await wait_for(lambda: gateway.status.sinks["mes"].state == "refused" and gateway.status.buffer_depth == 5)
         assert not edge.stored
-        await wait_for(lambda: len(edge.stored) == 5, timeout_s=10)  # the token was "fixed"
+        await wait_for(lambda: len(edge.stored) == 5)  # the token was "fixed"
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "refuses the gateway: HTTP 401: bad token (check MES_TOKEN)" in errors[0]
 

@@ -1,10 +1,15 @@
 """The mock MES as an aiohttp application: routes, auth, fault injection, JSON errors, OpenAPI document.
 
 Contract (DESIGN.md section 6; `GET /openapi.json` describes it exactly):
-- `POST /api/v1/measurements`: a JSON array of result records, or one record object. 200
-  `{"accepted": a, "duplicates": d}` only after the batch is committed; 422 `{"errors": [{"index",
-  "field", "message"}]}` stores nothing of the batch; 400 malformed JSON; 413 body too large;
-  503 `{"error": "injected failure"}` with `Retry-After: 1` (fault injection, before anything is stored).
+- `POST /api/v1/measurements`: a JSON array of result records, or one record object, sent as
+  `Content-Type: application/json` (else 415: a browser cannot send that type cross-site without
+  a CORS preflight, which this server never grants). 200 `{"accepted": a, "duplicates": d}` only
+  after the batch is committed; 422 `{"errors": [{"index", "field", "message"}]}` stores nothing of
+  the batch; 409 `{"conflicts": [{"index", "measurement_id", "field", "stored", "received"}]}` when
+  a record's measurement_id is stored with other values (a re-measurement: the first value is the
+  record; both are kept in the `conflicts` table) stores nothing of the batch either; 400 malformed
+  JSON; 413 body too large; 503 `{"error": "injected failure"}` with `Retry-After: 1` (fault
+  injection, before anything is stored).
 - `GET /api/v1/measurements?after=SEQ&limit=N`, `GET /api/v1/stats`, `GET /health`, `GET /openapi.json`.
 - With a token configured (MES_TOKEN) every /api/ route needs `Authorization: Bearer <token>`, else 401.
 - Every error is JSON `{"error": "..."}` (404, 405 too); an unexpected exception is logged and answered
@@ -14,6 +19,7 @@ Contract (DESIGN.md section 6; `GET /openapi.json` describes it exactly):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import operator
@@ -28,7 +34,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cmm_twin.mes.store import MeasurementStore
+from cmm_twin.mes.store import COMPARED_FIELDS, MeasurementStore
 from cmm_twin.mes.validation import (
     FLAGS,
     FLOAT_MAX,
@@ -176,6 +182,9 @@ def _json_http_error(request: web.Request, exc: web.HTTPException) -> web.Respon
 async def post_measurements(request: web.Request) -> web.Response:
     """Validate a batch of records and store all of it, or none (see the module docstring)."""
     config = request.app[CONFIG]
+    if request.content_type != JSON_TYPE:
+        given = request.headers.get("Content-Type", "none")
+        return error_response(415, f"Content-Type must be {JSON_TYPE} (optionally with charset), got {given[:80]!r}")
     if config.fail_rate > 0 and request.app[FAULTS].random() < config.fail_rate:
         return error_response(503, "injected failure", headers={"Retry-After": str(RETRY_AFTER_S)})
     if request.content_length is not None and request.content_length > config.max_body_bytes:
@@ -203,10 +212,24 @@ async def post_measurements(request: web.Request) -> web.Response:
         log.warning("batch rejected: %d of %d records invalid, nothing stored", invalid, len(records))
         return web.json_response({"errors": errors}, status=422)
     rows = list(zip(map(_ID_OF, records), record_texts(parsed), strict=True))
-    accepted, duplicates = await request.app[STORE].insert(rows)
+    result = await request.app[STORE].insert(rows)
+    if result.conflicts:
+        for conflict in result.conflicts:
+            log.warning(
+                "batch rejected: record %d (%s) conflicts with the stored one (%s: stored %r, received %r)",
+                conflict.index,
+                conflict.measurement_id,
+                conflict.field,
+                conflict.stored,
+                conflict.received,
+            )
+        log.warning("batch rejected: %d of %d records conflict, nothing stored", len(result.conflicts), len(rows))
+        return web.json_response({"conflicts": [dataclasses.asdict(c) for c in result.conflicts]}, status=409)
     elapsed_ms = (time.perf_counter() - started) * 1000.0
-    log.info("batch: accepted=%d duplicates=%d records=%d ms=%.1f", accepted, duplicates, len(rows), elapsed_ms)
-    return web.json_response({"accepted": accepted, "duplicates": duplicates})
+    log.info(
+        "batch: accepted=%d duplicates=%d records=%d ms=%.1f", result.accepted, result.duplicates, len(rows), elapsed_ms
+    )
+    return web.json_response({"accepted": result.accepted, "duplicates": result.duplicates})
 
 
 def unknown_machines(records: list[dict[str, Any]], known: frozenset[str]) -> list[dict[str, Any]]:
@@ -245,9 +268,10 @@ async def get_measurements(request: web.Request) -> web.Response:
 
 
 async def get_stats(request: web.Request) -> web.Response:
-    """`{"count": n, "duplicates": d}`: stored records and duplicates received since the db was created."""
+    """`{"count": n, "duplicates": d, "conflicts": c}`: stored records, and duplicates and conflicting
+    records received since the db was created."""
     store = request.app[STORE]
-    return web.json_response({"count": store.count, "duplicates": store.duplicates})
+    return web.json_response({"count": store.count, "duplicates": store.duplicates, "conflicts": store.conflicts})
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -342,7 +366,8 @@ def openapi_document(config: MesConfig) -> dict[str, Any]:
             "version": "1.0.0",
             "description": (
                 "Receives, validates, de-duplicates (on measurement_id) and durably stores result records. "
-                'Every error body is JSON `{"error": ...}` except 422 (`{"errors": [...]}`).' + latency
+                'Every error body is JSON `{"error": ...}` except 422 (`{"errors": [...]}`) and 409 '
+                '(`{"conflicts": [...]}`).' + latency
             ),
         },
         "paths": {
@@ -354,8 +379,9 @@ def openapi_document(config: MesConfig) -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "description": (
-                            "A JSON array of records, or one record object. Strict JSON: UTF-8, no NaN/Infinity, "
-                            "no duplicate keys. Any content type is accepted."
+                            "A JSON array of records, or one record object, sent as `Content-Type: application/json` "
+                            "(parameters such as charset are allowed). Strict JSON: UTF-8, no NaN/Infinity, "
+                            "no duplicate keys."
                         ),
                         "content": {
                             JSON_TYPE: {
@@ -381,6 +407,15 @@ def openapi_document(config: MesConfig) -> dict[str, Any]:
                             f"{MAX_BATCH_RECORDS} records: split the batch",
                             "Error",
                         ),
+                        "409": response(
+                            "re-measurement: some records have a stored measurement_id (or one earlier in the "
+                            "batch) with other values; the first value received is the record. Each conflicting "
+                            "record is listed with its first differing field and both values, both records are "
+                            "kept in the conflicts table, and nothing of the batch was stored. An exact repeat is "
+                            "a duplicate, not a conflict",
+                            "Conflicts",
+                        ),
+                        "415": response(f"the request's Content-Type is not {JSON_TYPE}; nothing was stored", "Error"),
                         "422": response(
                             "some records are invalid: every invalid record is listed by its index in the batch; "
                             "nothing of the batch was stored",
@@ -431,7 +466,9 @@ def openapi_document(config: MesConfig) -> dict[str, Any]:
             STATS_PATH: {
                 "get": {
                     "operationId": "getStats",
-                    "summary": "stored records and duplicates received since the database was created",
+                    "summary": (
+                        "stored records, and duplicate and conflicting records received since the database was created"
+                    ),
                     "security": bearer,
                     "responses": {"200": response("counters", "Stats"), "401": unauthorized, "default": other},
                 }
@@ -504,14 +541,50 @@ def openapi_document(config: MesConfig) -> dict[str, Any]:
                         }
                     },
                 },
+                "Conflicts": {
+                    "type": "object",
+                    "required": ["conflicts"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "conflicts": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["index", "measurement_id", "field", "stored", "received"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "index": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "position of the record in the batch (0 for a single object)",
+                                    },
+                                    "measurement_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+                                    "field": {
+                                        "type": "string",
+                                        "enum": list(COMPARED_FIELDS),
+                                        "description": "the first field (in record order) whose values differ",
+                                    },
+                                    "stored": {"description": "the value of the record held (any JSON value)"},
+                                    "received": {"description": "the value of the record received"},
+                                },
+                            },
+                        }
+                    },
+                },
                 "Error": _error_schema("malformed JSON: Expecting value: line 1 column 1 (char 0)"),
                 "Stats": {
                     "type": "object",
-                    "required": ["count", "duplicates"],
+                    "required": ["count", "duplicates", "conflicts"],
                     "additionalProperties": False,
                     "properties": {
                         "count": {"type": "integer", "minimum": 0},
                         "duplicates": {"type": "integer", "minimum": 0},
+                        "conflicts": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "records received with a stored measurement_id but other values",
+                        },
                     },
                 },
                 "Health": {

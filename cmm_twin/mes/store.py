@@ -5,29 +5,42 @@ so the event loop keeps answering (e.g. /health, served from in-memory counters)
 commits. A batch is one transaction: its records are all stored, or none are.
 
 Schema: `measurements(seq INTEGER PRIMARY KEY, measurement_id TEXT NOT NULL, record TEXT NOT NULL)`
-where `seq` is the arrival order and `record` the record's JSON text, plus `counters(name, value)`
-holding the number of duplicate records received since the database was created.
+where `seq` is the arrival order and `record` the record's JSON text, `counters(name, value)`
+holding the number of duplicate records received since the database was created, and
+`conflicts(measurement_id, stored_record, received_record, received_at)`.
 
-measurement_id is unique by construction, not by a SQLite UNIQUE index: the store keeps the set of
-stored ids in memory (loaded at open, updated after each commit, reloaded when `PRAGMA data_version`
-shows another connection wrote) and inserts only new ids, inside the batch's write transaction. A
-UNIQUE index on random UUIDs dirties about one index page per record, so each 500-record commit
-wrote ~2 MB of WAL: 10-17 us per record on the 2-core reference machine, which alone kept ingest
-under the 40,000 records/s goal. Without it the table only appends. Memory: ~120 bytes per id.
+measurement_id is unique by construction, not by a SQLite UNIQUE index: the store keeps the
+stored ids with their seq in memory (loaded at open, updated after each commit, reloaded when
+`PRAGMA data_version` shows another connection wrote) and inserts only new ids, inside the batch's
+write transaction. A UNIQUE index on random UUIDs dirties about one index page per record, so each
+500-record commit wrote ~2 MB of WAL: 10-17 us per record on the 2-core reference machine, which
+alone kept ingest under the 40,000 records/s goal. Without it the table only appends. Memory:
+~170 bytes per id.
+
+Re-measurement: a measurement is identified by its measurement_id (machine, part, feature, time)
+and the first value received is the record. A received record whose id is already stored (or
+appears earlier in the same batch) is a duplicate when its values are the same, and a conflict
+when they differ (`first_difference`). Only such records are compared, reading the stored ones by
+seq, so a batch of new ids costs nothing more. A batch with a conflict stores nothing: each of its
+conflicts is kept (once) in `conflicts` with both records, and the batch is answered 409.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from cmm_twin.errors import CmmTwinError
+from cmm_twin.records import RESULT_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +52,28 @@ _SCHEMA: Final = (
     " record TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO counters (name, value) VALUES ('duplicates', 0)",
+    "CREATE TABLE IF NOT EXISTS conflicts ("
+    " id INTEGER PRIMARY KEY,"
+    " measurement_id TEXT NOT NULL,"
+    " stored_record TEXT NOT NULL,"
+    " received_record TEXT NOT NULL,"
+    " received_at TEXT NOT NULL,"
+    " UNIQUE (measurement_id, received_record))",
 )
 _INSERT: Final = "INSERT INTO measurements (measurement_id, record) VALUES (?, ?)"
+_LAST_SEQ: Final = "SELECT COALESCE(MAX(seq), 0) FROM measurements"
+_RECORDS_BY_SEQ: Final = "SELECT seq, record FROM measurements WHERE seq IN ({})"
+_INSERT_CONFLICT: Final = (
+    "INSERT OR IGNORE INTO conflicts (measurement_id, stored_record, received_record, received_at) VALUES (?, ?, ?, ?)"
+)
+_COUNT_CONFLICTS: Final = "SELECT COUNT(*) FROM conflicts"
 _COUNT_DUPLICATES: Final = "UPDATE counters SET value = value + ? WHERE name = 'duplicates'"
 _PAGE: Final = "SELECT seq, record FROM measurements WHERE seq > ? ORDER BY seq LIMIT ?"
-_IDS: Final = "SELECT measurement_id FROM measurements"
+_IDS: Final = "SELECT measurement_id, seq FROM measurements ORDER BY seq DESC"  # the first seq of an id wins
+_SQL_VARIABLES: Final = 500
+"""Seqs per `IN (...)` query (well under SQLite's limit on bound variables)."""
+COMPARED_FIELDS: Final = tuple(name for name in RESULT_FIELDS if name != "measurement_id")
+"""The fields that must be equal for a record with a stored id to be a duplicate, not a conflict."""
 _DUPLICATES: Final = "SELECT value FROM counters WHERE name = 'duplicates'"
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 """Checkpoint the WAL every ~40 MB rather than SQLite's 4 MB: fewer, larger checkpoints."""
@@ -56,22 +86,81 @@ class StoreError(CmmTwinError):
     """The database cannot be opened or used (not SQLite, unwritable, newer schema...)."""
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A received record whose measurement_id is stored with other values."""
+
+    index: int
+    """Position of the received record in its batch."""
+    measurement_id: str
+    field: str
+    """The first field (in record order) whose values differ."""
+    stored: Any
+    received: Any
+
+
+_ConflictRow = tuple[Conflict, str, str, str, str]
+"""A conflict and its `conflicts` row: measurement_id, stored record, received record, received at."""
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """What `MeasurementStore.insert` did: stored records and duplicates, or (nothing stored) conflicts."""
+
+    accepted: int
+    duplicates: int
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+def _same_instant(a: Any, b: Any) -> bool:
+    try:
+        return bool(datetime.fromisoformat(a) == datetime.fromisoformat(b))
+    except (TypeError, ValueError):
+        return False
+
+
+def first_difference(stored: Mapping[str, Any], received: Mapping[str, Any]) -> str | None:
+    """The first of COMPARED_FIELDS whose values differ, or None when the records agree.
+
+    Numbers compare by value (100 == 100.0), times as instants (`Z` == `+00:00`), flags as sets.
+    """
+    for name in COMPARED_FIELDS:
+        a, b = stored.get(name), received.get(name)
+        if a == b and (type(a) is bool) == (type(b) is bool):  # a JSON true is no number 1
+            continue
+        if name == "timestamp" and _same_instant(a, b):
+            continue
+        if (
+            name == "flags"
+            and isinstance(a, list)
+            and isinstance(b, list)
+            and sorted(map(str, a)) == sorted(map(str, b))
+        ):
+            continue
+        return name
+    return None
+
+
 class MeasurementStore:
     """Durable, de-duplicating store of result records (JSON text keyed by measurement_id).
 
-    `count` and `duplicates` are kept in memory (read at open, updated after each commit), so
-    reading them never waits for SQLite. Use as an async context manager, or open() / close().
+    `count`, `duplicates` and `conflicts` are kept in memory (read at open, updated after each
+    commit), so reading them never waits for SQLite. Use as an async context manager, or
+    open() / close().
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.count = 0
         self.duplicates = 0
+        self.conflicts = 0
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         # owned by the store's thread:
-        self._ids: set[str] = set()
+        self._ids: dict[str, int] = {}
+        """Stored measurement_id -> seq of its record."""
         self._duplicates_total = 0
+        self._conflicts_total = 0
         self._data_version = 0
 
     async def __aenter__(self) -> Self:
@@ -91,13 +180,19 @@ class MeasurementStore:
         """Open (creating if needed) the database; raises StoreError."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mes-sqlite")
         try:
-            self.count, self.duplicates = await self._run(self._open)
-            log.debug("%s: %d records, %d duplicates received so far", self.path, self.count, self.duplicates)
+            self.count, self.duplicates, self.conflicts = await self._run(self._open)
+            log.debug(
+                "%s: %d records, %d duplicates and %d conflicts received so far",
+                self.path,
+                self.count,
+                self.duplicates,
+                self.conflicts,
+            )
         except BaseException:
             await self.close()
             raise
 
-    def _open(self) -> tuple[int, int]:
+    def _open(self) -> tuple[int, int, int]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None)  # explicit BEGIN/COMMIT
@@ -128,14 +223,15 @@ class MeasurementStore:
             self._conn = None
             conn.close()
             raise
-        return len(self._ids), self._duplicates_total
+        return len(self._ids), self._duplicates_total, self._conflicts_total
 
     def _load(self) -> None:
-        """Read the stored ids and the duplicate counter (in the store's thread)."""
+        """Read the stored ids and the counters (in the store's thread)."""
         conn = self._conn
         assert conn is not None
-        self._ids = {row[0] for row in conn.execute(_IDS)}
+        self._ids = dict(conn.execute(_IDS))
         self._duplicates_total = int(conn.execute(_DUPLICATES).fetchone()[0])
+        self._conflicts_total = int(conn.execute(_COUNT_CONFLICTS).fetchone()[0])
         self._data_version = int(conn.execute("PRAGMA data_version").fetchone()[0])
 
     async def close(self) -> None:
@@ -152,18 +248,20 @@ class MeasurementStore:
         self._conn.close()
         self._conn = None
 
-    async def insert(self, rows: Sequence[tuple[str, str]]) -> tuple[int, int]:
-        """Store `(measurement_id, record_json)` rows in one transaction; returns (accepted, duplicates).
+    async def insert(self, rows: Sequence[tuple[str, str]]) -> InsertResult:
+        """Store `(measurement_id, record_json)` rows in one transaction, or none of them.
 
         A row whose measurement_id is already stored (or appears earlier in `rows`) is a duplicate
-        and is not stored again. Returns only after the COMMIT is durable (synchronous=FULL).
+        when its values agree (`first_difference`) and is not stored again; when they differ it is
+        a conflict: then nothing of `rows` is stored, each conflict is kept in `conflicts` and the
+        result lists them. Returns only after the COMMIT is durable (synchronous=FULL).
         """
         if not rows:
-            return 0, 0
-        accepted, duplicates, self.count, self.duplicates = await self._run(lambda: self._insert(rows))
-        return accepted, duplicates
+            return InsertResult(0, 0)
+        result, self.count, self.duplicates, self.conflicts = await self._run(lambda: self._insert(rows))
+        return result
 
-    def _insert(self, rows: Sequence[tuple[str, str]]) -> tuple[int, int, int, int]:
+    def _insert(self, rows: Sequence[tuple[str, str]]) -> tuple[InsertResult, int, int, int]:
         conn = self._conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")  # the write lock: no other writer until COMMIT
@@ -172,25 +270,70 @@ class MeasurementStore:
                 log.warning("%s was changed by another connection: reloading its measurement ids", self.path)
                 self._load()
             stored = self._ids
-            fresh_ids: set[str] = set()
-            fresh = []
-            for row in rows:
-                if row[0] not in stored and row[0] not in fresh_ids:
-                    fresh_ids.add(row[0])
-                    fresh.append(row)
-            duplicates = len(rows) - len(fresh)
+            fresh_ids: dict[str, int] = {}  # new id -> position of its first row
+            repeats: list[int] = []  # positions of rows whose id is stored or earlier in `rows`
+            for i, row in enumerate(rows):
+                if row[0] in stored or row[0] in fresh_ids:
+                    repeats.append(i)
+                else:
+                    fresh_ids[row[0]] = i
+            conflicts = self._find_conflicts(rows, repeats, fresh_ids) if repeats else []
+            if conflicts:
+                before = conn.total_changes
+                conn.executemany(_INSERT_CONFLICT, [row[1:] for row in conflicts])
+                added = conn.total_changes - before
+                conn.execute("COMMIT")
+                self._conflicts_total += added
+                found = [conflict for conflict, *_ in conflicts]
+                return InsertResult(0, 0, found), len(stored), self._duplicates_total, self._conflicts_total
+            first_seq = int(conn.execute(_LAST_SEQ).fetchone()[0]) + 1
+            consecutive = True
+            fresh = rows if not repeats else [rows[i] for i in fresh_ids.values()]
             if fresh:
                 conn.executemany(_INSERT, fresh)
-            if duplicates:
-                conn.execute(_COUNT_DUPLICATES, (duplicates,))
+                # under the write lock, SQLite numbers the new rows on from the largest seq
+                consecutive = conn.execute("SELECT last_insert_rowid()").fetchone()[0] == first_seq + len(fresh) - 1
+            if repeats:
+                conn.execute(_COUNT_DUPLICATES, (len(repeats),))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        stored |= fresh_ids
-        self._duplicates_total += duplicates
-        return len(fresh), duplicates, len(stored), self._duplicates_total
+        self._duplicates_total += len(repeats)
+        if consecutive:
+            stored.update(zip(fresh_ids, range(first_seq, first_seq + len(fresh_ids)), strict=True))
+        else:  # never seen: read the seqs (and counters) back rather than guess them
+            self._load()
+        result = InsertResult(len(fresh_ids), len(repeats))
+        return result, len(self._ids), self._duplicates_total, self._conflicts_total
+
+    def _find_conflicts(
+        self, rows: Sequence[tuple[str, str]], repeats: list[int], fresh_ids: Mapping[str, int]
+    ) -> list[_ConflictRow]:
+        """The repeated rows whose values differ from the first record of their id (stored, or
+        earlier in `rows`), each with what the `conflicts` table keeps of it."""
+        conn = self._conn
+        assert conn is not None
+        seqs = sorted({self._ids[rows[i][0]] for i in repeats if rows[i][0] in self._ids})
+        stored_texts: dict[int, str] = {}
+        for start in range(0, len(seqs), _SQL_VARIABLES):
+            chunk = seqs[start : start + _SQL_VARIABLES]
+            stored_texts.update(conn.execute(_RECORDS_BY_SEQ.format(",".join("?" * len(chunk))), chunk))
+        received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        conflicts: list[_ConflictRow] = []
+        for i in repeats:
+            measurement_id, received_text = rows[i]
+            seq = self._ids.get(measurement_id)
+            first_text = stored_texts.get(seq) if seq is not None else rows[fresh_ids[measurement_id]][1]
+            if first_text is None or first_text == received_text:
+                continue  # an exact replay (or a row another connection removed): a duplicate
+            first, received = json.loads(first_text), json.loads(received_text)
+            name = first_difference(first, received)
+            if name is not None:
+                conflict = Conflict(i, measurement_id, name, first.get(name), received.get(name))
+                conflicts.append((conflict, measurement_id, first_text, received_text, received_at))
+        return conflicts
 
     async def page(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to `limit` stored `(seq, record_json)` with seq > after_seq, in arrival order."""

@@ -1,16 +1,18 @@
 """Atomic CSV output of the simulator: one inbox file per part (DESIGN.md section 2), optional truth.
 
-Every file is written under a dot-name that does not end in `.csv` (`.<name>.csv.tmp`), flushed
-and fsynced, renamed into place with `os.replace` and the directory fsynced. A reader taking
-`*.csv` therefore sees a file whole or not at all, even if the simulator is killed with SIGKILL;
-the temp file such a kill leaves behind is removed at the next start (`remove_stale_temp_files`).
-Only one simulator should write into a given directory.
+Every file is written under a dot-name of its own that does not end in `.csv`
+(`.cmmsim-<pid>-<name>.csv.tmp`), flushed and fsynced, renamed into place with `os.replace` and the
+directory fsynced. A reader taking `*.csv` therefore sees a file whole or not at all, even if the
+simulator is killed with SIGKILL. The temp file such a kill leaves behind is removed at the next
+start (`remove_stale_temp_files`): only temp files of this writer's prefix whose process is gone.
+Temp files of other writers, and of a simulator still running, are never touched.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,9 +37,11 @@ TRUTH_COLUMNS: tuple[str, ...] = (
 )
 """Columns of a truth file (same name as the inbox file, in the truth directory)."""
 
+TEMP_PREFIX = ".cmmsim-"
 TEMP_SUFFIX = ".tmp"
-TEMP_GLOB = ".*.csv.tmp"
-"""Pattern of this writer's temp files; matches neither `*.csv` nor a non-dot name."""
+TEMP_GLOB = f"{TEMP_PREFIX}*{TEMP_SUFFIX}"
+"""Pattern of the simulator's temp files; matches neither `*.csv` nor a non-dot name."""
+_TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}([0-9]{{1,10}})-.+{re.escape(TEMP_SUFFIX)}", re.DOTALL)
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -77,10 +81,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def temp_name(name: str, pid: int | None = None) -> str:
+    """The temp name under which the simulator of process `pid` (default: this one) writes `name`."""
+    return f"{TEMP_PREFIX}{os.getpid() if pid is None else pid}-{name}{TEMP_SUFFIX}"
+
+
 def atomic_write_text(directory: Path, name: str, text: str) -> Path:
     """Write `text` (UTF-8) to `directory/name` atomically: temp dot-file, fsync, rename, fsync dir."""
     final = directory / name
-    temp = directory / f".{name}{TEMP_SUFFIX}"
+    temp = directory / temp_name(name)
     try:
         with open(temp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -94,13 +103,36 @@ def atomic_write_text(directory: Path, name: str, text: str) -> Path:
     return final
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user counts: it cannot be signalled, but lives)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
 def remove_stale_temp_files(directory: Path) -> list[Path]:
-    """Delete temp files of this writer (`.*.csv.tmp`) left in `directory` by a killed run."""
+    """Delete the simulator's temp files (`.cmmsim-<pid>-*.tmp`) in `directory` left by a killed run.
+
+    Only files of that prefix whose process is gone are removed: a live simulator's temp file
+    (this process's too) and every other file, e.g. another writer's `.x.csv.tmp`, stay. A file
+    left by a killed run whose pid is now taken by a live process stays too (harmless: no reader
+    takes it); it goes at a later start.
+    """
     removed: list[Path] = []
     for path in sorted(directory.glob(TEMP_GLOB)):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None or not path.is_file() or process_alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 

@@ -1,9 +1,13 @@
 """The embedded historian (`--historian sqlite`, the default): a SQLite time-series store under
 `state/` with the same measurements, tags and fields as the InfluxDB line protocol.
 
-A point is identified as in InfluxDB, by measurement, tag set and timestamp, so a replayed batch
-(after a crash before its acknowledgement) replaces itself instead of doubling. Rows are keyed
-by time first, so writes append and both the retention purge and time-range queries use the key.
+A point is keyed as in InfluxDB, by measurement, tag set and timestamp. A measurement point is
+stored once: the first one received for its machine, feature and time is kept, as in the MES
+(which refuses a re-measurement with another value, even another verdict: the gateway then
+dead-letters it), so a replayed batch (after a crash before its acknowledgement) changes nothing.
+part_id is not part of the key (nor an InfluxDB tag): one machine measures one feature of one part
+at a time, so machine, feature and time identify the measurement. Rows are keyed by time first,
+so writes append and both the retention purge and time-range queries use the key.
 All database work runs on one dedicated thread (`HistoryStore` is not thread-safe on its own).
 """
 
@@ -14,7 +18,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,9 @@ NS_PER_DAY = 86_400 * 10**9
 PURGE_INTERVAL_S = 600.0
 MEASUREMENT_FIELDS: dict[str, tuple[str, ...]] = {MEASUREMENT: FIELD_KEYS, HEALTH_MEASUREMENT: HEALTH_FIELD_KEYS}
 MEASUREMENT_TAGS: dict[str, tuple[str, ...]] = {MEASUREMENT: TAG_KEYS, HEALTH_MEASUREMENT: ()}
+_HELD_IN_SPAN = f"SELECT time_ns, machine_id, feature FROM {MEASUREMENT} WHERE time_ns BETWEEN ? AND ? LIMIT ?"
+_HELD_AT = f"SELECT time_ns, machine_id, feature FROM {MEASUREMENT} WHERE time_ns IN ({{}})"
+_TIMES_PER_QUERY = 500
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class HistoryStore:
         )
         columns = ("time_ns", *TAG_KEYS, *FIELD_KEYS)
         self._insert_measurement = (
-            f"INSERT OR REPLACE INTO {MEASUREMENT} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            f"INSERT OR IGNORE INTO {MEASUREMENT} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         )
         health_columns = ("time_ns", *HEALTH_FIELD_KEYS)
         self._insert_health = (
@@ -105,13 +112,47 @@ class HistoryStore:
         db.execute("BEGIN")
         try:
             if len(batch):
-                db.executemany(self._insert_measurement, _measurement_rows(batch))
+                db.executemany(self._insert_measurement, self._first_points(batch))
             if health:
                 db.executemany(self._insert_health, [(s.timestamp_ns, *s.values()) for s in health])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _first_points(self, batch: RecordBatch) -> Iterable[tuple[Any, ...]]:
+        """The rows of `batch` to store: none of a measurement point already held (same time,
+        machine and feature) or repeated earlier in the batch. The first value is kept, even when a
+        re-measurement has another verdict or material (other tags, so the key alone would keep both)."""
+        rows: Iterable[tuple[Any, ...]] = _measurement_rows(batch)
+        times: list[int] = batch.timestamp_ns.tolist()
+        identities = list(zip(times, batch.machine_id, batch.feature, strict=True))
+        held = self._held_points(times)
+        if not held and len(set(identities)) == len(identities):
+            return rows
+        first: list[tuple[Any, ...]] = []
+        for identity, row in zip(identities, rows, strict=True):
+            if identity not in held:
+                held.add(identity)
+                first.append(row)
+        return first
+
+    def _held_points(self, times: list[int]) -> set[tuple[int, str, str]]:
+        """(time_ns, machine_id, feature) of the stored points at any of `times`.
+
+        One range read over the batch's time span (new points come after the stored ones, so it
+        finds few); when the span holds many other points (an old file among new ones), one
+        key lookup per distinct time instead."""
+        cap = 4 * len(times) + 1_000
+        found = self._db.execute(_HELD_IN_SPAN, (min(times), max(times), cap + 1)).fetchall()
+        if len(found) <= cap:
+            return set(found)
+        held: set[tuple[int, str, str]] = set()
+        distinct = sorted(set(times))
+        for start in range(0, len(distinct), _TIMES_PER_QUERY):
+            chunk = distinct[start : start + _TIMES_PER_QUERY]
+            held.update(self._db.execute(_HELD_AT.format(",".join("?" * len(chunk))), chunk))
+        return held
 
     def purge(self, now_ns: int | None = None) -> int:
         """Delete points older than the retention; returns how many."""

@@ -6,7 +6,7 @@
 | connection error, timeout, 5xx, 408, 429 | Retry (honouring `Retry-After`) |
 | a status the sink names as refusing (401/403 credentials, 404/405 wrong URL) | Refused: stop loudly, keep the data |
 | 413 | Split the batch |
-| a 4xx whose body names the invalid records | Rejected: those records are dead-lettered |
+| a 4xx whose body names records (422 invalid, 409 conflicting) | Rejected: those are dead-lettered |
 | any other 4xx | Split until one record is left, then Rejected |
 """
 

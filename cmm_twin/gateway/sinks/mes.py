@@ -11,7 +11,12 @@ spool, batching, backoff and acknowledgement:
 | 404, 405 | Refused: the URL is wrong (dead-lettering would throw good data away) |
 | 413 | Split the batch |
 | 422 with `errors[].index` | Rejected: those records go to the dead-letter file with the MES's reason |
-| other 4xx (or a 422 that names no record) | Split until one record is left, then Rejected |
+| 409 with `conflicts[].index` | Rejected: the MES holds other values for those measurements |
+| other 4xx (or a 422/409 that names no record) | Split until one record is left, then Rejected |
+
+A 409 is a re-measurement: the first value received stays the record (in the MES and the embedded
+historian alike), and the later one goes to the dead-letter file with both values. The MES stores
+nothing of a batch it answers 422 or 409, so the runner sends the other records again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import orjson
@@ -102,7 +108,12 @@ class MesSink(Sink):
 
 def classify(status: int, text: str, retry_after_s: float | None, batch_len: int) -> WriteOutcome:
     """The outcome of an MES answer (see the module docstring)."""
-    invalid = _invalid_records(text, batch_len) if status == 422 else {}
+    if status == 422:
+        invalid = _invalid_records(text, batch_len)
+    elif status == 409:
+        invalid = _conflicting_records(text, batch_len)
+    else:
+        invalid = {}
     return classify_answer(status, text, retry_after_s, batch_len, _REFUSED, invalid)
 
 
@@ -111,18 +122,37 @@ _REFUSED = {401: f"check {TOKEN_ENV}", 403: f"check {TOKEN_ENV}", 404: "check --
 
 def _invalid_records(text: str, batch_len: int) -> dict[int, str]:
     """{index: "field: message"} from a 422 body `{"errors": [{index, field, message}]}`."""
-    try:
-        errors = json.loads(text)["errors"]
-    except (ValueError, KeyError, TypeError):
-        return {}
     invalid: dict[int, str] = {}
-    if not isinstance(errors, list):
-        return {}
-    for error in errors:
-        if not isinstance(error, dict):
-            continue
-        index = error.get("index")
-        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < batch_len:
-            message = f"{error.get('field')}: {error.get('message')}"
-            invalid[index] = f"{invalid[index]}; {message}" if index in invalid else message
+    for index, error in _indexed_items(text, "errors", batch_len):
+        message = f"{error.get('field')}: {error.get('message')}"
+        invalid[index] = f"{invalid[index]}; {message}" if index in invalid else message
     return invalid
+
+
+def _conflicting_records(text: str, batch_len: int) -> dict[int, str]:
+    """{index: reason} from a 409 body `{"conflicts": [{index, measurement_id, field, stored, received}]}`."""
+    return {
+        index: (
+            "conflict: the MES holds another value for this measurement "
+            f"(field {conflict.get('field')}: stored {conflict.get('stored')!r} received {conflict.get('received')!r})"
+        )
+        for index, conflict in _indexed_items(text, "conflicts", batch_len)
+    }
+
+
+def _indexed_items(text: str, key: str, batch_len: int) -> list[tuple[int, dict[str, Any]]]:
+    """The objects of the list `key` of a JSON body whose `index` is a position in the batch."""
+    try:
+        items = json.loads(text)[key]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(items, list):
+        return []
+    found: list[tuple[int, dict[str, Any]]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        index = item.get("index")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < batch_len:
+            found.append((index, item))
+    return found
