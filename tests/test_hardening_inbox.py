@@ -64,35 +64,60 @@ def gateway_args(data_dir: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture
-def foreign_dir() -> Iterator[Path]:
+def can_run_as_other_user() -> bool:
+    return os.geteuid() == 0 and shutil.which("setpriv") is not None
+
+
+@contextlib.contextmanager
+def other_users_dir() -> Iterator[Path]:
     """An empty directory owned by uid 65534, for a gateway run as that user (outside pytest's
     tmp_path, whose parent only root may enter)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the gateway as another user than the writer")
     path = Path(tempfile.mkdtemp(prefix="cmm-twin-foreign-"))
-    path.chmod(0o755)
-    os.chown(path, OTHER_UID, OTHER_UID)
     try:
+        path.chmod(0o755)
+        os.chown(path, OTHER_UID, OTHER_UID)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def foreign_dir() -> Iterator[Path]:
+    """Working directory of a gateway run as another user than the test (skipped unless root)."""
+    if not can_run_as_other_user():
+        pytest.skip("needs root and setpriv to run the gateway as another user than the writer")
+    with other_users_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def gateway_home(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """Working directory of a gateway process and the command it runs under: as uid 65534 when the
+    tests run as root (the writers' files are then another user's, as in a container), else as
+    this user in tmp_path."""
+    if not can_run_as_other_user():
+        yield tmp_path, []
+        return
+    with other_users_dir() as path:
+        yield path, AS_OTHER_USER
+
+
 @pytest.mark.chaos
 def test_relative_data_dir_under_40_files_per_second_processes_each_file_once(
-    tmp_path: Path, foreign_dir: Path
+    tmp_path: Path, gateway_home: tuple[Path, list[str]]
 ) -> None:
     """`--data-dir data` (the default, relative) while the simulator writes 40 files/s: the
     periodic rescan and the watch events must name a file the same way, so each is taken once.
-    The gateway runs as another user than the simulator, as in the container: each file then waits
-    the settle time in the queue, so every rescan finds queued files (the race is certain)."""
+    As root, the gateway runs as another user than the simulator, as in the container: each file
+    then waits the settle time in the queue, so every rescan finds queued files (the race is
+    certain; as one user it is only likely)."""
+    home, prefix = gateway_home
     mes = MesProcess(tmp_path / "mes.sqlite", free_port(), tmp_path / "mes.log")
     mes.wait_ready()
     args = gateway_args("data", "--mes-url", mes.url, "--settle-ms", "300")
-    gateway = GatewayProcess(args, tmp_path / "gateway.log", cwd=foreign_dir, prefix=AS_OTHER_USER)
+    gateway = GatewayProcess(args, tmp_path / "gateway.log", cwd=home, prefix=prefix)
     files = 400
-    inbox = foreign_dir / "data" / "inbox"
+    inbox = home / "data" / "inbox"
     try:
         gateway.wait_ready()
         simulator = run_simulator(inbox, tmp_path / "truth", "--count", str(files), "--rate", "40")
@@ -113,7 +138,7 @@ def test_relative_data_dir_under_40_files_per_second_processes_each_file_once(
         assert sorted(stored) == sorted(expected)
         assert health["rows_in"] == len(expected)
         assert mes.get_json("/api/v1/stats")["duplicates"] == 0
-        assert len(list((foreign_dir / "data" / "archive").glob("*.csv"))) == files
+        assert len(list((home / "data" / "archive").glob("*.csv"))) == files
     finally:
         assert gateway.stop() == 0
         mes.stop()
@@ -282,6 +307,7 @@ async def test_inbox_scan_survives_fd_exhaustion_and_resumes(
         drop_file(config.inbox, "after.csv", HEADER + csv_row("AFTER"))
         await wait_for((config.archive / "after.csv").exists, 60)
         await wait_for(lambda: len(sink.records) == 2, 60, "delivery")
+        await wait_for(lambda: "works again" in caplog.text, 60, "the rescan to work again")
     assert [r["part_id"] for r in sink.records] == ["BEFORE", "AFTER"]
     inbox_records = [r for r in caplog.records if r.name == inbox_module.__name__]
     failed = [r.getMessage() for r in inbox_records if "failed (" in r.getMessage()]
@@ -306,5 +332,25 @@ def test_once_exits_1_when_a_row_was_rejected(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert (tmp_path / "data" / "quarantine" / "bad.csv").exists()
     assert (tmp_path / "data" / "archive" / "good.csv").exists()
-    assert "--once: 1 files quarantined, 1 rows rejected, 0 records dead-lettered: exit 1" in done.stderr
+    assert (
+        "--once: 1 files quarantined, 1 rows rejected, 0 records dead-lettered, 0 links refused: exit 1" in done.stderr
+    )
     assert "Traceback" not in done.stderr
+
+
+def test_once_exits_1_when_a_link_was_refused(tmp_path: Path) -> None:
+    inbox = tmp_path / "data" / "inbox"
+    drop_file(inbox, "good.csv", HEADER + csv_row("P1"))
+    (tmp_path / "elsewhere.csv").write_text(HEADER + csv_row("P2"))
+    (inbox / "link.csv").symlink_to(tmp_path / "elsewhere.csv")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cmm_edge_gateway.py"), *gateway_args(str(tmp_path / "data")), "--once"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert (tmp_path / "data" / "archive" / "good.csv").exists()
+    assert (inbox / "link.csv").is_symlink()
+    assert "0 files quarantined, 0 rows rejected, 0 records dead-lettered, 1 links refused: exit 1" in done.stderr

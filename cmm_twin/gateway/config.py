@@ -156,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
         _switch,
         False,
         "process what is in the inbox, deliver it, exit: 0 when everything was delivered; 1 when a"
-        " file was quarantined, a row rejected, a record dead-lettered or a sink refused the gateway",
+        " file was quarantined or refused, a row rejected, a record dead-lettered or a sink refused the gateway",
         is_switch=True,
     ),
     Option(

@@ -45,8 +45,9 @@ RESCAN_INTERVAL_S = 5.0
 WRITER_RECHECK_S = 0.02
 PROC_WRITER_RECHECK_S = 0.25
 """How soon a settled file that some process still holds open for writing is looked at again."""
-PROC_SCAN_MAX_AGE_S = 0.2
-"""A /proc scan for open writers is reused this long (one scan serves a burst of files)."""
+PROC_SCAN_MAX_AGE_S = 0.5
+"""A /proc scan for open writers (about 10 µs per open file on the host) is reused this long, so
+one scan serves a burst of files. It runs only for files that cannot be leased and have settled."""
 OBSERVATIONS_MAX = 100_000
 """Files whose (size, mtime) the stability rule remembers; past it the oldest is forgotten (that
 file then waits one more settle time: safe)."""
@@ -266,6 +267,8 @@ class InboxQueue:
         self._pending: dict[str, None] = {}
         self._not_before: dict[str, float] = {}
         self._ignored: set[str] = set()
+        self.refused_links = 0
+        """Symbolic links refused so far (with `refuse_links`)."""
         self._scan_retry = _Retrying(f"scanning the inbox {safe_name(str(self.inbox))}")
         self._watch_retry = _Retrying(f"watching the inbox {safe_name(str(self.inbox))}")
         self._retry_s = RETRY_MIN_S
@@ -286,6 +289,7 @@ class InboxQueue:
                     link_reason(self.inbox / name),
                 )
                 self._ignored.add(name)
+                self.refused_links += 1
                 continue
             self._pending[name] = None
             added = True
