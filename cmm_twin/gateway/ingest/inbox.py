@@ -283,8 +283,8 @@ class InboxQueue:
                 continue
             if self.refuse_links and os.path.islink(self.inbox / name):
                 log.warning(
-                    "%s in the inbox is %s: refused and ignored while it is there (move the file "
-                    "itself into the inbox)",
+                    "%s in the inbox is %s; it is refused and ignored while it is there (put the "
+                    "file itself in the inbox)",
                     safe_name(name),
                     link_reason(self.inbox / name),
                 )
