@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [%(name)s]"
@@ -17,8 +18,9 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def safe_name(name: object) -> str:
-    """`name` (a file name or path) for a log line: repr-style escaped, so a newline or a control
-    character in a name cannot forge or break a log line."""
-    text = str(name)
-    return text if text.isprintable() else repr(text)[1:-1]
+def safe_name(name: str | os.PathLike[str]) -> str:
+    """`name` (a file name or path) as it may appear in a log line: printable names as they are,
+    others repr-style quoted and escaped (`'a\\nb.csv'`), so a newline or control character in a
+    name can never forge a log line."""
+    text = os.fspath(name)
+    return text if text.isprintable() else repr(text)

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -167,11 +167,21 @@ READY_RE = re.compile(r"gateway ready: .* HTTP http://([\d.]+):(\d+)/health")
 class GatewayProcess:
     """The gateway as a real subprocess (stderr to a log file); stopped by the test."""
 
-    def __init__(self, args: list[str], log_path: Path, script: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        script: list[str] | None = None,
+        *,
+        cwd: Path | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """`cwd`: the working directory (default the repository, so relative paths in `args`
+        are relative to it); `prefix`: a command the gateway runs under (e.g. `setpriv ...`)."""
         self.log_path = log_path
         self._log = log_path.open("ab")
-        command = [sys.executable, *(script or [str(ROOT / "cmm_edge_gateway.py")]), *args]
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        command = [*prefix, sys.executable, *(script or [str(ROOT / "cmm_edge_gateway.py")]), *args]
+        self.proc = subprocess.Popen(command, cwd=cwd or ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         self.http_port: int | None = None
 
     def log_text(self) -> str:

@@ -101,8 +101,8 @@ class Gateway:
         return None
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Serve until `stop` (exit code 0), or with `once` until the inbox is delivered (0) or a
-        sink refuses the gateway (1)."""
+        """Serve until `stop` (exit code 0), or with `once` until the inbox is delivered (0; 1 when
+        a file was quarantined, a row rejected, a record dead-lettered or a sink refused the gateway)."""
         config = self.config
         # Lease probes (see ingest.inbox) may make the kernel send SIGIO; it must not end the process.
         with contextlib.suppress(ValueError):  # not the main thread: nothing to set there
@@ -226,6 +226,17 @@ class Gateway:
             return None
         if any(self.status.sinks[r.sink.name].buffer_depth or r.buffer for r in self._durable):
             return None
+        quarantined = self.metrics.registry.get_sample_value("cmm_files_processed_total", {"destination": "quarantine"})
+        dead_lettered = sum(r.dead_lettered for r in self._durable)
+        if quarantined or self.status.rows_rejected or dead_lettered or queue.refused_links:
+            log.error(
+                "--once: %d files quarantined, %d rows rejected, %d records dead-lettered, %d links refused: exit 1",
+                quarantined or 0,
+                self.status.rows_rejected,
+                dead_lettered,
+                queue.refused_links,
+            )
+            return 1
         return 0
 
     def _batch_size(self, sink: Sink) -> int:

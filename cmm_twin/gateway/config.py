@@ -155,14 +155,16 @@ OPTIONS: tuple[Option, ...] = (
         "--once",
         _switch,
         False,
-        "process what is in the inbox, deliver it, exit (non-zero if anything failed)",
+        "process what is in the inbox, deliver it, exit: 0 when everything was delivered; 1 when a"
+        " file was quarantined or refused, a row rejected, a record dead-lettered or a sink refused the gateway",
         is_switch=True,
     ),
     Option(
         "--settle-ms",
         _non_negative,
-        500.0,
-        "quiet time before reading a file when writers cannot be detected",
+        2000.0,
+        "for files whose writer the gateway cannot detect by a lease (another user's file, as in a"
+        " container): read only after size and mtime stayed unchanged this long",
         metavar="MS",
     ),
     Option(
@@ -201,7 +203,7 @@ class GatewayConfig:
     health_interval_s: float = 5.0
     opcua_allow_anonymous: bool = False
     once: bool = False
-    settle_ms: float = 500.0
+    settle_ms: float = 2000.0
     spool_limit_mb: float = 1024.0
     default_material: str = "AL6061"
     log_level: str = "INFO"
