@@ -78,7 +78,7 @@ def test_mes_killed_and_restarted_while_the_shop_runs(tmp_path: Path) -> None:
         time.sleep(1.5)
         mes.stop(signal.SIGKILL)  # the MES dies mid-run
         time.sleep(2.5)
-        wait_until(lambda: gateway.get_json("/health")["sinks"]["mes"]["state"] == "buffering", 20, "buffering")
+        wait_until(lambda: gateway.get_json("/health")["sinks"]["mes"]["state"] == "buffering", 60, "buffering")
         assert gateway.get_json("/health")["buffer_depth"] > 0
         mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes2.log")
         mes.wait_ready()

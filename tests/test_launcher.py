@@ -70,7 +70,7 @@ class Twin:
     def get_json(self, url: str) -> Any:
         """GET a JSON document; None when nothing answers (yet)."""
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=60) as response:
                 return json.loads(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
@@ -87,7 +87,7 @@ class Twin:
                 raise AssertionError(f"timed out after {timeout_s} s waiting for {what}:\n{self.output()[-6000:]}")
             time.sleep(0.1)
 
-    def interrupt(self, timeout_s: float = 30.0) -> tuple[int, float]:
+    def interrupt(self, timeout_s: float = 60.0) -> tuple[int, float]:
         """Ctrl+C: SIGINT to the launcher; its exit code and how long it took."""
         start = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
@@ -144,9 +144,9 @@ def test_run_starts_the_twin_streams_its_logs_and_ctrl_c_stops_everything(start_
     twin.wait_until(lambda: twin.health().get("files_processed", 0) > 0, 60, "the gateway to process files")
     # A wide window: the simulator's time stamps need not follow the wall clock (the store takes ..2262).
     history = f"http://127.0.0.1:{twin.http_port}/api/v1/history?since=0&until=9000000000"
-    twin.wait_until(lambda: bool((twin.get_json(history) or {}).get("points")), 30, "points in the historian")
+    twin.wait_until(lambda: bool((twin.get_json(history) or {}).get("points")), 60, "points in the historian")
     mes_stats = f"http://127.0.0.1:{twin.mes_port}/api/v1/stats"
-    twin.wait_until(lambda: (twin.get_json(mes_stats) or {}).get("count", 0) > 0, 30, "records in the MES")
+    twin.wait_until(lambda: (twin.get_json(mes_stats) or {}).get("count", 0) > 0, 60, "records in the MES")
     pids = twin.child_pids()
     assert sorted(pids) == ["gateway", "mes", "simulator"]
     assert all(len(p) == 1 and alive(p[0]) for p in pids.values())
@@ -184,7 +184,7 @@ def test_chaos_kills_the_mes_and_the_gateway_buffers_then_flushes(start_twin: Ca
         mes = health.get("sinks", {}).get("mes", {})
         return bool(mes.get("state") == "connected" and mes.get("buffer_depth") == 0 and health["buffer_depth"] == 0)
 
-    twin.wait_until(recovered, 40, "the gateway to flush its buffer to the MES")
+    twin.wait_until(recovered, 60, "the gateway to flush its buffer to the MES")
     out = twin.output()
     killed = out.index("chaos: MES killed for 4 s")
     lost = re.search(r"^gateway   \| .*WARNING: Network Lost! Buffering\.\.\.", out, re.MULTILINE)
@@ -219,7 +219,7 @@ def test_the_launcher_killed_with_sigkill_leaves_no_child_running(start_twin: Ca
     pids = [pid for ps in twin.child_pids().values() for pid in ps]
     twin.proc.kill()  # no chance to stop its children: the kernel tells them (parent-death signal)
     twin.proc.wait(10)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [pid for pid in pids if alive(pid)] == []

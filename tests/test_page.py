@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from yarl import URL
 
+from cmm_twin.gateway import web
 from cmm_twin.gateway.page.feed import PageFeed
 from cmm_twin.gateway.page.stream import MAX_CLIENTS
 from cmm_twin.records import RecordBatch
@@ -46,7 +47,7 @@ class SseReader:
         self.response = response
         self.comments: list[str] = []
 
-    async def next_event(self, timeout_s: float = 10.0) -> tuple[str, Any, str | None]:
+    async def next_event(self, timeout_s: float = 60.0) -> tuple[str, Any, str | None]:
         event, data, event_id = "message", "", None
         async with asyncio.timeout(timeout_s):
             while True:
@@ -69,7 +70,7 @@ class SseReader:
                 elif field == "id":
                     event_id = value
 
-    async def wait_event(self, name: str, timeout_s: float = 10.0) -> tuple[Any, str | None]:
+    async def wait_event(self, name: str, timeout_s: float = 60.0) -> tuple[Any, str | None]:
         """The next event called `name` (others are skipped)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -205,7 +206,10 @@ async def test_events_stream_records_health_and_rejects(tmp_path: Path) -> None:
         assert fresh["resumed"] is False and len(fresh["records"]) == 4
 
 
-async def test_gateway_stops_promptly_with_an_open_stream(tmp_path: Path) -> None:
+async def test_gateway_stops_promptly_with_an_open_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shutdown timeout far longer than any stop: a stream that did not end by itself would hold
+    # the stop for a minute, whatever the machine's load.
+    monkeypatch.setattr(web, "SHUTDOWN_TIMEOUT_S", 60.0)
     async with aiohttp.ClientSession() as http:
         async with running_gateway(gateway_config(tmp_path / "data", historian="none")) as gateway:
             base = f"http://127.0.0.1:{gateway.http_port}"
@@ -216,9 +220,9 @@ async def test_gateway_stops_promptly_with_an_open_stream(tmp_path: Path) -> Non
             async with http.get(base + "/api/v1/history") as history:
                 assert history.status == 404
             stopping = time.monotonic()
-        assert time.monotonic() - stopping < 2.0  # the stream ends at once, not after a shutdown timeout
+        assert time.monotonic() - stopping < 30.0  # the stream ended at once, not at the shutdown timeout
         with pytest.raises(EOFError):  # the stream ends cleanly, no reset
-            await stream.next_event(timeout_s=5)
+            await stream.next_event(timeout_s=60)
         response.release()
 
 
@@ -241,7 +245,7 @@ async def test_at_most_max_clients_streams(tmp_path: Path, caplog: pytest.LogCap
             async with http.get(url) as again:
                 return again.status == 200
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while not await admitted():  # a closed stream frees its place within a tick
             assert time.monotonic() < deadline, "closed streams were not released"
             await asyncio.sleep(0.2)

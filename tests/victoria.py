@@ -58,7 +58,7 @@ class VictoriaMetrics:
         """The base URL of the InfluxDB-compatible API."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, auth: tuple[str, str] | bool | None = False, timeout_s: float = 20.0) -> None:
+    def start(self, auth: tuple[str, str] | bool | None = False, timeout_s: float = 60.0) -> None:
         """Start (with basic auth when `auth` or the constructor's `auth` says so) and wait until ready."""
         if auth is not False:
             self.auth = auth  # type: ignore[assignment]
