@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cmm_twin.gateway.historian.api import (
     STREAM_TAIL,
@@ -310,11 +311,14 @@ class HostCheck:
         return ip.is_loopback or self.wildcard or ip in self.addresses
 
 
-def _host_middleware(check: HostCheck) -> Any:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _host_middleware(check: HostCheck) -> Middleware:
     warn = _RateLimitedWarning()
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Host")
         if check.allows(header):
             return await handler(request)

@@ -240,13 +240,20 @@ def _measurement_rows(batch: RecordBatch) -> Any:
 
 
 class StreamSlots:
-    """At most `limit` history streams at once; `peak` is the most there ever were."""
+    """At most `limit` history streams at once (`peak`: the most there ever were), all read on one
+    worker thread: the reads hold the GIL for most of their work, so more threads would not make
+    them faster, only add a malloc arena each to the gateway's memory."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
         self.peak = 0
         self._free = asyncio.Semaphore(limit)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-read")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the reading thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -263,8 +270,9 @@ class StreamSlots:
 class HistoryStream:
     """An open history query: `count` and `truncated` first, then the points in pages."""
 
-    def __init__(self, snapshot: HistorySnapshot) -> None:
+    def __init__(self, snapshot: HistorySnapshot, slots: StreamSlots) -> None:
         self._snapshot = snapshot
+        self._slots = slots
         self.count = snapshot.count
         self.truncated = snapshot.truncated
         self.names = snapshot.names
@@ -278,7 +286,7 @@ class HistoryStream:
             page = snapshot.fetch(rows)
             return encode(page) if page else None
 
-        while (encoded := await asyncio.to_thread(next_page)) is not None:
+        while (encoded := await self._slots.run(next_page)) is not None:
             yield encoded
 
 
@@ -346,11 +354,11 @@ class SqliteHistorianSink(HistorianSink):
         if self._store is None:
             raise RuntimeError("the history store is closed")
         async with self.streams.slot():
-            snapshot = await asyncio.to_thread(HistorySnapshot, self.path, q)
+            snapshot = await self.streams.run(HistorySnapshot, self.path, q)
             try:
-                yield HistoryStream(snapshot)
+                yield HistoryStream(snapshot, self.streams)
             finally:
-                await asyncio.to_thread(snapshot.close)
+                await self.streams.run(snapshot.close)
 
     async def _purge_if_due(self) -> None:
         if self._store is None or time.monotonic() - self._last_purge < PURGE_INTERVAL_S:

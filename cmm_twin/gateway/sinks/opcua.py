@@ -899,7 +899,10 @@ class OpcUaSink(Sink):
         cert = "certificate not generated yet"
         if self._cert_path is not None:
             cert = f"certificate {self._cert_path} SHA-256 {self._cert_fingerprint}"
-        return f"OPC UA {self.endpoint_url}: policies {policies}; login {login}; {anon}; {cert}"
+        trust = ""
+        if self.trust is not None:
+            trust = f"; client certificates: only the {len(self.trust.fingerprints)} in {self.trust.directory}"
+        return f"OPC UA {self.endpoint_url}: policies {policies}; login {login}; {anon}; {cert}{trust}"
 
     # -- address space
 
