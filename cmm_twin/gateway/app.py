@@ -63,7 +63,11 @@ class Gateway:
         if config.opcua_enabled:
             self.opcua = OpcUaSink(
                 OpcUaSettings.from_env(
-                    config.opcua_endpoint, config.opcua_allow_anonymous, config.state_dir, self.environ
+                    config.opcua_endpoint,
+                    config.opcua_allow_anonymous,
+                    config.state_dir,
+                    self.environ,
+                    trust_dir=config.opcua_trust_dir,
                 )
             )
         self.page = PageFeed(config.quarantine)
@@ -134,9 +138,11 @@ class Gateway:
             historian = self.historian
             history = None
             if isinstance(historian, SqliteHistorianSink) and self.status.sinks[historian.name].state != "failed":
-                history = historian.query
+                history = historian.stream
             http = HttpServer(
-                build_app(self.status, self.metrics, self._health_extra, history, page=self.page), *config.http
+                build_app(self.status, self.metrics, self._health_extra, history, page=self.page),
+                *config.http,
+                allowed_hosts=config.http_allowed_hosts,
             )
             try:
                 await http.start()

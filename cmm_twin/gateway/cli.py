@@ -12,6 +12,7 @@ from cmm_twin.envfile import load_env_file
 from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.gateway.app import Gateway
 from cmm_twin.gateway.config import PROG, GatewayConfig, load_config
+from cmm_twin.gateway.limits import raise_open_file_limit
 from cmm_twin.logs import setup_logging
 
 log = logging.getLogger("cmm_twin.gateway")
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    raise_open_file_limit()
     try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:

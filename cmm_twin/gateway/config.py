@@ -100,6 +100,21 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _host_names(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in value.split(",") if n.strip()))
+    for name in names:
+        if any(c.isspace() or c in "/@?#" for c in name):
+            raise ValueError(f"expected host names separated by commas, got {name!r}")
+    return names
+
+
+def _trust_dir(value: str) -> Path:
+    path = Path(value.strip())
+    if not path.is_dir():
+        raise ValueError(f"no such directory: {value!r}")
+    return path
+
+
 OPTIONS: tuple[Option, ...] = (
     Option(
         "--data-dir", Path, Path("data"), "data directory holding inbox/, archive/, quarantine/, state/", metavar="DIR"
@@ -152,6 +167,21 @@ OPTIONS: tuple[Option, ...] = (
         is_switch=True,
     ),
     Option(
+        "--http-allowed-hosts",
+        _host_names,
+        None,
+        "comma-separated extra Host names the HTTP API answers (e.g. a reverse proxy's); "
+        "loopback names and the --http address are always answered, other names get 421",
+        metavar="NAMES",
+    ),
+    Option(
+        "--opcua-trust-dir",
+        _trust_dir,
+        None,
+        "directory of trusted OPC UA client certificates (DER or PEM): when given, only these are accepted",
+        metavar="DIR",
+    ),
+    Option(
         "--once",
         _switch,
         False,
@@ -202,6 +232,8 @@ class GatewayConfig:
     history_retention_days: float = 30.0
     health_interval_s: float = 5.0
     opcua_allow_anonymous: bool = False
+    http_allowed_hosts: tuple[str, ...] | None = None
+    opcua_trust_dir: Path | None = None
     once: bool = False
     settle_ms: float = 2000.0
     spool_limit_mb: float = 1024.0

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import decimal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.historian.lineprotocol import MEASUREMENT
@@ -102,21 +104,51 @@ def iso_ns(time_ns: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def history_document(q: HistoryQuery, result: HistoryResult) -> dict[str, Any]:
-    """The JSON answer: the query as understood and the points, oldest first, one object each."""
-    names = [*result.tags, *result.fields]
-    columns = [*result.tags.values(), *result.fields.values()]
-    rows: list[tuple[Any, ...]] = list(zip(*columns, strict=True)) if columns else [()] * len(result.time_ns)
-    points = [
-        {"time": iso_ns(t), **dict(zip(names, row, strict=True))} for t, row in zip(result.time_ns, rows, strict=True)
-    ]
+def history_head(q: HistoryQuery, count: int, truncated: bool) -> dict[str, Any]:
+    """The answer's members before `points`: the query as understood, `count` and `truncated`."""
     return {
         "measurement": q.measurement,
         "machine_id": q.machine_id,
         "since": iso_ns(q.since_ns),
         "until": iso_ns(q.until_ns),
         "fields": list(q.fields),
-        "count": len(points),
-        "truncated": result.truncated,
-        "points": points,
+        "count": count,
+        "truncated": truncated,
     }
+
+
+def points_of(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """One JSON object per row `(time_ns, *values of names)`."""
+    return [{"time": iso_ns(row[0]), **dict(zip(names, row[1:], strict=True))} for row in rows]
+
+
+def history_document(q: HistoryQuery, result: HistoryResult) -> dict[str, Any]:
+    """The JSON answer: the query as understood and the points, oldest first, one object each."""
+    names = [*result.tags, *result.fields]
+    columns = [result.time_ns, *result.tags.values(), *result.fields.values()]
+    points = points_of(names, zip(*columns, strict=True))
+    return {**history_head(q, len(points), result.truncated), "points": points}
+
+
+def stream_head(q: HistoryQuery, count: int, truncated: bool) -> bytes:
+    """The start of the streamed answer, up to and including the `[` of `points`; the points follow
+    (`PointsEncoder`), then `STREAM_TAIL`: the same document as `history_document`."""
+    return orjson.dumps(history_head(q, count, truncated))[:-1] + b',"points":['
+
+
+STREAM_TAIL = b"]}"
+
+
+class PointsEncoder:
+    """Encodes pages of rows as the comma-separated points of a streamed answer."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._first = True
+
+    def __call__(self, rows: list[tuple[Any, ...]]) -> bytes:
+        body = orjson.dumps(points_of(self.names, rows))[1:-1]
+        if self._first:
+            self._first = False
+            return body
+        return b"," + body

@@ -14,11 +14,12 @@ All database work runs on one dedicated thread (`HistoryStore` is not thread-saf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,11 @@ T = TypeVar("T")
 
 NS_PER_DAY = 86_400 * 10**9
 PURGE_INTERVAL_S = 600.0
+PAGE_ROWS = 2_000
+"""Points a streamed history answer reads and encodes at a time."""
+MAX_STREAMS = 4
+"""History answers streamed at once (more wait their turn): at most MAX_STREAMS x PAGE_ROWS points
+of queries are in memory at any time."""
 MEASUREMENT_FIELDS: dict[str, tuple[str, ...]] = {MEASUREMENT: FIELD_KEYS, HEALTH_MEASUREMENT: HEALTH_FIELD_KEYS}
 MEASUREMENT_TAGS: dict[str, tuple[str, ...]] = {MEASUREMENT: TAG_KEYS, HEALTH_MEASUREMENT: ()}
 _HELD_IN_SPAN = f"SELECT time_ns, machine_id, feature FROM {MEASUREMENT} WHERE time_ns BETWEEN ? AND ? LIMIT ?"
@@ -164,26 +170,97 @@ class HistoryStore:
 
     def query(self, q: HistoryQuery) -> HistoryResult:
         """The newest `q.limit` points matching `q`, oldest first (names are checked by the caller)."""
-        tags = MEASUREMENT_TAGS[q.measurement]
-        columns = ["time_ns", *tags, *q.fields]
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            plan = _ReadPlan(q)
+            count, truncated, cursor = plan.open(db)
+            rows = cursor.fetchall()
+        finally:
+            db.execute("COMMIT")
+        assert len(rows) == count
+        return plan.result(rows, truncated)
+
+
+class _ReadPlan:
+    """The SQL of one history query, read oldest first from its first point on.
+
+    The newest `limit` points in primary-key order: the first of them (the boundary) is found by
+    walking the key backwards `limit - 1` points, then the points are read forwards from it. Both
+    run inside one read transaction, so the count announced first is the count that follows.
+    """
+
+    def __init__(self, q: HistoryQuery) -> None:
+        self.q = q
+        self.tags = MEASUREMENT_TAGS[q.measurement]
+        key = ("time_ns", *self.tags)  # the table's primary key
         where = "time_ns >= ? AND time_ns < ?"
-        params: list[Any] = [q.since_ns, q.until_ns]
+        self.params: list[Any] = [q.since_ns, q.until_ns]
         if q.machine_id is not None:
             where += " AND machine_id = ?"
-            params.append(q.machine_id)
-        rows = self._db.execute(
-            f"SELECT {', '.join(columns)} FROM {q.measurement} WHERE {where} ORDER BY time_ns DESC LIMIT ?",
-            (*params, q.limit + 1),
-        ).fetchall()
-        truncated = len(rows) > q.limit
-        rows = rows[: q.limit][::-1]
-        values: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in columns]
+            self.params.append(q.machine_id)
+        table = q.measurement
+        self.boundary_sql = (
+            f"SELECT {', '.join(key)} FROM {table} WHERE {where} "
+            f"ORDER BY {', '.join(f'{k} DESC' for k in key)} LIMIT 2 OFFSET ?"
+        )
+        self.count_sql = f"SELECT COUNT(*) FROM {table} WHERE {where}"
+        select = f"SELECT {', '.join(('time_ns', *self.tags, *q.fields))} FROM {table} WHERE {where}"
+        order = f"ORDER BY {', '.join(key)}"
+        self.all_sql = f"{select} {order}"
+        self.from_sql = f"{select} AND ({', '.join(key)}) >= ({', '.join('?' * len(key))}) {order}"
+
+    def open(self, db: sqlite3.Connection) -> tuple[int, bool, sqlite3.Cursor]:
+        """(count, truncated, a cursor over the points oldest first); call inside a transaction."""
+        limit = self.q.limit
+        boundary = db.execute(self.boundary_sql, (*self.params, limit - 1)).fetchall()
+        if not boundary:
+            count = int(db.execute(self.count_sql, self.params).fetchone()[0])
+            return count, False, db.execute(self.all_sql, self.params)
+        return limit, len(boundary) > 1, db.execute(self.from_sql, (*self.params, *boundary[0]))
+
+    def result(self, rows: list[tuple[Any, ...]], truncated: bool) -> HistoryResult:
+        """The rows as a HistoryResult (column lists)."""
+        width = 1 + len(self.tags) + len(self.q.fields)
+        values: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
         return HistoryResult(
             time_ns=values[0],
-            tags={t: values[1 + i] for i, t in enumerate(tags)},
-            fields={f: values[1 + len(tags) + i] for i, f in enumerate(q.fields)},
+            tags={t: values[1 + i] for i, t in enumerate(self.tags)},
+            fields={f: values[1 + len(self.tags) + i] for i, f in enumerate(self.q.fields)},
             truncated=truncated,
         )
+
+
+class HistorySnapshot:
+    """One history query read in pages from a consistent snapshot of the store: its own read-only
+    connection in one read transaction (WAL: the historian keeps writing meanwhile). Blocking:
+    every method runs on a worker thread, one call at a time."""
+
+    def __init__(self, path: Path, q: HistoryQuery) -> None:
+        self.names = (*MEASUREMENT_TAGS[q.measurement], *q.fields)
+        """Column names of the rows after `time_ns`: tags, then fields."""
+        self._db = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._db.execute("BEGIN")
+            self.count, self.truncated, self._cursor = _ReadPlan(q).open(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+        self._left = self.count
+
+    def fetch(self, rows: int) -> list[tuple[Any, ...]]:
+        """The next at most `rows` points, oldest first ([] at the end): (time_ns, *names)."""
+        page = self._cursor.fetchmany(min(rows, self._left)) if self._left > 0 else []
+        self._left -= len(page)
+        return page
+
+    def close(self) -> None:
+        """End the read transaction and close the connection."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("COMMIT")
+        self._db.close()
 
 
 def _measurement_rows(batch: RecordBatch) -> Any:
@@ -203,6 +280,57 @@ def _measurement_rows(batch: RecordBatch) -> Any:
     return zip(*columns, strict=True)
 
 
+class StreamSlots:
+    """At most `limit` history streams at once (`peak`: the most there ever were), all read on one
+    worker thread: the reads hold the GIL for most of their work, so more threads would not make
+    them faster, only add a malloc arena each to the gateway's memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.peak = 0
+        self._free = asyncio.Semaphore(limit)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-read")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the reading thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block (waits while all are taken)."""
+        async with self._free:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            try:
+                yield
+            finally:
+                self.active -= 1
+
+
+class HistoryStream:
+    """An open history query: `count` and `truncated` first, then the points in pages."""
+
+    def __init__(self, snapshot: HistorySnapshot, slots: StreamSlots) -> None:
+        self._snapshot = snapshot
+        self._slots = slots
+        self.count = snapshot.count
+        self.truncated = snapshot.truncated
+        self.names = snapshot.names
+
+    async def pages(self, encode: Callable[[list[tuple[Any, ...]]], T], rows: int = PAGE_ROWS) -> AsyncIterator[T]:
+        """Each page of at most `rows` points, oldest first, passed through `encode` on the worker
+        thread (so building a page's JSON does not hold up the event loop)."""
+        snapshot = self._snapshot
+
+        def next_page() -> T | None:
+            page = snapshot.fetch(rows)
+            return encode(page) if page else None
+
+        while (encoded := await self._slots.run(next_page)) is not None:
+            yield encoded
+
+
 class SqliteHistorianSink(HistorianSink):
     """Writes measurements and health samples into a HistoryStore; answers history queries."""
 
@@ -213,6 +341,7 @@ class SqliteHistorianSink(HistorianSink):
         self._store: HistoryStore | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
         self._last_purge = -math.inf
+        self.streams = StreamSlots(MAX_STREAMS)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -257,6 +386,20 @@ class SqliteHistorianSink(HistorianSink):
         if self._store is None:
             raise RuntimeError("the history store is closed")
         return await self._call(self._store.query, q)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, q: HistoryQuery) -> AsyncIterator[HistoryStream]:
+        """A history query read in pages from a snapshot (`HistoryStream`). At most
+        `MAX_STREAMS` run at once (the others wait their turn), so at most MAX_STREAMS x
+        PAGE_ROWS points are in memory whatever the number of clients."""
+        if self._store is None:
+            raise RuntimeError("the history store is closed")
+        async with self.streams.slot():
+            snapshot = await self.streams.run(HistorySnapshot, self.path, q)
+            try:
+                yield HistoryStream(snapshot, self.streams)
+            finally:
+                await self.streams.run(snapshot.close)
 
     async def _purge_if_due(self) -> None:
         if self._store is None or time.monotonic() - self._last_purge < PURGE_INTERVAL_S:

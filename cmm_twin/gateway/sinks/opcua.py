@@ -40,22 +40,27 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from asyncua import ua
-from asyncua.crypto import cert_gen
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import cert_gen, uacrypto
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_session import InternalSession
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -108,6 +113,8 @@ class OpcUaSettings:
     state_dir: Path
     username: str | None = None
     password: str | None = dataclasses.field(default=None, repr=False)
+    trust_dir: Path | None = None
+    """When set, only client certificates found in this directory (DER or PEM) are accepted."""
 
     def __post_init__(self) -> None:
         parse_endpoint(self.endpoint)
@@ -123,6 +130,8 @@ class OpcUaSettings:
         allow_anonymous: bool,
         state_dir: Path,
         environ: Mapping[str, str] = os.environ,
+        *,
+        trust_dir: Path | None = None,
     ) -> OpcUaSettings:
         """Settings with the credentials from OPCUA_USER / OPCUA_PASSWORD (empty counts as unset)."""
         username = environ.get(USER_ENV) or None
@@ -133,6 +142,7 @@ class OpcUaSettings:
             state_dir=Path(state_dir),
             username=username,
             password=password,
+            trust_dir=trust_dir,
         )
 
     @property
@@ -248,9 +258,221 @@ class _CredentialsUserManager(UserManager):
                 password.encode(), self._password
             )
         if not ok:
-            _logger.warning("OPC UA login refused for user %r", username)
-            return None
+            return None  # logged and counted, with the client's address, by _GatewaySession
         return User(role=UserRole.User, name=username)
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+
+class LoginThrottle:
+    """Failed logins per client address, to slow down password guessing.
+
+    After `max_failures` failures within `window_s` from one address, that address is throttled
+    until its failures age out of the window: its logins are refused without checking the
+    password, and its new sessions are answered only after `delay_s`. A successful login clears
+    the address. Logged once per burst: a warning at the first failure and one when throttling
+    starts (user names escaped); the rest at DEBUG. At most `max_clients` addresses are tracked
+    (the least recently failing is forgotten first), so memory stays bounded whatever the traffic.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_s: float = 60.0,
+        delay_s: float = 1.0,
+        max_clients: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.delay_s = delay_s
+        self.max_clients = max_clients
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.failures_total = 0
+        self.refused_total = 0
+        """Logins refused unchecked because their address was throttled."""
+        self.delayed_total = 0
+        """New sessions answered after `delay_s` because their address was throttled."""
+
+    def _recent(self, peer: str) -> deque[float] | None:
+        times = self._failures.get(peer)
+        if times is None:
+            return None
+        cutoff = self._clock() - self.window_s
+        while times and times[0] < cutoff:
+            times.popleft()
+        if not times:
+            del self._failures[peer]
+            return None
+        return times
+
+    def throttled(self, peer: str) -> bool:
+        """True while `peer` has `max_failures` failures within the window."""
+        times = self._recent(peer)
+        return times is not None and len(times) >= self.max_failures
+
+    def failed(self, peer: str, user: str | None, reason: str) -> None:
+        """Count a failed login of `user` from `peer` (and log it, once per burst)."""
+        self.failures_total += 1
+        times = self._recent(peer)
+        if times is None:
+            times = self._failures[peer] = deque(maxlen=self.max_failures)
+            _logger.warning("OPC UA login refused from %s for user %r: %s", peer, user, reason)
+        else:
+            _logger.debug("OPC UA login refused from %s for user %r: %s", peer, user, reason)
+        times.append(self._clock())
+        self._failures.move_to_end(peer)
+        if len(times) == self.max_failures:
+            _logger.warning(
+                "OPC UA: %d failed logins from %s within %g s (last for user %r): its logins are refused "
+                "and its new sessions delayed %g s until the failures are %g s old",
+                self.max_failures,
+                peer,
+                self.window_s,
+                user,
+                self.delay_s,
+                self.window_s,
+            )
+        self._forget_old()
+
+    def refused(self, peer: str, user: str | None) -> None:
+        """Count a login refused unchecked because `peer` is throttled."""
+        self.refused_total += 1
+        _logger.debug("OPC UA login from throttled %s for user %r refused unchecked", peer, user)
+
+    def succeeded(self, peer: str) -> None:
+        """A login from `peer` succeeded: forget its failures."""
+        self._failures.pop(peer, None)
+
+    def _forget_old(self) -> None:
+        cutoff = self._clock() - self.window_s
+        while self._failures:
+            peer, times = next(iter(self._failures.items()))
+            if len(self._failures) <= self.max_clients and times and times[-1] >= cutoff:
+                break
+            del self._failures[peer]
+
+    @property
+    def clients(self) -> int:
+        """Addresses tracked now."""
+        return len(self._failures)
+
+
+class TrustList:
+    """The client certificates the server accepts (`--opcua-trust-dir`): exactly those found in the
+    directory (DER or PEM files; a file that is not a certificate is skipped with a warning)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fingerprints: frozenset[bytes] = frozenset()
+
+    def load(self) -> int:
+        """(Re)read the directory; returns how many certificates it holds. Blocking."""
+        found: set[bytes] = set()
+        for path in sorted(self.directory.iterdir()):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            try:
+                data = path.read_bytes()
+                if b"-----BEGIN CERTIFICATE-----" in data:
+                    certs = x509.load_pem_x509_certificates(data)
+                else:
+                    certs = [x509.load_der_x509_certificate(data)]
+            except (OSError, ValueError) as exc:
+                _logger.warning("--opcua-trust-dir: skipping %r: not a DER or PEM certificate (%s)", path.name, exc)
+                continue
+            found.update(cert.fingerprint(hashes.SHA256()) for cert in certs)
+        self.fingerprints = frozenset(found)
+        return len(found)
+
+    def trusts(self, der: bytes) -> bool:
+        """True when the (first) certificate of `der` is in the list and valid now."""
+        try:
+            cert = cast("x509.Certificate | None", uacrypto.x509_from_der(der))  # type: ignore[no-untyped-call]
+        except ValueError:
+            return False
+        if cert is None or cert.fingerprint(hashes.SHA256()) not in self.fingerprints:
+            return False
+        now = dt.datetime.now(dt.UTC)
+        return bool(cert.not_valid_before_utc <= now <= cert.not_valid_after_utc)
+
+    async def validate(self, cert: x509.Certificate, app_description: ua.ApplicationDescription) -> None:
+        """asyncua's certificate validator hook (CreateSession): BadCertificateUntrusted when not listed."""
+        if not self.trusts(cert.public_bytes(serialization.Encoding.DER)):
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
+
+
+_ANONYMOUS = User(role=UserRole.Anonymous)
+
+
+def _peer(name: object) -> str:
+    """The client address of a session (asyncua names a client's session by its peer address);
+    'unknown' when there is none, so such clients share one throttle."""
+    if isinstance(name, (tuple, list)) and name and isinstance(name[0], str):
+        return name[0]
+    return "unknown"
+
+
+def _user_of(params: ua.ActivateSessionParameters) -> str | None:
+    token = params.UserIdentityToken
+    return token.UserName if isinstance(token, ua.UserNameIdentityToken) else None
+
+
+class _GatewaySession(InternalSession):
+    """A client session that counts failed logins per client address (LoginThrottle) and checks
+    the secure channel's certificate against the trust list."""
+
+    iserver: _GatewayInternalServer
+
+    async def create_session(
+        self, params: ua.CreateSessionParameters, sockname: tuple[str, int] | None = None
+    ) -> ua.CreateSessionResult:
+        peer = _peer(self.name)
+        throttle = self.iserver.throttle
+        if throttle.throttled(peer):
+            throttle.delayed_total += 1
+            await asyncio.sleep(throttle.delay_s)
+        try:
+            return await super().create_session(params, sockname)
+        except ServiceError as exc:
+            if exc.code == StatusCodes.BadCertificateUntrusted:
+                throttle.failed(peer, None, "client certificate not in --opcua-trust-dir")
+            raise
+
+    def activate_session(
+        self, params: ua.ActivateSessionParameters, peer_certificate: bytes | None
+    ) -> ua.ActivateSessionResult:
+        peer, user = _peer(self.name), _user_of(params)
+        throttle, trust = self.iserver.throttle, self.iserver.trust
+        if throttle.throttled(peer):
+            throttle.refused(peer, user)
+            raise ServiceError(StatusCodes.BadUserAccessDenied)
+        # The channel's own certificate, not the one CreateSession named (a client may leave that empty).
+        if trust is not None and peer_certificate and not trust.trusts(peer_certificate):
+            throttle.failed(peer, user, "client certificate not in --opcua-trust-dir")
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
+        try:
+            result = super().activate_session(params, peer_certificate)
+        except ServiceError as exc:
+            if exc.code == StatusCodes.BadUserAccessDenied:
+                throttle.failed(peer, user, "wrong user name or password")
+            raise
+        throttle.succeeded(peer)
+        return result
+
+
+class _GatewayInternalServer(InternalServer):
+    """asyncua's internal server with `_GatewaySession` client sessions."""
+
+    def __init__(self, user_manager: UserManager, throttle: LoginThrottle, trust: TrustList | None) -> None:
+        super().__init__(user_manager=user_manager)
+        self.throttle = throttle
+        self.trust = trust
+
+    def create_session(self, name: str, user: User = _ANONYMOUS, external: bool = False) -> InternalSession:
+        return _GatewaySession(self, self.aspace, self.subscription_service, name, user=user, external=external)
 
 
 # --------------------------------------------------------------------------- certificate
@@ -536,6 +758,8 @@ class OpcUaSink(Sink):
         self._gateway_values: dict[str, Any] = {}
         self._cert_path: Path | None = None
         self._cert_fingerprint = ""
+        self.login_throttle = LoginThrottle()
+        self.trust = TrustList(settings.trust_dir) if settings.trust_dir is not None else None
 
     # -- lifecycle
 
@@ -566,9 +790,21 @@ class OpcUaSink(Sink):
             raise OpcUaStartError(f"OPC UA server on {endpoint} cannot keep its certificate: {exc}") from exc
         self._cert_path = cert_path
         self._cert_fingerprint = await asyncio.to_thread(_fingerprint, cert_path)
-        server = Server(
-            user_manager=_CredentialsUserManager(self.settings.username, self.settings.password, self._plan.anonymous)
-        )
+        if self.trust is not None:
+            try:
+                trusted = await asyncio.to_thread(self.trust.load)
+            except OSError as exc:
+                raise OpcUaStartError(f"--opcua-trust-dir {self.trust.directory}: cannot read it: {exc}") from None
+            _logger.info("OPC UA trust list: %d client certificate(s) in %s", trusted, self.trust.directory)
+            if not trusted:
+                _logger.warning(
+                    "--opcua-trust-dir %s holds no certificate: no client with a certificate can connect",
+                    self.trust.directory,
+                )
+        users = _CredentialsUserManager(self.settings.username, self.settings.password, self._plan.anonymous)
+        server = Server(iserver=_GatewayInternalServer(users, self.login_throttle, self.trust))
+        if self.trust is not None:
+            server.set_certificate_validator(self.trust.validate)
         self._server = server
         try:
             await self._start(server, cert_path, key_path)
@@ -663,7 +899,10 @@ class OpcUaSink(Sink):
         cert = "certificate not generated yet"
         if self._cert_path is not None:
             cert = f"certificate {self._cert_path} SHA-256 {self._cert_fingerprint}"
-        return f"OPC UA {self.endpoint_url}: policies {policies}; login {login}; {anon}; {cert}"
+        trust = ""
+        if self.trust is not None:
+            trust = f"; client certificates: only the {len(self.trust.fingerprints)} in {self.trust.directory}"
+        return f"OPC UA {self.endpoint_url}: policies {policies}; login {login}; {anon}; {cert}{trust}"
 
     # -- address space
 
