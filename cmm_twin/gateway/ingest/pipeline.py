@@ -62,7 +62,10 @@ _REPORT_NAME_EXTRA_BYTES = len(".") + len(REPORT_SUFFIX) + len(".tmp")
 """What a moved file's name grows by in the longest name written next to it: the temporary
 name of its report (`_write_durably`)."""
 DEFAULT_NAME_MAX_BYTES = 255
-MIN_RETRY_S = 0.05
+HELD_LINE_RECHECK_S = 0.25
+"""How often a file whose last line waits (no line end, not yet stable) is looked at again: it
+is finished as soon as the writer ends the line, or once the settle time has passed. Cheap: only
+the part after the committed rows is read again."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class _Job:
     """The size at which a last line without a line end may be read (the file was seen stable at
     this size for the settle time); -1: not yet stable, such a line is left for later."""
     settle_wait_s: float = 0.0
-    """When to look again at a file whose last line is left for later."""
+    """When to look again at a file whose last line is left for later (HELD_LINE_RECHECK_S at most)."""
     retry_in_s: float | None = None
     """Set when the file is not finished and should be looked at again in this many seconds."""
     continued_as: Path | None = None
@@ -260,7 +263,7 @@ class Pipeline:
                 readiness.mtime_ns,
                 time.perf_counter(),
                 complete_at=readiness.size if stable_s >= settle_s else -1,
-                settle_wait_s=max(settle_s - stable_s, MIN_RETRY_S),
+                settle_wait_s=min(max(settle_s - stable_s, 0.0), HELD_LINE_RECHECK_S),
             )
         return None
 
