@@ -541,6 +541,9 @@ def _read_header(handle: BinaryIO, end: int | None = None) -> tuple[list[str], i
 def _after_last_line_end(handle: BinaryIO, size: int) -> int:
     """The offset just after the last b"\\n" of a file of `size` bytes (0: none), looked for
     backwards over at most MAX_LINE_BYTES + 1 bytes (a longer last line is read, to be rejected)."""
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return size
     position = size
     while position > 0 and size - position <= MAX_LINE_BYTES:
         start = max(position - (64 << 10), 0)
