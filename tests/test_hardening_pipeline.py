@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cmm_twin.gateway.app import Gateway
+from cmm_twin.gateway.ingest import csv_reader
 from cmm_twin.gateway.ingest import pipeline as pipeline_module
 from tests.gateway_harness import (
     HEADER,
@@ -105,7 +106,7 @@ async def test_a_failing_group_falls_back_to_file_by_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A fault the reader cannot turn into a report (here: injected) costs only its own file."""
-    real = pipeline_module.read_small_files
+    real = csv_reader.read_small_files
 
     def poisoned(paths: list[Path], *args: Any) -> Any:
         if any(p.name == "poison.csv" for p in paths):
