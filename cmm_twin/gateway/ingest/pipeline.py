@@ -626,8 +626,8 @@ class Pipeline:
                 target_dir.mkdir(parents=True, exist_ok=True)
                 target, _ = _free_name(target_dir, p.name)
             note = (
-                f"name too long to keep ({len(os.fsencode(p.name))} bytes; the file system allows "
-                f"{_name_max_bytes(target_dir)} with its report's suffix): stored as {target.name}"
+                f"name too long to keep next to its report ({len(os.fsencode(p.name))} bytes; the file system "
+                f"allows {_name_max_bytes(target_dir)} per name): stored as {target.name}"
             )
         destination: Path | None = target
         report = target.with_name(target.name + REPORT_SUFFIX) if bad or note else None
