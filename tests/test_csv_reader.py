@@ -912,3 +912,52 @@ def test_read_small_files_gives_what_read_chunks_gives_file_by_file(order: list[
                 got = _summary(result.rows, result.errors)
                 assert result.end_offset == path.stat().st_size
             assert got == _one_by_one(path), path.read_bytes()
+
+
+def test_lengths_above_the_limit_are_row_errors_naming_the_column(tmp_path: Path) -> None:
+    errors = row_errors(
+        tmp_path,
+        GOOD_ROW.replace("100.01180", "1e308"),
+        GOOD_ROW.replace("100.0000,0.0500", "1.7e308,0.0500"),
+        GOOD_ROW.replace("0.0500", "20000"),
+        valid=1,
+    )
+    assert errors == [
+        RowError(3, "measured_mm", "must be <= 10000 mm (limits.max_length_mm), got 1e+308"),
+        RowError(4, "nominal_mm", "must be <= 10000 mm (limits.max_length_mm), got 1.7e+308"),
+        RowError(5, "tolerance_mm", "must be <= 10000 mm (limits.max_length_mm), got 20000.0"),
+    ]
+    path = write(tmp_path, f"{HEADER}\n{GOOD_ROW.replace('100.01180', '20000')}\n", "wide.csv")
+    assert len(only_rows(path, IngestSettings(max_length_mm=30_000.0))) == 1
+
+
+@pytest.mark.parametrize("rows", [1, 5000])  # the one-read path and the block-by-block path
+def test_a_last_line_without_line_end_waits_unless_the_file_is_stable(tmp_path: Path, rows: int) -> None:
+    complete = f"{HEADER}\n" + f"{GOOD_ROW}\n" * rows
+    partial = GOOD_ROW[: GOOD_ROW.rindex(",") - 3]  # a line cut by a reader racing its writer
+    path = write(tmp_path, complete + partial)
+    size = path.stat().st_size
+    held = list(read_chunks(path, IngestSettings(chunk_rows=2000), complete_at=-1))
+    assert sum(len(c.rows) for c in held) == rows
+    assert not [e for c in held for e in c.errors]
+    assert held[-1].end_offset == len(complete.encode())
+    assert held[-1].end_line == rows + 1
+    assert list(read_chunks(path, DEFAULTS, held[-1].end_offset, held[-1].end_line, complete_at=-1)) == []
+    stable = list(read_chunks(path, IngestSettings(chunk_rows=2000), complete_at=size))
+    assert stable[-1].end_offset == size  # stable at this size: the line is read as it is
+    assert [e.line for c in stable for e in c.errors] == [rows + 2]
+    small = read_small_files([path], DEFAULTS, [-1])
+    if rows == 1:
+        assert isinstance(small[0], ParsedChunk) and small[0].end_offset == len(complete.encode())
+
+
+def test_a_held_last_line_is_not_decoded_and_a_partial_header_is_not_read(tmp_path: Path) -> None:
+    cut_in_a_character = (f"{HEADER}\n{GOOD_ROW}\n" + GOOD_ROW.replace("P0001", "P\u00e9")).encode()[:-60] + b"\xc3"
+    path = write(tmp_path, cut_in_a_character)
+    chunks = list(read_chunks(path, DEFAULTS, complete_at=-1))
+    assert [len(c.rows) for c in chunks] == [1] and not chunks[0].errors
+    header_only_partial = write(tmp_path, HEADER[:40], "partial_header.csv")
+    assert list(read_chunks(header_only_partial, DEFAULTS, complete_at=-1)) == []
+    assert read_small_files([header_only_partial], DEFAULTS, [-1]) == [None]
+    with pytest.raises(FileRejected, match="missing required column"):
+        list(read_chunks(header_only_partial, DEFAULTS, complete_at=header_only_partial.stat().st_size))

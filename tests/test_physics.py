@@ -26,6 +26,7 @@ from cmm_twin.physics import (
     evaluate,
     expand_from_20c,
     flag_names,
+    implausible_results,
     lookup_material,
     materials_with_overrides,
     standard_uncertainty_um,
@@ -259,3 +260,24 @@ def test_measurement_id_is_stable_across_timestamp_spellings() -> None:
     same = moment.astimezone(timezone(timedelta(hours=2)))
     assert measurement_id("CMM-01", "P1", "length_x", moment) == measurement_id("CMM-01", "P1", "length_x", same)
     assert measurement_id("CMM-01", "P1", "length_x", moment) != measurement_id("CMM-01", "P1", "length_y", moment)
+
+
+def test_lengths_above_the_limit_are_input_errors_and_results_are_checked() -> None:
+    """Hand-computed: 9999.9 mm of AL6061 at -20 degC is 9999.9 / (1 - 23.6e-6 * 40)
+    = 9999.9 / 0.999056 = 10009.3488 mm at 20 degC, above the 10 m limit; 100.0118 mm at 25 degC
+    is 100.0118 / 1.000118 = 100.0000 mm."""
+    with pytest.raises(PhysicsInputError, match=r"measured_mm\[1\]: must be <= 10000 mm") as caught:
+        evaluate([100.0, 1.7e308], 19.0, 100.0, 0.01, AL6061, 0.0)
+    assert caught.value.index == 1
+    with pytest.raises(PhysicsInputError, match="nominal_mm"):
+        evaluate(100.0, 19.0, 1e308, 0.01, AL6061, 0.0)
+    result = evaluate(np.array([9999.9, 100.0118]), np.array([-20.0, 25.0]), 100.0, 0.01, AL6061, 0.0)
+    assert result.compensated_mm[0] == pytest.approx(10009.3488253, abs=1e-6)
+    assert result.compensated_mm[1] == pytest.approx(100.0, abs=1e-9)
+    mask = implausible_results(ThermalLimits(), result.compensated_mm, result.deviation_um, result.uncertainty_um)
+    assert mask.tolist() == [True, False]
+    assert implausible_results(ThermalLimits(max_length_mm=20_000.0), result.compensated_mm).tolist() == [False, False]
+    overflowed = implausible_results(ThermalLimits(), np.array([100.0, 100.0, np.nan]), np.array([np.inf, 1.0, 1.0]))
+    assert overflowed.tolist() == [True, False, True]
+    with pytest.raises(ConfigError, match="max_length_mm"):
+        ThermalLimits(max_length_mm=0.0)

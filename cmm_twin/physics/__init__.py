@@ -19,6 +19,7 @@ from cmm_twin.physics.thermal import (
     evaluate,
     expand_from_20c,
     flag_names,
+    implausible_results,
     standard_uncertainty_um,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "evaluate",
     "expand_from_20c",
     "flag_names",
+    "implausible_results",
     "lookup_material",
     "materials_with_overrides",
     "standard_uncertainty_um",

@@ -94,7 +94,10 @@ class UncertaintyInputs:
 
 @dataclass(frozen=True)
 class ThermalLimits:
-    """Temperature limits: plausible (outside is an input error) and rated (outside is a flag)."""
+    """Validation limits. Temperatures: plausible (outside is an input error) and rated (outside
+    is a flag). Lengths: a nominal, tolerance, measured or compensated length must be in
+    0 < L <= max_length_mm (larger is an input error: no CMM measures it, and a huge finite value
+    such as 1e308 would overflow the arithmetic to inf)."""
 
     plausible_min_c: float = -20.0
     plausible_max_c: float = 80.0
@@ -102,8 +105,11 @@ class ThermalLimits:
     rated_max_c: float = 30.0
     soak_max_diff_k: float = 2.0
     """Largest |part - air| for a soaked part; more raises PART_NOT_SOAKED."""
+    max_length_mm: float = 10_000.0
+    """Largest plausible length (10 m)."""
 
     def __post_init__(self) -> None:
+        _require_finite("max_length_mm", self.max_length_mm, allow_zero=False)
         for name in ("plausible_min_c", "plausible_max_c", "rated_min_c", "rated_max_c"):
             _require_finite(name, getattr(self, name), allow_zero=True, allow_negative=True)
         _require_finite("soak_max_diff_k", self.soak_max_diff_k, allow_zero=False)
@@ -281,8 +287,10 @@ def evaluate(
     """Compensate, state the uncertainty, decide and flag a batch of rows.
 
     Optional temperatures use NaN for "not given". Raises PhysicsInputError naming the field and
-    the first offending row for a non-finite, non-positive or implausible input: no number is
-    ever produced from such a row.
+    the first offending row for a non-finite, non-positive or implausible input (a temperature
+    outside the plausible range, a length above `limits.max_length_mm`): no number is ever
+    produced from such a row. Results of valid inputs can still be implausible (e.g. a
+    compensated length just above the limit): see `implausible_results`.
     """
     config = config or PhysicsConfig()
     limits = config.limits
@@ -297,9 +305,9 @@ def evaluate(
         all_rated = low[1] >= limits.rated_min_c and high[1] <= limits.rated_max_c
         all_soaked = math.isnan(low[6]) or max(high[1] - low[6], high[6] - low[1]) <= limits.soak_max_diff_k
     else:  # each input converted and checked on its own: the first bad one raises
-        measured = _checked("measured_mm", measured_mm, positive=True)
-        nominal = _checked("nominal_mm", nominal_mm, positive=True)
-        tolerance = _checked("tolerance_mm", tolerance_mm, positive=True)
+        measured = _checked("measured_mm", measured_mm, positive=True, max_length_mm=limits.max_length_mm)
+        nominal = _checked("nominal_mm", nominal_mm, positive=True, max_length_mm=limits.max_length_mm)
+        tolerance = _checked("tolerance_mm", tolerance_mm, positive=True, max_length_mm=limits.max_length_mm)
         cte = _checked("cte_per_k", cte_per_k, positive=False)
         cte_u = _checked("cte_u_per_k", cte_u_per_k, positive=False)
         part_temp = _checked("part_temp_c", part_temp_c, limits=limits)
@@ -349,6 +357,23 @@ def evaluate(
     )
 
 
+def implausible_results(
+    limits: ThermalLimits,
+    compensated_mm: ArrayLike,
+    *other_results: ArrayLike,
+) -> NDArray[np.bool_]:
+    """True for each row whose results cannot be delivered: the compensated length outside
+    0 < L <= `limits.max_length_mm`, or any of `other_results` (e.g. deviation and uncertainty,
+    in um) not finite. Finite inputs can still overflow (1.7e308 mm at 19 degC gives inf), so
+    results are checked as well as inputs. NaN counts as implausible."""
+    compensated = np.asarray(compensated_mm, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        plausible = (compensated > 0.0) & (compensated <= limits.max_length_mm)
+    for values in other_results:
+        plausible = plausible & np.isfinite(np.asarray(values, dtype=np.float64))
+    return np.asarray(~plausible, dtype=np.bool_)
+
+
 _STACKED_ROWS_MAX = 65_536
 """`_valid_rows` stacks the inputs of `evaluate` up to this length (a copy), checks them one by one beyond."""
 
@@ -363,7 +388,7 @@ def _valid_rows(
     several NumPy calls per input. None sends `evaluate` to the input-by-input checks, which also
     raise the exact error; the same checks pass here as there: the three lengths finite and > 0,
     the two CTEs finite and >= 0, the part temperature in the plausible range, the two optional
-    temperatures NaN or in it.
+    temperatures NaN or in it, the three lengths at most `limits.max_length_mm`.
     """
     arrays: list[FloatArray] = []
     for values in inputs:
@@ -386,7 +411,7 @@ def _valid_rows(
         high = [float(np.fmax.reduce(a)) for a in arrays]
     measured, part, nominal, tolerance, cte, cte_u, air, scale = zip(low, high, strict=True)
     for lo, hi in (measured, nominal, tolerance):
-        if not (lo > 0.0 and hi < math.inf):
+        if not (lo > 0.0 and hi <= limits.max_length_mm):
             return None
     for lo, hi in (cte, cte_u):
         if not (lo >= 0.0 and hi < math.inf):
@@ -440,6 +465,7 @@ def _checked(
     positive: bool = False,
     limits: ThermalLimits | None = None,
     optional: bool = False,
+    max_length_mm: float | None = None,
 ) -> FloatArray:
     array = np.asarray(values, dtype=np.float64)
     bad = np.isinf(array) if optional else ~np.isfinite(array)
@@ -449,6 +475,10 @@ def _checked(
         bad = array <= 0.0
         if bad.any():
             _raise_first(name, array, bad, "must be > 0")
+    if max_length_mm is not None:
+        bad = array > max_length_mm
+        if bad.any():
+            _raise_first(name, array, bad, f"must be <= {max_length_mm:g} mm (limits.max_length_mm)")
     elif limits is None:
         bad = array < 0.0
         if bad.any():

@@ -25,6 +25,9 @@ Decisions, beyond the contract:
 - A quoted comma works (`"A,1"`); a quoted line break does not (each physical line is one row):
   such lines are row errors.
 - A line longer than `MAX_LINE_BYTES` rejects the file (keeps memory bounded for junk input).
+- A last line without a line end may be one a writer is still writing (`100.01` of `100.0118`):
+  with `complete_at`, the caller says whether the file is known complete at its current size;
+  if not, such a line is not read at all (nor decoded, nor counted) and reading stops before it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from numpy.typing import NDArray
 
 from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.physics.materials import MATERIALS, Material
-from cmm_twin.physics.thermal import PhysicsConfig, evaluate
+from cmm_twin.physics.thermal import PhysicsConfig, ThermalLimits, evaluate, implausible_results
 from cmm_twin.records import INBOX_COLUMNS, INBOX_OPTIONAL_COLUMNS, MEASUREMENT_ID_NAMESPACE, RecordBatch
 
 log = logging.getLogger(__name__)
@@ -122,15 +125,19 @@ class IngestSettings:
     materials: Mapping[str, Material] = field(default_factory=lambda: MATERIALS)
     plausible_min_c: float = -20.0
     plausible_max_c: float = 80.0
+    max_length_mm: float = 10_000.0
+    """Largest accepted nominal, tolerance and measured length (keep equal to the physics' limit)."""
     chunk_rows: int = 10_000
     """Physical lines (data rows and blank lines) per chunk."""
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
             raise ConfigError("chunk_rows", f"must be >= 1, got {self.chunk_rows!r}")
-        for name in ("plausible_min_c", "plausible_max_c"):
+        for name in ("plausible_min_c", "plausible_max_c", "max_length_mm"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(name, f"must be finite, got {getattr(self, name)!r}")
+        if not self.max_length_mm > 0:
+            raise ConfigError("max_length_mm", f"must be > 0, got {self.max_length_mm!r}")
         if not self.plausible_min_c < self.plausible_max_c:
             raise ConfigError("plausible_min_c", "must be below plausible_max_c")
         if self.default_material.strip().upper() not in self.materials:
@@ -178,7 +185,11 @@ class ParsedChunk:
 
 
 def read_chunks(
-    path: Path, settings: IngestSettings, start_offset: int = 0, start_line: int = 1
+    path: Path,
+    settings: IngestSettings,
+    start_offset: int = 0,
+    start_line: int = 1,
+    complete_at: int | None = None,
 ) -> Iterator[ParsedChunk]:
     """Read and validate `path` chunk by chunk; memory stays bounded by `settings.chunk_rows` lines.
 
@@ -187,29 +198,42 @@ def read_chunks(
     ignored when `start_offset` is 0. The header is always read from the top of the file.
     Raises FileRejected (see the module docstring) and OSError when the file cannot be read.
     Chunks with neither valid rows nor errors (blank lines only) are not yielded.
+
+    `complete_at`: None reads the file to its end, a last line without a line end included.
+    Otherwise such a last line is read only when the file ends at byte `complete_at` (the size the
+    caller saw stable for its settle time; -1: not stable): a writer may still be writing it, so
+    it is left unread and reading stops after the last line end (at the size seen on opening).
     """
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         if size == 0:
             raise FileRejected("empty file")
+        end = None if complete_at is None else (size if size == complete_at else _after_last_line_end(handle, size))
         handle.seek(0)
-        header, header_line, header_end = _read_header(handle)
+        found = _read_header(handle, end)
+        if found is None:
+            return  # the header line itself is not complete yet
+        header, header_line, header_end = found
         parser = _ChunkParser(header, header_line, settings)
         if start_offset == 0:
             offset, line = header_end, header_line
         else:
             if start_offset < header_end or start_offset > size:
                 raise ValueError(f"start_offset {start_offset} is not in the data part {header_end}..{size}")
+            if end is not None and start_offset > end:
+                return  # nothing complete after what was read before
             if start_offset < size:
                 handle.seek(start_offset - 1)
                 if handle.read(1) != b"\n":
                     raise ValueError(f"start_offset {start_offset} is not at the start of a line")
             offset, line = start_offset, start_line
-        if size - offset <= _WHOLE_READ_BYTES:  # the usual small file: the rest in one read, one chunk
+        limit = size if end is None else end
+        if limit - offset <= _WHOLE_READ_BYTES:  # the usual small file: the rest in one read, one chunk
             handle.seek(offset)
-            rest = handle.read(size - offset + 1)  # one byte more: a file grown meanwhile takes the general path
+            # one byte more (unless bounded): a file grown meanwhile takes the general path
+            rest = handle.read(limit - offset + (end is None))
             rest_lines = rest.count(b"\n") + (not rest.endswith(b"\n")) if rest else 0
-            if len(rest) <= size - offset and rest_lines <= min(PARSE_BLOCK_LINES, settings.chunk_rows):
+            if len(rest) <= limit - offset and rest_lines <= min(PARSE_BLOCK_LINES, settings.chunk_rows):
                 # What the general path below does with a rest of at most one parse block of lines:
                 # one piece, one chunk. No line can be too long; the decoding in `parse` is the
                 # UTF-8 check (it finds the same first bad byte and line), before anything is yielded.
@@ -221,12 +245,12 @@ def read_chunks(
                         yield ParsedChunk(valid, row_errors, offset + len(rest), line + rest_lines)
                 log.debug("read %s: %d valid rows, %d row errors", path, *counts)
                 return
-        _check_utf8(handle, offset, line)
+        _check_utf8(handle, offset, line, end)
         handle.seek(offset)
         rows_total = errors_total = 0
         parts: list[ValidRows] = []
         errors: list[RowError] = []
-        for data, line_count, ends_chunk in _byte_pieces(handle, settings.chunk_rows, line):
+        for data, line_count, ends_chunk in _byte_pieces(handle, settings.chunk_rows, line, end):
             if line_count:
                 part, part_errors = parser.parse(data, line_count, line + 1)
                 if len(part):
@@ -244,14 +268,18 @@ def read_chunks(
     log.debug("read %s: %d valid rows, %d row errors", path, rows_total, errors_total)
 
 
-def read_small_files(paths: Sequence[Path], settings: IngestSettings) -> list[ParsedChunk | Exception | None]:
+def read_small_files(
+    paths: Sequence[Path], settings: IngestSettings, complete_at: Sequence[int | None] | None = None
+) -> list[ParsedChunk | Exception | None]:
     """Read several small files whole, parsing files that share a header in one pass.
 
     The same result, file by file, as reading each with `read_chunks` and joining its chunks: a
     ParsedChunk (None when the file has neither valid rows nor errors), or the exception reading
     that file raised (FileRejected, OSError). Parsing many small files at once spreads the fixed
     cost of a parse over all of them; a group whose joint parse fails (e.g. one file is not UTF-8)
-    is read again file by file, so one bad file costs only itself.
+    is read again file by file, so one bad file costs only itself. `complete_at` gives each
+    file's `read_chunks` argument of that name (default: all complete); a ParsedChunk ends before
+    a last line left unread.
     """
     results: list[ParsedChunk | Exception | None] = [None] * len(paths)
     groups: dict[tuple[tuple[str, ...], int], list[tuple[int, bytes, int, int]]] = {}
@@ -260,8 +288,15 @@ def read_small_files(paths: Sequence[Path], settings: IngestSettings) -> list[Pa
             data = path.read_bytes()
             if not data:
                 raise FileRejected("empty file")
+            stable = None if complete_at is None else complete_at[i]
+            held = stable is not None and len(data) != stable and not data.endswith(b"\n")
+            if held:  # a last line a writer may still be writing: not read
+                data = data[: data.rfind(b"\n") + 1]
             handle = io.BytesIO(data)
-            header, header_line, header_end = _read_header(handle)
+            found = _read_header(handle, len(data) if held else None)
+            if found is None:
+                continue  # no complete header line yet
+            header, header_line, header_end = found
             _ChunkParser(header, header_line, settings)  # rejects a bad header now, as read_chunks does
         except (OSError, CmmTwinError) as exc:
             results[i] = exc
@@ -306,7 +341,7 @@ def _parse_together(
         rows, errors = parser.parse(b"".join(member[1] for member in batch), total_lines, 1)
     except FileRejected:
         for member in batch:  # find the culprit(s) file by file
-            results[member[0]] = _read_one(paths[member[0]], settings)
+            results[member[0]] = _read_one(paths[member[0]], settings, member[3])
         return
     starts = np.cumsum([0] + [member[2] for member in batch])  # file k has joint lines starts[k]+1..starts[k+1]
     row_bounds = np.searchsorted(rows.line, starts + 0.5)
@@ -321,10 +356,11 @@ def _parse_together(
             results[i] = ParsedChunk(file_rows, file_errors, size, header_line + lines)
 
 
-def _read_one(path: Path, settings: IngestSettings) -> ParsedChunk | Exception | None:
-    """One file through read_chunks, its chunks joined (the fallback of read_small_files)."""
+def _read_one(path: Path, settings: IngestSettings, read_size: int) -> ParsedChunk | Exception | None:
+    """One file through read_chunks, its chunks joined (the fallback of read_small_files), up
+    to `read_size` bytes (where read_small_files stopped reading it)."""
     try:
-        chunks = list(read_chunks(path, settings))
+        chunks = list(read_chunks(path, settings, complete_at=read_size))
     except (OSError, CmmTwinError) as exc:
         return exc
     if not chunks:
@@ -384,6 +420,32 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
     )
 
 
+def reject_implausible(
+    records: RecordBatch, lines: NDArray[np.int64], limits: ThermalLimits
+) -> tuple[RecordBatch, list[RowError]]:
+    """`records` without the rows whose computed results are implausible (`implausible_results`),
+    and a RowError for each of those (on `measured_mm`, the input the result follows from).
+    `lines` are the rows' line numbers (`ValidRows.line` of the rows `records` was made from)."""
+    compensated = records.compensated_mm
+    bad = implausible_results(limits, compensated, records.correction_um, records.deviation_um, records.uncertainty_um)
+    if not bad.any():
+        return records, []
+    errors = []
+    for i in np.flatnonzero(bad).tolist():
+        value = float(compensated[i])
+        errors.append(
+            RowError(
+                int(lines[i]),
+                "measured_mm",
+                f"gives a compensated length of {value!r} mm, outside 0 < L <= {limits.max_length_mm:g} mm"
+                " (limits.max_length_mm)"
+                if math.isfinite(value)
+                else f"gives a non-finite compensated result ({value!r})",
+            )
+        )
+    return records.take(np.flatnonzero(~bad)), errors
+
+
 # --- measurement ids -------------------------------------------------------------------------
 
 _HASH_DIGEST = type(hashlib.sha1()).digest
@@ -440,10 +502,15 @@ def measurement_ids(
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _read_header(handle: BinaryIO) -> tuple[list[str], int, int]:
-    """The header's names (stripped, lower-case), its line number and the byte offset after it."""
+def _read_header(handle: BinaryIO, end: int | None = None) -> tuple[list[str], int, int] | None:
+    """The header's names (stripped, lower-case), its line number and the byte offset after it.
+
+    With `end` (the offset after the last complete line), None when no header line ends before it.
+    """
     line_no = 0
     while True:
+        if end is not None and handle.tell() >= end:
+            return None
         raw = handle.readline(MAX_LINE_BYTES + 2)
         if not raw:
             raise FileRejected("no header: the file has only blank lines")
@@ -471,17 +538,36 @@ def _read_header(handle: BinaryIO) -> tuple[list[str], int, int]:
     return list(names), line_no, handle.tell()
 
 
+def _after_last_line_end(handle: BinaryIO, size: int) -> int:
+    """The offset just after the last b"\\n" of a file of `size` bytes (0: none), looked for
+    backwards over at most MAX_LINE_BYTES + 1 bytes (a longer last line is read, to be rejected)."""
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return size
+    position = size
+    while position > 0 and size - position <= MAX_LINE_BYTES:
+        start = max(position - (64 << 10), 0)
+        handle.seek(start)
+        found = handle.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        position = start
+    return 0 if position == 0 else size
+
+
 def _not_utf8(exc: UnicodeDecodeError, data: bytes, first_line: int) -> FileRejected:
     line = first_line + data.count(b"\n", 0, exc.start)
     return FileRejected(f"not UTF-8: invalid byte 0x{data[exc.start]:02x} at line {line}", line)
 
 
-def _check_utf8(handle: BinaryIO, offset: int, line: int) -> None:
-    """Raise FileRejected if the file from `offset` (just after line `line`) is not UTF-8."""
+def _check_utf8(handle: BinaryIO, offset: int, line: int, end: int | None = None) -> None:
+    """Raise FileRejected if the file from `offset` (just after line `line`) up to `end` (None:
+    its end) is not UTF-8."""
     handle.seek(offset)
     carry = b""
     while True:
-        block = handle.read(READ_BLOCK_BYTES)
+        block = handle.read(READ_BLOCK_BYTES if end is None else min(READ_BLOCK_BYTES, end - offset))
+        offset += len(block)
         if not block:
             break
         if not carry and block.isascii():
@@ -507,8 +593,11 @@ def _check_utf8(handle: BinaryIO, offset: int, line: int) -> None:
             raise _not_utf8(exc, carry, line + 1) from None
 
 
-def _byte_pieces(handle: BinaryIO, chunk_lines: int, line: int) -> Iterator[tuple[bytes, int, bool]]:
-    """Pieces of the file, whole lines each (only the very last may lack its b"\\n").
+def _byte_pieces(
+    handle: BinaryIO, chunk_lines: int, line: int, end: int | None = None
+) -> Iterator[tuple[bytes, int, bool]]:
+    """Pieces of the file up to `end` (None: its end), whole lines each (only the very last may
+    lack its b"\\n").
 
     Yields (bytes, line count, whether the piece ends a chunk of `chunk_lines` lines, or the file).
     Pieces hold at most PARSE_BLOCK_LINES lines. `line` is the number of the line before the
@@ -517,8 +606,10 @@ def _byte_pieces(handle: BinaryIO, chunk_lines: int, line: int) -> Iterator[tupl
     buffer = bytearray()
     newlines = np.empty(0, dtype=np.int64)  # positions of b"\n" in buffer
     left = chunk_lines  # lines still to go into the current chunk
+    position = handle.tell()
     while True:
-        block = handle.read(READ_BLOCK_BYTES)
+        block = handle.read(READ_BLOCK_BYTES if end is None else min(READ_BLOCK_BYTES, end - position))
+        position += len(block)
         if not block:
             break
         found = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A) + len(buffer)
@@ -810,7 +901,7 @@ class _ChunkParser:
             if name.endswith("_temp_c"):
                 if not (lo >= minimum and hi <= maximum):
                     return False
-            elif not (lo > 0.0 and hi < math.inf):
+            elif not (lo > 0.0 and hi <= self.settings.max_length_mm):
                 return False
         return True
 
@@ -873,7 +964,8 @@ class _ChunkParser:
                     (values < self.settings.plausible_min_c) | (values > self.settings.plausible_max_c)
                 )
             else:
-                out_of_range = finite & (values <= 0.0)
+                too_long = finite & (values > self.settings.max_length_mm)
+                out_of_range = (finite & (values <= 0.0)) | too_long
         if not per_value:
             nonfinite = ~finite
             nonfinite[empty] = False
@@ -881,7 +973,12 @@ class _ChunkParser:
                 reasons[i] = f"not a finite number: {column[i].strip()!r}"
         for i in np.flatnonzero(out_of_range).tolist():
             got = float(values[i])
-            reasons[i] = f"{self.range_reason}, got {got!r}" if temperature else f"must be > 0, got {got!r}"
+            if temperature:
+                reasons[i] = f"{self.range_reason}, got {got!r}"
+            elif got > 0.0:
+                reasons[i] = f"must be <= {self.settings.max_length_mm:g} mm (limits.max_length_mm), got {got!r}"
+            else:
+                reasons[i] = f"must be > 0, got {got!r}"
         for i in sorted(reasons):
             if i not in bad:
                 bad[i] = RowError(int(lines[i]), name, reasons[i])

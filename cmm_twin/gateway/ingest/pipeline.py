@@ -5,11 +5,19 @@ file's progress (byte offset and line), so kill -9 at any moment and a restart n
 re-spool a row: the restart resumes after the last committed chunk (DESIGN.md sections 2 and 5).
 A file moves to `archive/` (all rows valid) or `quarantine/` (with `<name>.errors.json`) only
 after all its rows are committed; its progress is forgotten only after the move is on disk.
+
+A last line without a line end may still be being written (by a writer that does not rename
+into place): it is read only once the file has been stable for the settle time, or at once when
+the line is complete; until then the rows before it are committed and the file is looked at
+again later. A file that grew after it was moved out of the inbox goes back to the inbox under
+`<stem>.tail-<offset>.csv`, its progress carried over, so the rows appended late are read too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import time
@@ -29,6 +37,7 @@ from cmm_twin.gateway.ingest.csv_reader import (
     concat_rows,
     read_chunks,
     read_small_files,
+    reject_implausible,
     to_records,
 )
 from cmm_twin.gateway.ingest.inbox import InboxQueue, check_ready
@@ -36,6 +45,7 @@ from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.runner import wait_or_stop
 from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError, errors_report
 from cmm_twin.gateway.status import GatewayStatus
+from cmm_twin.logs import safe_name
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,15 @@ GROUP_MAX_FILE_BYTES = 256 << 10
 files and about this many bytes together (a few thousand rows)."""
 ERRORS_IN_LOG = 3
 """Row errors quoted in a file's warning line; the rest are in its sidecar report."""
+REPORT_SUFFIX = ".errors.json"
+_REPORT_NAME_EXTRA_BYTES = len(".") + len(REPORT_SUFFIX) + len(".tmp")
+"""What a moved file's name grows by in the longest name written next to it: the temporary
+name of its report (`_write_durably`)."""
+DEFAULT_NAME_MAX_BYTES = 255
+HELD_LINE_RECHECK_S = 0.25
+"""How often a file whose last line waits (no line end, not yet stable) is looked at again: it
+is finished as soon as the writer ends the line, or once the settle time has passed. Cheap: only
+the part after the committed rows is read again."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,11 @@ class FileOutcome:
     file_error: str | None
     elapsed_ms: float
     first_errors: tuple[StoredRowError, ...] = ()
+    quarantined: bool = False
+    note: str | None = None
+    """Why the file is stored under another name (its name is too long to keep)."""
+    continued_as: Path | None = None
+    """The inbox file the rest of this file is read from (it grew after it was moved out)."""
 
 
 @dataclass
@@ -74,6 +98,14 @@ class _Job:
     reader: Iterator[ParsedChunk] | None = None
     done: bool = False
     """Set when the file has left the queue's concern (finished or vanished)."""
+    complete_at: int = -1
+    """The size at which a last line without a line end may be read (the file was seen stable at
+    this size for the settle time); -1: not yet stable, such a line is left for later."""
+    settle_wait_s: float = 0.0
+    """When to look again at a file whose last line is left for later (HELD_LINE_RECHECK_S at most)."""
+    retry_in_s: float | None = None
+    """Set when the file is not finished and should be looked at again in this many seconds."""
+    continued_as: Path | None = None
 
 
 _UNREAD = object()
@@ -89,6 +121,8 @@ class _Step:
     records: RecordBatch | None
     errors: list[StoredRowError]
     outcome: FileOutcome | None
+    retry_in_s: float | None = None
+    """Without an outcome: look at the file again in this many seconds (None: read on now)."""
 
 
 class Pipeline:
@@ -117,6 +151,7 @@ class Pipeline:
             materials=config.materials,
             plausible_min_c=limits.plausible_min_c,
             plausible_max_c=limits.plausible_max_c,
+            max_length_mm=limits.max_length_mm,
             chunk_rows=config.chunk_rows,
         )
         self._spool_checked = -1e9
@@ -124,6 +159,11 @@ class Pipeline:
         """Files moved out of the inbox whose progress is dropped with the next commit."""
         self.idle = asyncio.Event()
         """Set while no queued file is due (used by --once and by tests)."""
+        self._seen: dict[Path, tuple[int, int, float]] = {}
+        """Inbox file -> (size, mtime_ns, monotonic time they were first seen so): how long it has
+        been stable, also when its mtime cannot be trusted (a clock ahead of ours)."""
+        self._alone: set[Path] = set()
+        """Files whose group failed: each is tried on its own, so one bad file holds up no other."""
 
     async def run(self, queue: InboxQueue, stop: asyncio.Event) -> None:
         """Process queued files, oldest first, until `stop`; a chunk in hand is finished first."""
@@ -164,9 +204,12 @@ class Pipeline:
                 continue
             group = [first]
             group_bytes = first.size
-            for other in queue.due(exclude=path, limit=self.config.files_per_commit):
+            alone = path in self._alone  # its group failed: it goes on its own
+            for other in [] if alone else queue.due(exclude=path, limit=self.config.files_per_commit):
                 if len(group) >= self.config.files_per_commit or group_bytes >= GROUP_MAX_FILE_BYTES:
                     break  # a group holds about as much as one chunk of a big file: memory stays bounded
+                if other in self._alone:
+                    continue
                 job = self._ready_job(queue, other)
                 if job is None:
                     continue
@@ -204,22 +247,53 @@ class Pipeline:
         if readiness.gone:
             queue.done(path)
             self._forget.add(path.name)
+            self._left_inbox(path)
         elif readiness.not_a_file:
-            log.warning("%s is not a regular file: left in the inbox and ignored", path)
+            log.warning("%s is not a regular file: left in the inbox and ignored", safe_name(path))
             queue.ignore(path)
+            self._left_inbox(path)
         elif not readiness.ready:
             queue.later(path, readiness.wait_s)
         else:
-            return _Job(path, readiness.size, readiness.mtime_ns, time.perf_counter())
+            stable_s = self._stable_for_s(path, readiness.size, readiness.mtime_ns)
+            settle_s = self.config.settle_ms / 1000.0
+            return _Job(
+                path,
+                readiness.size,
+                readiness.mtime_ns,
+                time.perf_counter(),
+                complete_at=readiness.size if stable_s >= settle_s else -1,
+                settle_wait_s=min(max(settle_s - stable_s, 0.0), HELD_LINE_RECHECK_S),
+            )
         return None
+
+    def _stable_for_s(self, path: Path, size: int, mtime_ns: int) -> float:
+        """How long `path` has kept this size and mtime: by its mtime, or since this process first
+        saw them (whichever is longer)."""
+        now = time.monotonic()
+        seen = self._seen.get(path)
+        if seen is None or seen[:2] != (size, mtime_ns):
+            seen = (size, mtime_ns, now)
+            self._seen[path] = seen
+        return max(now - seen[2], time.time() - mtime_ns / 1e9)
+
+    def _left_inbox(self, path: Path) -> None:
+        self._seen.pop(path, None)
+        self._alone.discard(path)
 
     async def _guarded(self, queue: InboxQueue, jobs: list[_Job], work: Coroutine[Any, Any, object]) -> None:
         """Run `work`; an unexpected error (e.g. archive/ not writable) keeps the files in the
         inbox to be tried again later, and the gateway serving."""
         try:
             await work
-        except Exception:
-            names = ", ".join(j.path.name for j in jobs)
+        except Exception as exc:
+            names = ", ".join(safe_name(j.path.name) for j in jobs)
+            if len(jobs) > 1:  # one bad file never holds up the others: each is tried on its own
+                log.warning("%s could not be processed together (%r): trying each file on its own", names, exc)
+                for job in jobs:
+                    self._alone.add(job.path)
+                    queue.later(job.path, 0.0)
+                return
             log.exception("%s could not be processed; left in the inbox and tried again", names)
             for job in jobs:
                 queue.later(job.path, RETRY_FAILED_FILE_S)
@@ -227,6 +301,11 @@ class Pipeline:
         for job in jobs:
             if job.done:
                 queue.done(job.path)
+                self._left_inbox(job.path)
+                if job.continued_as is not None:
+                    queue.add([job.continued_as])
+            elif job.retry_in_s is not None:
+                queue.later(job.path, job.retry_in_s)
 
     async def process_file(self, job: _Job, stop: asyncio.Event | None = None) -> FileOutcome | None:
         """Read, commit and move one file chunk by chunk; None when it vanished, or when `stop`
@@ -244,7 +323,11 @@ class Pipeline:
             self._deliver(step)
             if step.outcome is not None:
                 job.done = True
+                job.continued_as = step.outcome.continued_as
                 return step.outcome
+            if step.retry_in_s is not None:
+                job.retry_in_s = step.retry_in_s
+                return None
 
     async def process_group(self, jobs: list[_Job], queue: InboxQueue) -> None:
         """Read, commit and move a group of small files with ONE commit and one directory fsync."""
@@ -252,14 +335,17 @@ class Pipeline:
         for job, step in zip(jobs, steps, strict=True):
             if step is None:
                 self._vanished(job)
-            elif step.outcome is None:  # it grew while being read: read it again on its own
-                queue.later(job.path, 0.0)
+                continue
+            self._deliver(step)
+            if step.outcome is None:  # grew while being read (read again now), or left for later
+                job.retry_in_s = 0.0 if step.retry_in_s is None else step.retry_in_s
+                queue.later(job.path, job.retry_in_s)
             else:
                 job.done = True
-                self._deliver(step)
+                job.continued_as = step.outcome.continued_as
 
     def _vanished(self, job: _Job) -> None:
-        log.warning("%s vanished before it was read: nothing taken from it", job.path.name)
+        log.warning("%s vanished before it was read: nothing taken from it", safe_name(job.path.name))
         self._forget.add(job.path.name)
         job.done = True
 
@@ -273,10 +359,9 @@ class Pipeline:
         self._count(step)
         outcome = step.outcome
         if outcome is not None:
-            self.status.files_processed += 1
-            self.metrics.files_processed.labels(
-                "quarantine" if outcome.rows_rejected or outcome.file_error else "archive"
-            ).inc()
+            if outcome.continued_as is None:  # a continued file counts once, when its rest is done
+                self.status.files_processed += 1
+                self.metrics.files_processed.labels("quarantine" if outcome.quarantined else "archive").inc()
             self._log(outcome)
 
     def _count(self, step: _Step) -> None:
@@ -293,7 +378,7 @@ class Pipeline:
         """The committed progress of `job`'s file, or a fresh start."""
         progress = None if job.path.name in self._forget else self.state.store.progress_of(job.path.name)
         if progress is not None and progress.offset > job.size:
-            log.warning("%s shrank since it was partly read: reading it again from the top", job.path.name)
+            log.warning("%s shrank since it was partly read: reading it again from the top", safe_name(job.path.name))
             progress = None
         if progress is None:
             progress = FileProgress(job.path.name, job.size, job.mtime_ns, 0, 1, 0, 0, False, None)
@@ -308,7 +393,11 @@ class Pipeline:
         """Commit chunks of one or more files; progress of files finished earlier is dropped in
         the same transaction."""
         forget, self._forget = self._forget, set()
-        self.state.store.commit(progress, records if self.spool_enabled else None, errors, forget)
+        try:
+            self.state.store.commit(progress, records if self.spool_enabled else None, errors, forget)
+        except BaseException:
+            self._forget |= forget  # rolled back: still to be dropped with a later commit
+            raise
 
     def _read_error(self, job: _Job, exc: Exception) -> str:
         """The file-level reason for an exception raised while reading `job`."""
@@ -316,14 +405,16 @@ class Pipeline:
             return exc.reason if exc.line is None else f"line {exc.line}: {exc.reason}"
         if isinstance(exc, (OSError, CmmTwinError)):
             return f"cannot be read: {exc}"
-        log.error("%s: unexpected error while reading", job.path.name, exc_info=exc)
+        log.error("%s: unexpected error while reading", safe_name(job.path.name), exc_info=exc)
         line = job.progress.line if job.progress else 1
         return f"internal error while reading after line {line}: {exc!r}"
 
     def _group(self, jobs: list[_Job]) -> list[_Step | None]:
         """Read every file of `jobs` whole, commit them all at once, move them, fsync the
         directories once (state thread). None for a file that vanished; a step without outcome
-        for a file that grew while being read (not committed)."""
+        for a file that grew while being read (not committed), whose last line is left for later
+        (the rows before it committed), or that could not be moved (all committed; the move is
+        tried again on its own)."""
         results: list[_Step | None] = [None] * len(jobs)
         staged: list[tuple[int, _Job, RecordBatch | None, list[StoredRowError]]] = []
         for job in jobs:
@@ -331,7 +422,8 @@ class Pipeline:
         fresh = [
             job for job in jobs if job.progress is not None and not job.progress.complete and not job.progress.offset
         ]
-        parsed = dict(zip(map(id, fresh), read_small_files([job.path for job in fresh], self.settings), strict=True))
+        read = read_small_files([job.path for job in fresh], self.settings, [job.complete_at for job in fresh])
+        parsed = dict(zip(map(id, fresh), read, strict=True))
         evaluated = self._evaluate_together([c for c in parsed.values() if isinstance(c, ParsedChunk)])
         for i, job in enumerate(jobs):
             assert job.progress is not None
@@ -355,7 +447,21 @@ class Pipeline:
         )
         directories: set[Path] = set()
         for i, job, records, errors in staged:
-            outcome = self._finish(job, fsync=False)
+            assert job.progress is not None
+            if not job.progress.complete:  # its last line is left for later
+                results[i] = _Step(records, errors, None, retry_in_s=job.settle_wait_s)
+                continue
+            try:
+                outcome = self._finish(job, fsync=False)
+            except OSError as exc:  # e.g. quarantine/ not writable: this file alone waits
+                log.warning(
+                    "%s: its rows are held, but it cannot be moved out of the inbox (%s); trying again in %g s",
+                    safe_name(job.path.name),
+                    exc,
+                    RETRY_FAILED_FILE_S,
+                )
+                results[i] = _Step(records, errors, None, retry_in_s=RETRY_FAILED_FILE_S)
+                continue
             if outcome.destination is not None:
                 directories.update((outcome.destination.parent, job.path.parent))
             results[i] = _Step(records, errors, outcome)
@@ -380,6 +486,18 @@ class Pipeline:
         bounds = np.cumsum([0] + [len(c.rows) for c in chunks]).tolist()
         return {id(c): joint.take(slice(bounds[k], bounds[k + 1])) for k, c in enumerate(chunks)}
 
+    def _plausible(self, chunk: ParsedChunk, records: RecordBatch) -> tuple[RecordBatch, list[StoredRowError]]:
+        """`records` of `chunk` without rows whose results are implausible; the chunk's row errors
+        with those rows' errors added, in line order."""
+        records, implausible = reject_implausible(records, chunk.rows.line, self.config.physics.limits)
+        row_errors = sorted([*chunk.errors, *implausible], key=lambda e: e.line) if implausible else chunk.errors
+        return records, [StoredRowError(e.line, e.column, e.reason) for e in row_errors]
+
+    def _holds_last_line(self, job: _Job, read_to: int) -> bool:
+        """Whether the unread end of `job`'s file (after byte `read_to`) is a last line without a
+        line end that is left for later (the file is not yet stable)."""
+        return job.complete_at < 0 and read_to < job.size and not _ends_with_line_end(job.path, job.size)
+
     def _read_whole(
         self,
         job: _Job,
@@ -387,14 +505,15 @@ class Pipeline:
         evaluated: RecordBatch | Exception | None = None,
     ) -> tuple[RecordBatch | None, list[StoredRowError]]:
         """Take a small file in full (`parsed` by read_small_files, or read here when _UNREAD) and
-        set its progress complete; a file-level error delivers nothing of it. Raises _GrewError
-        when the file changed size meanwhile."""
+        set its progress complete; a file-level error delivers nothing of it. A last line left for
+        later (`_holds_last_line`) is not taken: the progress then ends before it, not complete.
+        Raises _GrewError when the file changed size meanwhile."""
         assert job.progress is not None
         p = job.progress
         chunks: list[ParsedChunk] = []
         try:
             if parsed is _UNREAD:  # resuming after a crash mid-file: only what is not committed
-                chunks = list(read_chunks(job.path, self.settings, p.offset, p.line))
+                chunks = list(read_chunks(job.path, self.settings, p.offset, p.line, job.complete_at))
             elif isinstance(parsed, Exception):
                 raise parsed
             elif isinstance(parsed, ParsedChunk):
@@ -409,11 +528,24 @@ class Pipeline:
             return None, []
         if job.path.stat().st_size != job.size:
             raise _GrewError(job.path.name)
-        errors = [StoredRowError(e.line, e.column, e.reason) for chunk in chunks for e in chunk.errors]
-        records = RecordBatch.concat(parts) if len(parts) > 1 else (parts[0] if parts else None)
+        kept: list[RecordBatch] = []
+        errors: list[StoredRowError] = []
+        for chunk, part in zip(chunks, parts, strict=True):
+            plausible, chunk_errors = self._plausible(chunk, part)
+            kept.append(plausible)
+            errors += chunk_errors
+        records = RecordBatch.concat(kept) if len(kept) > 1 else (kept[0] if kept else None)
         rows_ok = len(records) if records is not None else 0
+        read_to = chunks[-1].end_offset if chunks else p.offset
+        line = chunks[-1].end_line if chunks else p.line
+        held = self._holds_last_line(job, read_to)
         job.progress = replace(
-            p, offset=job.size, rows_ok=p.rows_ok + rows_ok, rows_rejected=p.rows_rejected + len(errors), complete=True
+            p,
+            offset=read_to if held else job.size,
+            line=line,
+            rows_ok=p.rows_ok + rows_ok,
+            rows_rejected=p.rows_rejected + len(errors),
+            complete=not held,
         )
         return records, errors
 
@@ -426,16 +558,21 @@ class Pipeline:
                 return _Step(None, [], self._finish(job))
         p = job.progress
         if job.reader is None:
-            job.reader = read_chunks(job.path, self.settings, p.offset, p.line)
+            job.reader = read_chunks(job.path, self.settings, p.offset, p.line, job.complete_at)
         try:
             chunk = next(job.reader)
         except StopIteration:
             grown = job.path.stat().st_size
-            if grown > p.offset and p.offset > 0 and grown != job.size:
-                log.info("%s grew while being read (%d -> %d bytes): reading on", job.path.name, job.size, grown)
+            if grown > p.offset and grown != job.size:
+                log.info(
+                    "%s grew while being read (%d -> %d bytes): reading on", safe_name(job.path.name), job.size, grown
+                )
                 job.size = grown
+                job.complete_at = -1  # it is being written: a last line without a line end waits
                 job.reader = None
                 return _Step(None, [], None)
+            if self._holds_last_line(job, p.offset):
+                return _Step(None, [], None, retry_in_s=job.settle_wait_s)
             job.progress = replace(p, complete=True)
             self._commit([job.progress], None, {})
             return _Step(None, [], self._finish(job))
@@ -447,7 +584,7 @@ class Pipeline:
             records = to_records(chunk.rows, self.config.physics)
         except CmmTwinError as exc:  # the physics refused a row the reader let through
             return self._reject_file(job, f"lines {p.line + 1}..{chunk.end_line}: {exc}")
-        errors = [StoredRowError(e.line, e.column, e.reason) for e in chunk.errors]
+        records, errors = self._plausible(chunk, records)
         last = chunk.end_offset >= job.size and job.path.stat().st_size == job.size
         job.progress = replace(
             p,
@@ -470,7 +607,10 @@ class Pipeline:
     def _finish(self, job: _Job, fsync: bool = True) -> FileOutcome:
         """Move the file to archive/ or quarantine/ (with its report) once it is all committed
         (state thread). Its progress is dropped with the next commit, after the move is on disk
-        (`fsync=False`: the caller fsyncs the directories once for a whole group)."""
+        (`fsync=False`: the caller fsyncs the directories once for a whole group).
+
+        A name too long to keep next to its report (the file system's name limit) is stored in
+        quarantine/ under a shortened unique name, with a report naming the original."""
         store = self.state.store
         p = job.progress
         assert p is not None and p.complete
@@ -478,20 +618,36 @@ class Pipeline:
         bad = bool(p.rows_rejected or p.file_error)
         target_dir = self.config.quarantine if bad else self.config.archive
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = _free_name(target_dir, p.name)
+        target, shortened = _free_name(target_dir, p.name)
+        note = None
+        if shortened:
+            if not bad:  # archive/ keeps no report: the original name would be lost there
+                target_dir = self.config.quarantine
+                target_dir.mkdir(parents=True, exist_ok=True)
+                target, _ = _free_name(target_dir, p.name)
+            note = (
+                f"name too long to keep next to its report ({len(os.fsencode(p.name))} bytes; the file system "
+                f"allows {_name_max_bytes(target_dir)} per name): stored as {target.name}"
+            )
         destination: Path | None = target
+        report = target.with_name(target.name + REPORT_SUFFIX) if bad or note else None
         try:
-            if bad:
-                report = target.with_name(target.name + ".errors.json")
-                _write_durably(report, errors_report(p.name, p, errors, p.file_error))
-            os.replace(job.path, target)
+            if report is not None:
+                _write_durably(report, _report_text(p, errors, note, target.name))
+            try:
+                _move(job.path, target)
+            except BaseException:
+                if report is not None:
+                    report.unlink(missing_ok=True)
+                raise
             if fsync:
                 _fsync_dir(target_dir)
                 _fsync_dir(job.path.parent)
         except FileNotFoundError:
-            log.warning("%s disappeared from the inbox before it could be moved", p.name)
+            log.warning("%s disappeared from the inbox before it could be moved", safe_name(p.name))
             destination = None
         self._forget.add(p.name)
+        continued_as = self._continue_if_grown(job, target, report) if destination is not None else None
         return FileOutcome(
             p.name,
             p.rows_ok,
@@ -500,7 +656,92 @@ class Pipeline:
             p.file_error,
             _ms_since(job.started),
             tuple(errors[:ERRORS_IN_LOG]),
+            quarantined=destination is not None and destination.parent == self.config.quarantine,
+            note=note,
+            continued_as=continued_as,
         )
+
+    def _continue_if_grown(self, job: _Job, moved: Path, report: Path | None) -> Path | None:
+        """If the file grew after it was read (a writer still appending, e.g. one the gateway
+        cannot lease), move it back into the inbox as `<stem>.tail-<offset><suffix>` with its
+        progress carried over, so the rows after the part already read are read as well; the
+        new inbox name, or None when it did not grow.
+
+        Why the whole file goes back rather than a copy of its tail: a writer that still holds
+        it open keeps appending to this very inode, so rows written after any copy would be lost
+        in archive/; back in the inbox they are read under the usual rules (a last line without
+        a line end waits for the settle time). Under a new name, because the original may
+        already be taken by a new file; the report of the part already read is withdrawn and
+        written again, complete, when the file is finished."""
+        p = job.progress
+        assert p is not None
+        if p.file_error is not None:
+            return None  # rejected as a whole: nothing more is taken from it
+        try:
+            size = moved.stat().st_size
+        except OSError:
+            return None
+        if size <= job.size:
+            return None
+        stem, suffix = os.path.splitext(p.name)
+        inbox = job.path.parent
+        again, _ = _free_name(inbox, f"{stem}.tail-{job.size}{suffix}")
+        try:
+            line = _count_lines(moved, job.size)
+            errors = self.state.store.errors_of(p.name) if p.rows_rejected else []
+            os.rename(moved, again)
+            if report is not None:
+                report.unlink(missing_ok=True)
+            for directory in {inbox, self.config.archive, self.config.quarantine}:
+                if directory.is_dir():  # every move so far is on disk before progress is dropped
+                    _fsync_dir(directory)
+            # The file is back in the inbox before its progress names it: a crash in between reads
+            # it again from the top (its rows are delivered again, the MES de-duplicates), never
+            # loses its tail.
+            progress = replace(p, name=again.name, offset=job.size, line=line, complete=False, file_error=None)
+            self._commit([progress], None, {again.name: errors} if errors else {})
+        except OSError as exc:
+            log.warning(
+                "%s grew after it was moved to %s (%d -> %d bytes), and its rest cannot be read (%s): see %s",
+                safe_name(p.name),
+                moved.parent.name,
+                job.size,
+                size,
+                exc,
+                safe_name(moved),
+            )
+            return None
+        log.info(
+            "%s grew after it was moved to %s/ (%d -> %d bytes): back in the inbox as %s to read the rest",
+            safe_name(p.name),
+            moved.parent.name,
+            job.size,
+            size,
+            safe_name(again.name),
+        )
+        return again
+
+    async def quarantine_unread(self, path: Path, reason: str) -> FileOutcome | None:
+        """Move `path` to quarantine/ without reading it (a symbolic link is moved itself, never
+        followed), with a report giving `reason`; counted and logged as a quarantined file. None
+        when it is gone. The caller takes it off the queue (`InboxQueue.done`)."""
+        outcome = await self.state.call(self._quarantine_unread, path, reason)
+        if outcome is not None:
+            self._deliver(_Step(None, [], outcome))
+        self._left_inbox(path)
+        return outcome
+
+    def _quarantine_unread(self, path: Path, reason: str) -> FileOutcome | None:
+        """See `quarantine_unread` (state thread)."""
+        started = time.perf_counter()
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return None
+        progress = FileProgress(path.name, st.st_size, st.st_mtime_ns, 0, 1, 0, 0, True, reason)
+        job = _Job(path, st.st_size, st.st_mtime_ns, started, progress)
+        job.complete_at = st.st_size
+        return self._finish(job)
 
     async def flush_forgotten(self) -> None:
         """Drop the progress of finished files now (at shutdown and when idle)."""
@@ -509,39 +750,110 @@ class Pipeline:
             await self.state.call(self.state.store.forget_files, forget)
 
     def _log(self, outcome: FileOutcome) -> None:
+        name = safe_name(outcome.name)
+        if outcome.continued_as is not None:
+            return  # said by _continue_if_grown; the file is logged when its rest is done
         where = outcome.destination.parent.name if outcome.destination else "nowhere"
         log.info(
             "%s: %d rows ok, %d rejected, %.1f ms -> %s",
-            outcome.name,
+            name,
             outcome.rows_ok,
             outcome.rows_rejected,
             outcome.elapsed_ms,
             where,
         )
+        if outcome.note:
+            log.warning("%s: %s in %s/, report %s", name, outcome.note, where, REPORT_SUFFIX)
         if outcome.file_error:
-            log.warning("%s rejected as a whole: %s", outcome.name, outcome.file_error)
+            log.warning("%s rejected as a whole: %s", name, outcome.file_error)
         elif outcome.rows_rejected:
             quoted = "; ".join(f"line {e.line} {e.column or 'row'}: {e.reason}" for e in outcome.first_errors)
             more = outcome.rows_rejected - len(outcome.first_errors)
             log.warning(
-                "%s: %d rows rejected (%s%s), report %s.errors.json",
-                outcome.name,
+                "%s: %d rows rejected (%s%s), report %s%s",
+                name,
                 outcome.rows_rejected,
                 quoted,
                 f"; +{more} more" if more > 0 else "",
-                outcome.destination,
+                safe_name(outcome.destination),
+                REPORT_SUFFIX,
             )
 
 
-def _free_name(directory: Path, name: str) -> Path:
-    """`directory/name`, or `stem.N.csv` when a file of that name is already there."""
-    target = directory / name
+def _name_max_bytes(directory: Path) -> int:
+    """The longest file name `directory`'s file system allows, in bytes."""
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return DEFAULT_NAME_MAX_BYTES
+
+
+def _free_name(directory: Path, name: str) -> tuple[Path, bool]:
+    """A free name for `name` in `directory` (nothing there under it nor under its report's
+    name): `name`, else `stem.N.csv`; each shortened to a unique name when it, its report or
+    the report's temporary name would exceed the file system's name limit. True when shortened."""
+    room = _name_max_bytes(directory) - _REPORT_NAME_EXTRA_BYTES
     stem, suffix = os.path.splitext(name)
-    n = 1
-    while target.exists() or target.with_name(target.name + ".errors.json").exists():
-        target = directory / f"{stem}.{n}{suffix}"
+    n = 0
+    while True:
+        candidate = name if n == 0 else f"{stem}.{n}{suffix}"
+        shortened = len(os.fsencode(candidate)) > room
+        if shortened:
+            candidate = _shortened(candidate, room)
+        target = directory / candidate
+        if not target.exists() and not target.with_name(target.name + REPORT_SUFFIX).exists():
+            return target, shortened
         n += 1
-    return target
+
+
+def _shortened(name: str, room_bytes: int) -> str:
+    """`name` cut to at most `room_bytes` bytes: the start of its stem, `~`, 12 hex digits of a
+    hash of the whole name (unique), and its suffix (e.g. `.csv`)."""
+    stem, suffix = os.path.splitext(name)
+    if len(os.fsencode(suffix)) > 16:
+        suffix = ""
+    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    keep = max(room_bytes - len(tag) - len(os.fsencode(suffix)), 0)
+    start = os.fsencode(stem)[:keep].decode("utf-8", errors="ignore")  # never half a character
+    return start + tag + suffix
+
+
+def _report_text(progress: FileProgress, errors: list[StoredRowError], note: str | None, stored_as: str) -> str:
+    """The report of a quarantined file; with `note` it also says under which name it is stored."""
+    text = errors_report(progress.name, progress, errors, progress.file_error)
+    if note is None:
+        return text
+    report = json.loads(text)
+    report["stored_as"] = stored_as
+    report["note"] = note
+    return json.dumps(report, indent=2)
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move an inbox file out (a seam for tests that change a file at this moment)."""
+    os.replace(source, target)
+
+
+def _ends_with_line_end(path: Path, size: int) -> bool:
+    """Whether the byte before offset `size` of `path` is a line end."""
+    if size <= 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1) == b"\n"
+
+
+def _count_lines(path: Path, offset: int) -> int:
+    """The number of line ends in the first `offset` bytes of `path`."""
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 1 << 20))
+            if not block:
+                break
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count
 
 
 def _write_durably(path: Path, text: str) -> None:
