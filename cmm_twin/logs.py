@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s [%(name)s]"
@@ -18,9 +17,9 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def safe_name(name: str | os.PathLike[str]) -> str:
+def safe_name(name: object) -> str:
     """`name` (a file name or path) as it may appear in a log line: printable names as they are,
     others repr-style quoted and escaped (`'a\\nb.csv'`), so a newline or control character in a
     name can never forge a log line."""
-    text = os.fspath(name)
+    text = str(name)
     return text if text.isprintable() else repr(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -250,14 +251,20 @@ async def test_symbolic_links_are_refused_once_and_never_read(
         await asyncio.sleep(1.0)  # ten rescans: none may report or read a link again
     assert [r["part_id"] for r in sink.records] == ["REAL"]
     for name in ("shadow.csv", "dangling.csv", "evil\nWARNING: forged.csv", "late.csv"):
-        assert (config.inbox / name).is_symlink()
+        assert not (config.inbox / name).is_symlink()
+        moved = config.quarantine / name
+        assert moved.is_symlink()  # the link itself was moved, never followed
+        report = json.loads((config.quarantine / f"{name}.errors.json").read_text())
+        assert report["file"] == name
+        assert report["file_error"].startswith("a symbolic link (to ")
+        assert report["file_error"].endswith("links in the inbox are never followed")
     assert secret.read_text() == HEADER + csv_row("SECRET")
-    inbox_lines = [r.getMessage() for r in caplog.records if r.name == inbox_module.__name__]
-    refused = [m for m in inbox_lines if "symbolic link" in m]
+    messages = [r.getMessage() for r in caplog.records]
+    refused = [m for m in messages if "rejected as a whole: a symbolic link" in m]
     assert len(refused) == 4, refused
-    assert sum(m.startswith("dangling.csv in the inbox is a symbolic link") for m in refused) == 1
-    assert any(m.startswith("'evil\\nWARNING: forged.csv' in the inbox") for m in refused)
-    assert not [m for m in (r.getMessage() for r in caplog.records) if "\n" in m]
+    assert sum(m.startswith("dangling.csv rejected as a whole") for m in refused) == 1
+    assert any(m.startswith("'evil\\nWARNING: forged.csv' rejected as a whole") for m in refused)
+    assert not [m for m in messages if "\n" in m]
 
 
 def test_check_ready_refuses_a_link_with_a_reason(tmp_path: Path) -> None:
@@ -332,9 +339,7 @@ def test_once_exits_1_when_a_row_was_rejected(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert (tmp_path / "data" / "quarantine" / "bad.csv").exists()
     assert (tmp_path / "data" / "archive" / "good.csv").exists()
-    assert (
-        "--once: 1 files quarantined, 1 rows rejected, 0 records dead-lettered, 0 links refused: exit 1" in done.stderr
-    )
+    assert "--once: 1 files quarantined, 1 rows rejected, 0 records dead-lettered: exit 1" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -352,5 +357,5 @@ def test_once_exits_1_when_a_link_was_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 1, done.stderr
     assert (tmp_path / "data" / "archive" / "good.csv").exists()
-    assert (inbox / "link.csv").is_symlink()
-    assert "0 files quarantined, 0 rows rejected, 0 records dead-lettered, 1 links refused: exit 1" in done.stderr
+    assert (tmp_path / "data" / "quarantine" / "link.csv").is_symlink()
+    assert "1 files quarantined, 0 rows rejected, 0 records dead-lettered: exit 1" in done.stderr

@@ -234,13 +234,12 @@ class Gateway:
             return None
         quarantined = self.metrics.registry.get_sample_value("cmm_files_processed_total", {"destination": "quarantine"})
         dead_lettered = sum(r.dead_lettered for r in self._durable)
-        if quarantined or self.status.rows_rejected or dead_lettered or queue.refused_links:
+        if quarantined or self.status.rows_rejected or dead_lettered:
             log.error(
-                "--once: %d files quarantined, %d rows rejected, %d records dead-lettered, %d links refused: exit 1",
+                "--once: %d files quarantined, %d rows rejected, %d records dead-lettered: exit 1",
                 quarantined or 0,
                 self.status.rows_rejected,
                 dead_lettered,
-                queue.refused_links,
             )
             return 1
         return 0

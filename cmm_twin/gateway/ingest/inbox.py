@@ -257,18 +257,14 @@ class InboxQueue:
     """Ordered set of inbox files to look at, fed by scans and watchfiles events.
 
     Files are known by name; paths handed out are `self.inbox / name` with `self.inbox` absolute
-    and resolved. With `refuse_links` (the default) a symbolic link is never queued: it is logged
-    once and ignored while it stays. Without it, links are queued and `check_ready` answers
-    `Readiness(refused=...)` for them."""
+    and resolved. Symbolic links are queued like files: `check_ready` answers
+    `Readiness(refused=...)` for them, and the pipeline quarantines them unread."""
 
-    def __init__(self, inbox: Path, refuse_links: bool = True) -> None:
+    def __init__(self, inbox: Path) -> None:
         self.inbox = Path(inbox).resolve()
-        self.refuse_links = refuse_links
         self._pending: dict[str, None] = {}
         self._not_before: dict[str, float] = {}
         self._ignored: set[str] = set()
-        self.refused_links = 0
-        """Symbolic links refused so far (with `refuse_links`)."""
         self._scan_retry = _Retrying(f"scanning the inbox {safe_name(str(self.inbox))}")
         self._watch_retry = _Retrying(f"watching the inbox {safe_name(str(self.inbox))}")
         self._retry_s = RETRY_MIN_S
@@ -280,16 +276,6 @@ class InboxQueue:
         for path in paths:
             name = path.name
             if name in self._pending or name in self._ignored:
-                continue
-            if self.refuse_links and os.path.islink(self.inbox / name):
-                log.warning(
-                    "%s in the inbox is %s; it is refused and ignored while it is there (put the "
-                    "file itself in the inbox)",
-                    safe_name(name),
-                    link_reason(self.inbox / name),
-                )
-                self._ignored.add(name)
-                self.refused_links += 1
                 continue
             self._pending[name] = None
             added = True

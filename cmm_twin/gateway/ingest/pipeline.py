@@ -163,6 +163,8 @@ class Pipeline:
         """Inbox file -> (size, mtime_ns, monotonic time they were first seen so): how long it has
         been stable, also when its mtime cannot be trusted (a clock ahead of ours)."""
         self._alone: set[Path] = set()
+        self._refused: list[tuple[Path, str]] = []
+        """Inbox entries refused unread (symbolic links), quarantined by `_run` with their reason."""
         """Files whose group failed: each is tried on its own, so one bad file holds up no other."""
 
     async def run(self, queue: InboxQueue, stop: asyncio.Event) -> None:
@@ -198,6 +200,7 @@ class Pipeline:
             self.idle.clear()
             first = self._ready_job(queue, path)
             if first is None:
+                await self._quarantine_refused(queue)
                 continue
             if first.size > GROUP_MAX_FILE_BYTES:
                 await self._guarded(queue, [first], self.process_file(first, stop))
@@ -217,6 +220,7 @@ class Pipeline:
                     break  # keeps arrival order: the big file goes after this group
                 group.append(job)
                 group_bytes += job.size
+            await self._quarantine_refused(queue)
             await self._guarded(queue, group, self.process_group(group, queue))
 
     async def _spool_full(self) -> bool:
@@ -248,6 +252,9 @@ class Pipeline:
             queue.done(path)
             self._forget.add(path.name)
             self._left_inbox(path)
+        elif readiness.refused is not None:
+            queue.done(path)
+            self._refused.append((path, readiness.refused))
         elif readiness.not_a_file:
             log.warning("%s is not a regular file: left in the inbox and ignored", safe_name(path))
             queue.ignore(path)
@@ -720,6 +727,17 @@ class Pipeline:
             safe_name(again.name),
         )
         return again
+
+    async def _quarantine_refused(self, queue: InboxQueue) -> None:
+        """Quarantine the entries `_ready_job` refused (links: moved themselves, never followed).
+        One that cannot be moved is ignored while it stays, so it is reported once."""
+        refused, self._refused = self._refused, []
+        for path, reason in refused:
+            try:
+                await self.quarantine_unread(path, reason)
+            except OSError as exc:
+                log.warning("%s refused (%s) but cannot be moved to quarantine/: %s", safe_name(path.name), reason, exc)
+                queue.ignore(path)
 
     async def quarantine_unread(self, path: Path, reason: str) -> FileOutcome | None:
         """Move `path` to quarantine/ without reading it (a symbolic link is moved itself, never
