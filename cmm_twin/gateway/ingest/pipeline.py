@@ -34,7 +34,7 @@ from cmm_twin.gateway.ingest.csv_reader import (
 from cmm_twin.gateway.ingest.inbox import InboxQueue, check_ready
 from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.runner import wait_or_stop
-from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError, errors_report
+from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError, errors_report, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.records import RecordBatch
 
@@ -45,6 +45,9 @@ SPOOL_RECHECK_S = 0.5
 GROUP_MAX_FILE_BYTES = 256 << 10
 """Files up to this size are read whole and committed in groups of up to `files_per_commit`
 files and about this many bytes together (a few thousand rows)."""
+DISK_RETRY_MIN_S = 0.5
+DISK_RETRY_MAX_S = 5.0
+"""Backoff of the intake while the disk is full."""
 ERRORS_IN_LOG = 3
 """Row errors quoted in a file's warning line; the rest are in its sidecar report."""
 
@@ -145,6 +148,9 @@ class Pipeline:
         """Note: `_forget` is shared with the state thread; only this task touches it, and never
         while one of its own state calls is in flight."""
         while not stop.is_set():
+            if self.status.disk_full and time.monotonic() < self._disk_retry_at:
+                await wait_or_stop(stop, min(SPOOL_RECHECK_S, self._disk_retry_at - time.monotonic()))
+                continue  # intake paused: new files wait, safe, in the inbox
             if self.spool_enabled and await self._spool_full():
                 await wait_or_stop(stop, SPOOL_RECHECK_S)
                 continue
@@ -213,17 +219,33 @@ class Pipeline:
             return _Job(path, readiness.size, readiness.mtime_ns, time.perf_counter())
         return None
 
+    _disk_retry_s: float = 0.0
+    _disk_retry_at: float = 0.0
+    """Backoff of the intake while the disk is full (see _guarded and the top of _run)."""
+
     async def _guarded(self, queue: InboxQueue, jobs: list[_Job], work: Coroutine[Any, Any, object]) -> None:
         """Run `work`; an unexpected error (e.g. archive/ not writable) keeps the files in the
-        inbox to be tried again later, and the gateway serving."""
+        inbox to be tried again later, and the gateway serving. A full disk (the commit rolled
+        back, or the move or report not written) pauses the intake with backoff: reported once,
+        no traceback, and the files are taken again once there is space."""
         try:
             await work
-        except Exception:
+        except Exception as exc:
+            if is_disk_full(exc):
+                self.status.disk_full_begin("intake", str(exc))
+                self._disk_retry_s = min(DISK_RETRY_MAX_S, max(DISK_RETRY_MIN_S, 2 * self._disk_retry_s))
+                self._disk_retry_at = time.monotonic() + self._disk_retry_s
+                for job in jobs:
+                    queue.later(job.path, 0.0)
+                return
             names = ", ".join(j.path.name for j in jobs)
             log.exception("%s could not be processed; left in the inbox and tried again", names)
             for job in jobs:
                 queue.later(job.path, RETRY_FAILED_FILE_S)
             return
+        if any(job.done for job in jobs):
+            self._disk_retry_s = 0.0
+            self.status.disk_full_end("intake")
         for job in jobs:
             if job.done:
                 queue.done(job.path)
