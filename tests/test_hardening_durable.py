@@ -308,6 +308,21 @@ def test_corrupt_database_is_one_line_and_exit_2(tmp_path: Path, name: str, advi
     assert len(lines) == 1, done.stderr
     assert str(path) in lines[0] and advice in lines[0]
     assert "Traceback" not in done.stderr
+    if name == "gateway.sqlite":  # the advice works: the database is set aside, the file re-read
+        recovered = subprocess.run(
+            [sys.executable, "-m", "cmm_twin.gateway.recover", "--data-dir", str(data)],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert recovered.returncode == 0, recovered.stderr
+        assert list((data / "state").glob("gateway.sqlite.unreadable-*"))
+        assert (data / "inbox" / "a.csv").exists()
+        again = run_gateway([*args, "--once"])
+        assert again.returncode == 0, again.stderr
+        assert (data / "archive" / "a.csv").exists()
 
 
 def test_read_only_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
