@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from cmm_twin.gateway.state import MARKER_NAME, SpoolMarker, SpoolResetError, StateStore
+from cmm_twin.records import INT_COLUMNS, RECORD_COLUMNS, TEXT_COLUMNS, RecordBatch
 from tests.gateway_harness import HEADER, ROOT, GatewayProcess, MesProcess, csv_row, drop_file, free_port
-
-pytestmark = pytest.mark.chaos
 
 DEADLINE_S = 60.0
 
@@ -106,6 +107,7 @@ def fill(path: Path) -> None:
             f.write(b"\0" * 512)
 
 
+@pytest.mark.chaos
 def test_full_disk_pauses_intake_and_resumes_losing_nothing(tmp_path: Path) -> None:
     with tmpfs(tmp_path, "6m") as fs:
         data = fs / "data"
@@ -169,6 +171,7 @@ def test_full_disk_pauses_intake_and_resumes_losing_nothing(tmp_path: Path) -> N
         assert "disk has room again" in text
 
 
+@pytest.mark.chaos
 def test_full_disk_at_the_acknowledgement_keeps_the_gateway_up(tmp_path: Path) -> None:
     """The issue's case: records spooled while the MES is down, the disk fills, the MES returns:
     the delivery succeeds but its acknowledgement cannot be written. The gateway stays up, says
@@ -215,6 +218,7 @@ def test_full_disk_at_the_acknowledgement_keeps_the_gateway_up(tmp_path: Path) -
         assert "disk has room again" in text
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("reset", ["truncated", "wal_deleted"])
 def test_reset_spool_is_refused_and_recovered(tmp_path: Path, reset: str) -> None:
     data = tmp_path / "data"
@@ -294,6 +298,7 @@ def make_state(data: Path) -> list[str]:
     return args
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize(
     ("name", "advice"), [("gateway.sqlite", "cmm_twin.gateway.recover"), ("history.sqlite", "move it aside")]
 )
@@ -325,6 +330,7 @@ def test_corrupt_database_is_one_line_and_exit_2(tmp_path: Path, name: str, advi
         assert (data / "archive" / "a.csv").exists()
 
 
+@pytest.mark.chaos
 def test_read_only_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with tmpfs(tmp_path, "16m") as fs:
         data = fs / "data"
@@ -338,3 +344,51 @@ def test_read_only_data_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert str(data) in lines[0] and "Read-only file system" in lines[0] and "write access" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def records(n: int) -> RecordBatch:
+    values: dict[str, object] = {
+        c: ["x"] * n if c in TEXT_COLUMNS else np.ones(n, dtype=INT_COLUMNS.get(c, np.float64)) for c in RECORD_COLUMNS
+    }
+    return RecordBatch(**values)  # type: ignore[arg-type]
+
+
+def test_marker_follows_the_spool_and_detects_lost_transactions(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "gateway.sqlite"
+    store = StateStore(path)
+    store.register_sinks(["mes"])
+    store.commit([], records(300), {})
+    marker = SpoolMarker.read(path.parent / MARKER_NAME)
+    assert marker is not None and marker.high_seq == 300 and marker.acked == {"mes": 0}
+    before_ack = marker.all_acked_ns
+    store.ack("mes", 300)
+    marker = SpoolMarker.read(path.parent / MARKER_NAME)
+    assert marker is not None and marker.all_acked_ns is not None
+    assert before_ack is None or marker.all_acked_ns > before_ack
+    store.close()
+    StateStore(path).close()  # the same database: accepted
+
+    # The database loses its last transactions (as when its WAL is deleted): refused.
+    stale = SpoolMarker.read(path.parent / MARKER_NAME)
+    assert stale is not None
+    stale.high_seq = 1300
+    stale.create(path.parent / MARKER_NAME)
+    with pytest.raises(SpoolResetError, match="holds records up to seq 300 only"):
+        StateStore(path)
+    # Another database under the same name: refused.
+    stale.high_seq, stale.db_id = 300, "someone-else"
+    stale.create(path.parent / MARKER_NAME)
+    with pytest.raises(SpoolResetError, match="its id differs"):
+        StateStore(path)
+
+
+def test_marker_that_cannot_be_read_is_written_anew_for_an_intact_database(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "gateway.sqlite"
+    StateStore(path).close()
+    (path.parent / MARKER_NAME).write_bytes(b"\0" * 100)  # a torn marker
+    StateStore(path).close()
+    assert SpoolMarker.read(path.parent / MARKER_NAME) is not None
+    (path.parent / MARKER_NAME).write_bytes(b"\0" * 100)
+    path.write_bytes(b"")  # and a reset database: refused
+    with pytest.raises(SpoolResetError, match="cannot be read"):
+        StateStore(path)
