@@ -119,7 +119,11 @@ def translated(path: Path) -> Iterator[None]:
     except sqlite3.Error as exc:
         if is_disk_full(exc):
             raise DiskFullError(path, str(exc)) from exc
-        unusable = unusable_database(path, exc, "run the recovery: " + recover_command(path.parent.parent))
+        remedy = (
+            f"run `{recover_command(path.parent.parent)}` (it sets the file aside and puts back into the inbox "
+            "the files whose records may not have been delivered), then start the gateway again"
+        )
+        unusable = unusable_database(path, exc, remedy)
         if unusable is not None:
             raise unusable from exc
         raise
