@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cmm_twin import __version__
@@ -26,7 +28,7 @@ from cmm_twin.gateway.runner import DurableRunner, LiveRunner, RunnerSettings, w
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.mes import MesSink
 from cmm_twin.gateway.sinks.opcua import OpcUaSettings, OpcUaSink
-from cmm_twin.gateway.state import AsyncState, StateStore
+from cmm_twin.gateway.state import AsyncState, DiskFullError, StateStore, StateUnavailableError
 from cmm_twin.gateway.status import GatewayStatus, SinkStatus
 from cmm_twin.gateway.web import HttpServer, build_app
 from cmm_twin.records import RecordBatch
@@ -112,7 +114,7 @@ class Gateway:
         with contextlib.suppress(ValueError):  # not the main thread: nothing to set there
             signal.signal(signal.SIGIO, signal.SIG_IGN)
         for directory in (config.inbox, config.archive, config.quarantine, config.state_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            _check_writable(directory)
         state = AsyncState(StateStore(config.state_dir / "gateway.sqlite"))
         try:
             return await self._serve(state, stop)
@@ -128,6 +130,8 @@ class Gateway:
                 self.status.sinks[sink.name] = SinkStatus(durable=sink.durable)
                 try:
                     await sink.open()
+                except (StateUnavailableError, DiskFullError):
+                    raise  # a local database the gateway owns: one line naming the file, exit 2
                 except Exception as exc:
                     self.status.sinks[sink.name].state = "failed"
                     self.status.sinks[sink.name].last_error = str(exc)
@@ -176,6 +180,7 @@ class Gateway:
                     ),
                     spooled,
                     on_delivered=self._delivered,
+                    gateway_status=self.status,
                 )
                 for s in durable
                 if self.status.sinks[s.name].state != "failed"
@@ -304,3 +309,24 @@ class Gateway:
             f"{opcua.endpoint_url} ({opcua.security_summary()})" if opcua else "off",
             ", ".join(f"{s.name}={self.status.sinks[s.name].state}" for s in self.sinks) or "none",
         )
+
+
+def _check_writable(directory: Path) -> None:
+    """Create `directory` if needed and make sure the gateway can create files in it; raises
+    StateUnavailableError naming it (read-only mount, wrong owner) or DiskFullError."""
+    probe = directory / f".cmm-twin-write-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(directory, exc.strerror or str(exc)) from None
+        raise StateUnavailableError(
+            directory,
+            f"cannot be written ({exc.strerror or exc}): give the gateway's user write access to it "
+            "(or choose another --data-dir)",
+        ) from None

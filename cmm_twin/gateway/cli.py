@@ -41,7 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:
         return 0
-    except CmmTwinError as exc:
-        log.error("%s", exc)
+    except CmmTwinError as exc:  # start-up faults (address taken, database unusable): one line, no traceback
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

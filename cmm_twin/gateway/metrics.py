@@ -32,6 +32,16 @@ class _StatusCollector(Collector):
         yield depth
         yield age
         yield up
+        yield GaugeMetricFamily(
+            "cmm_disk_full",
+            "1 while the gateway's own writes fail for lack of space",
+            value=float(self.status.disk_full),
+        )
+        yield GaugeMetricFamily(
+            "cmm_intake_paused",
+            "1 while new files wait in the inbox (spool at its limit or disk full)",
+            value=float(self.status.intake_paused or self.status.disk_full),
+        )
         yield GaugeMetricFamily("cmm_uptime_seconds", "Seconds since the gateway started", value=self.status.uptime_s)
 
 

@@ -6,6 +6,9 @@ dead-lettering and acknowledgement (DESIGN.md sections 5 and 7).
   exponential backoff and jitter (honouring `Retry-After`), splits batches the receiver finds too
   large, dead-letters records the receiver rejects as invalid, and acknowledges a batch in the
   spool only when the sink reports `Delivered`. Memory stays bounded whatever the backlog.
+  When the disk is full (the acknowledgement, a dead-letter line or the sink's own store cannot
+  be written), it says so once through `GatewayStatus.disk_full_begin` and retries with backoff:
+  a failed acknowledgement leaves the cursor where it was, so nothing is skipped.
 - `LiveRunner` feeds a live sink (OPC UA tags) straight from the pipeline through a bounded queue.
   When the queue is full it drops the OLDEST batch on purpose: a tag shows the newest measurement,
   so an older value is superseded anyway; the drop is counted.
@@ -30,8 +33,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
-from cmm_twin.gateway.state import AsyncState
-from cmm_twin.gateway.status import SinkStatus
+from cmm_twin.gateway.state import AsyncState, DiskFullError, is_disk_full
+from cmm_twin.gateway.status import GatewayStatus, SinkStatus
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,15 @@ STATUS_REFRESH_S = 0.25
 """How often a busy durable runner refreshes its buffer depth and oldest age."""
 IDLE_PING_S = 1.0
 """How often an idle durable runner asks its sink whether the receiver is reachable."""
+DISK_RETRY_MIN_S = 0.5
+DISK_RETRY_MAX_S = 5.0
+"""Backoff of a write retried because the disk is full (space is freed by a person: seconds matter)."""
+
+
+class _DiskFull(NamedTuple):
+    """The sink's own store could not be written for lack of space (not an outage of a receiver)."""
+
+    reason: str
 
 
 class _Batch(NamedTuple):
@@ -81,9 +93,12 @@ class DurableRunner:
         settings: RunnerSettings,
         new_data: asyncio.Event,
         on_delivered: Callable[[str, RecordBatch], None] | None = None,
+        gateway_status: GatewayStatus | None = None,
     ) -> None:
         self.sink = sink
         self.on_delivered = on_delivered
+        self.gateway_status = gateway_status if gateway_status is not None else GatewayStatus()
+        """Where a full disk is reported (its own instance when the runner runs alone)."""
         self.state = state
         self.status = status
         self.settings = settings
@@ -137,7 +152,7 @@ class DurableRunner:
                 self.buffer.popleft()
                 if ack is not None:
                     await ack
-                ack = asyncio.ensure_future(self.state.call(store.ack, name, last_seq))
+                ack = asyncio.ensure_future(self._ack(last_seq, stop))
                 self.status.rows_out += len(batch)
                 if self.on_delivered is not None:
                     self.on_delivered(name, batch)
@@ -149,6 +164,25 @@ class DurableRunner:
                 if pending is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(pending)
+
+    async def _ack(self, seq: int, stop: asyncio.Event) -> None:
+        """Acknowledge up to `seq` in the spool; while the disk is full, retry with backoff. When
+        stopping first, the cursor stays behind and those records are sent again after a restart
+        (the receiver de-duplicates): never skipped."""
+        what = f"{self.sink.name} acknowledgement"
+        delay_s = DISK_RETRY_MIN_S
+        while True:
+            try:
+                await self.state.call(self.state.store.ack, self.sink.name, seq)
+            except DiskFullError as exc:
+                self.gateway_status.disk_full_begin(what, str(exc))
+                if stop.is_set():
+                    return
+                await wait_or_stop(stop, delay_s)
+                delay_s = min(DISK_RETRY_MAX_S, delay_s * 2)
+                continue
+            self.gateway_status.disk_full_end(what)
+            return
 
     def _check_drained(self) -> None:
         if self._flush_started is not None and self.status.buffer_depth == 0:
@@ -197,8 +231,18 @@ class DurableRunner:
     ) -> bool:
         """Send `batch` until it is delivered or dead-lettered (True), or `stop` is set (False);
         `prepared` is the sink's encoding of this exact batch (dropped once the batch changes)."""
+        disk_delay_s = DISK_RETRY_MIN_S
         while True:
             outcome = await self._write(batch, prepared)
+            if isinstance(outcome, _DiskFull):
+                self.gateway_status.disk_full_begin(self.sink.name, outcome.reason)
+                self.status.last_error = outcome.reason
+                await wait_or_stop(stop, disk_delay_s)
+                disk_delay_s = min(DISK_RETRY_MAX_S, disk_delay_s * 2)
+                if stop.is_set():
+                    return False
+                continue
+            self.gateway_status.disk_full_end(self.sink.name)
             match outcome:
                 case Delivered():
                     self._recovered(len(batch))
@@ -207,15 +251,15 @@ class DurableRunner:
                     self._recovered(len(batch))
                     if not invalid:  # nothing named: cannot make progress by retrying
                         invalid = dict.fromkeys(range(len(batch)), "rejected without a reason")
-                    await self._dead_letter(batch, seqs, invalid)
+                    if not await self._dead_letter(batch, seqs, invalid, stop):
+                        return False
                     keep = np.array([i for i in range(len(batch)) if i not in invalid], dtype=np.intp)
                     if not len(keep):
                         return True
                     batch, seqs, prepared = batch.take(keep), seqs[keep], None
                 case Split(reason=reason):
                     if len(batch) == 1:
-                        await self._dead_letter(batch, seqs, {0: f"too large for the receiver: {reason}"})
-                        return True
+                        return await self._dead_letter(batch, seqs, {0: f"too large for the receiver: {reason}"}, stop)
                     half = len(batch) // 2
                     log.info("%s: batch of %d too large (%s), splitting", self.sink.name, len(batch), reason)
                     for part in (slice(0, half), slice(half, None)):
@@ -242,12 +286,15 @@ class DurableRunner:
                     if stop.is_set():
                         return False
 
-    async def _write(self, batch: RecordBatch, prepared: object) -> WriteOutcome:
+    async def _write(self, batch: RecordBatch, prepared: object) -> WriteOutcome | _DiskFull:
         try:
             return await self.sink.write(batch, prepared)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a sink bug must not stop delivery: log it and retry
+        except Exception as exc:
+            if is_disk_full(exc):  # a local store (the embedded historian) is out of space
+                return _DiskFull(str(exc))
+            # a sink bug must not stop delivery: log it and retry
             log.exception("%s: unexpected error in write", self.sink.name)
             return Retry(f"unexpected error: {exc!r}")
 
@@ -280,8 +327,12 @@ class DurableRunner:
         await wait_or_stop(stop, delay)
         return not stop.is_set()
 
-    async def _dead_letter(self, batch: RecordBatch, seqs: NDArray[np.int64], invalid: Mapping[int, str]) -> None:
-        """Append the invalid records (in full) with their reasons to the dead-letter file (fsynced)."""
+    async def _dead_letter(
+        self, batch: RecordBatch, seqs: NDArray[np.int64], invalid: Mapping[int, str], stop: asyncio.Event
+    ) -> bool:
+        """Append the invalid records (in full) with their reasons to the dead-letter file (fsynced;
+        retried while the disk is full: the batch is acknowledged only after its dead letters).
+        False when `stop` came before they could be written."""
         if self.sink.columns is not None:  # the batch holds only the sink's columns: read the rest
             positions = sorted(invalid)
             full = await self.state.call(self.state.store.read_seqs, seqs[positions].tolist())
@@ -294,8 +345,8 @@ class DurableRunner:
             for i, reason in sorted(invalid.items())
         ]
         path = self.settings.dead_letter_path
-        if path is not None:
-            await self.state.call(_append_lines, path, lines)
+        if path is not None and not await self._append_retrying(path, lines, stop):
+            return False
         self.dead_lettered += len(lines)
         for i, reason in sorted(invalid.items()):
             log.warning(
@@ -305,14 +356,46 @@ class DurableRunner:
                 reason,
                 path if path is not None else "nowhere (no dead-letter file configured)",
             )
+        return True
+
+    async def _append_retrying(self, path: Path, lines: list[str], stop: asyncio.Event) -> bool:
+        """Append `lines` to `path`; while the disk is full, retry with backoff. False when `stop`
+        came first (the batch is then not acknowledged: it is rejected again after a restart)."""
+        what = f"{self.sink.name} dead letters"
+        delay_s = DISK_RETRY_MIN_S
+        while True:
+            try:
+                await self.state.call(_append_lines, path, lines)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self.gateway_status.disk_full_begin(what, f"{path}: {exc.strerror}")
+                await wait_or_stop(stop, delay_s)
+                if stop.is_set():
+                    return False
+                delay_s = min(DISK_RETRY_MAX_S, delay_s * 2)
+                continue
+            self.gateway_status.disk_full_end(what)
+            return True
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append whole lines and fsync; on failure the file is cut back, so no half line stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+    data = memoryview("".join(line + "\n" for line in lines).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class LiveRunner:

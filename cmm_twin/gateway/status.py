@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +34,28 @@ class GatewayStatus:
     spool_bytes: int = 0
     intake_paused: bool = False
     """True while the spool is at its limit and new files wait in the inbox."""
+    disk_full_in: dict[str, str] = field(default_factory=dict)
+    """What cannot be written for lack of space now (what -> error); empty when there is room."""
+
+    @property
+    def disk_full(self) -> bool:
+        """True while a write of the gateway's own files fails for lack of space."""
+        return bool(self.disk_full_in)
+
+    def disk_full_begin(self, what: str, error: str) -> None:
+        """Note that `what` cannot be written for lack of space; the first one logs ONE warning."""
+        if not self.disk_full_in:
+            log.warning(
+                "disk full: %s (%s). Intake paused: new files wait in the inbox; retrying until space is freed",
+                what,
+                error,
+            )
+        self.disk_full_in[what] = error
+
+    def disk_full_end(self, what: str) -> None:
+        """Note that `what` was written again; when nothing is short of space any more, log it."""
+        if self.disk_full_in.pop(what, None) is not None and not self.disk_full_in:
+            log.info("disk has room again: intake resumed, nothing was lost")
 
     @property
     def uptime_s(self) -> float:

@@ -53,7 +53,9 @@ WARNING_INTERVAL_S = 60.0
 
 
 def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The /health JSON and its HTTP status: 503 when a sink failed to start, else 200."""
+    """The /health JSON and its HTTP status: 503 when a sink failed to start, else 200.
+    `disk_full` is true while the gateway's own writes fail for lack of space (intake is paused
+    then, and `disk_full_in` says what waits for space)."""
     failed = [name for name, sink in status.sinks.items() if sink.state == "failed"]
     body: dict[str, Any] = {
         "status": "failed" if failed else "ok",
@@ -63,7 +65,9 @@ def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[
         "rows_rejected": status.rows_rejected,
         "buffer_depth": status.buffer_depth,
         "spool_mb": round(status.spool_bytes / 1e6, 3),
-        "intake_paused": status.intake_paused,
+        "intake_paused": status.intake_paused or status.disk_full,
+        "disk_full": status.disk_full,
+        "disk_full_in": sorted(status.disk_full_in),
         "sinks": {
             name: {
                 "state": sink.state,

@@ -37,6 +37,7 @@ from cmm_twin.gateway.historian.lineprotocol import (
     HealthSample,
 )
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
+from cmm_twin.gateway.state import DiskFullError, StateUnavailableError, is_disk_full, unusable_database
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
@@ -83,9 +84,32 @@ class HistoryStore:
     """The SQLite time-series tables `cmm_measurement` and `gateway_health`."""
 
     def __init__(self, path: Path, retention_days: float = 30.0) -> None:
+        """Open (or create) the store; StateUnavailableError when the file is corrupt or cannot be
+        written, DiskFullError when there is no space to create it."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.retention_ns = int(retention_days * NS_PER_DAY)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            message = f"cannot be opened ({exc}); check that {path.parent} is writable"
+            raise StateUnavailableError(path, message) from exc
+        try:
+            self._open_tables()
+        except sqlite3.Error as exc:
+            self._db.close()
+            if is_disk_full(exc):
+                raise DiskFullError(path, str(exc)) from exc
+            remedy = (
+                f"move it aside (e.g. `mv {path} {path}.corrupt`) and start again: the gateway creates a new "
+                "history; the MES and the spool are not affected"
+            )
+            unusable = unusable_database(path, exc, remedy)
+            if unusable is not None:
+                raise unusable from exc
+            raise
+
+    def _open_tables(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         tags = ", ".join(f"{t} TEXT NOT NULL" for t in TAG_KEYS)
@@ -113,17 +137,24 @@ class HistoryStore:
         self._db.close()
 
     def write(self, batch: RecordBatch, health: Sequence[HealthSample] = ()) -> None:
-        """Store `batch` and `health` in one transaction (committed when this returns)."""
+        """Store `batch` and `health` in one transaction (committed when this returns); raises
+        DiskFullError, with nothing stored, when there is no space."""
         db = self._db
-        db.execute("BEGIN")
         try:
-            if len(batch):
-                db.executemany(self._insert_measurement, self._first_points(batch))
-            if health:
-                db.executemany(self._insert_health, [(s.timestamp_ns, *s.values()) for s in health])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            try:
+                if len(batch):
+                    db.executemany(self._insert_measurement, self._first_points(batch))
+                if health:
+                    db.executemany(self._insert_health, [(s.timestamp_ns, *s.values()) for s in health])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (e.g. after SQLITE_FULL)
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(self.path, str(exc)) from exc
             raise
 
     def _first_points(self, batch: RecordBatch) -> Iterable[tuple[Any, ...]]:
@@ -161,11 +192,17 @@ class HistoryStore:
         return held
 
     def purge(self, now_ns: int | None = None) -> int:
-        """Delete points older than the retention; returns how many."""
+        """Delete points older than the retention; returns how many (0 when the disk is too full
+        even for the deletion: it is tried again at the next purge)."""
         cutoff = (time.time_ns() if now_ns is None else now_ns) - self.retention_ns
         deleted = 0
-        for table in (MEASUREMENT, HEALTH_MEASUREMENT):
-            deleted += self._db.execute(f"DELETE FROM {table} WHERE time_ns < ?", (cutoff,)).rowcount
+        try:
+            for table in (MEASUREMENT, HEALTH_MEASUREMENT):
+                deleted += self._db.execute(f"DELETE FROM {table} WHERE time_ns < ?", (cutoff,)).rowcount
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            log.debug("history purge postponed: %s", exc)
         return deleted
 
     def query(self, q: HistoryQuery) -> HistoryResult:
@@ -362,7 +399,8 @@ class SqliteHistorianSink(HistorianSink):
         self._executor.shutdown(wait=False)
 
     async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
-        """Store `batch` with the waiting health samples; Delivered once committed."""
+        """Store `batch` with the waiting health samples; Delivered once committed. Raises
+        DiskFullError when there is no space (the runner reports it and retries)."""
         assert self._store is not None, "write() before open()"
         health = self.pending_health()
         try:
@@ -379,7 +417,10 @@ class SqliteHistorianSink(HistorianSink):
             return False
         if not self.pending_health():
             return True
-        return isinstance(await self.write(RecordBatch.empty()), Delivered)
+        try:
+            return isinstance(await self.write(RecordBatch.empty()), Delivered)
+        except DiskFullError:  # the samples stay queued; the store itself is reachable
+            return True
 
     async def query(self, q: HistoryQuery) -> HistoryResult:
         """Run a history query on the store's thread."""

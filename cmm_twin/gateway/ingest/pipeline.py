@@ -43,7 +43,7 @@ from cmm_twin.gateway.ingest.csv_reader import (
 from cmm_twin.gateway.ingest.inbox import InboxQueue, check_ready
 from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.runner import wait_or_stop
-from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError, errors_report
+from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError, errors_report, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.logs import safe_name
 from cmm_twin.records import RecordBatch
@@ -55,6 +55,9 @@ SPOOL_RECHECK_S = 0.5
 GROUP_MAX_FILE_BYTES = 256 << 10
 """Files up to this size are read whole and committed in groups of up to `files_per_commit`
 files and about this many bytes together (a few thousand rows)."""
+DISK_RETRY_MIN_S = 0.5
+DISK_RETRY_MAX_S = 5.0
+"""Backoff of the intake while the disk is full."""
 ERRORS_IN_LOG = 3
 """Row errors quoted in a file's warning line; the rest are in its sidecar report."""
 REPORT_SUFFIX = ".errors.json"
@@ -163,6 +166,9 @@ class Pipeline:
         """Inbox file -> (size, mtime_ns, monotonic time they were first seen so): how long it has
         been stable, also when its mtime cannot be trusted (a clock ahead of ours)."""
         self._alone: set[Path] = set()
+        self._disk_retry_s = 0.0
+        self._disk_retry_at = 0.0
+        """Backoff of the intake while the disk is full (see _guarded and the top of _run)."""
         self._refused: list[tuple[Path, str]] = []
         """Inbox entries refused unread (symbolic links), quarantined by `_run` with their reason."""
         """Files whose group failed: each is tried on its own, so one bad file holds up no other."""
@@ -187,6 +193,9 @@ class Pipeline:
         """Note: `_forget` is shared with the state thread; only this task touches it, and never
         while one of its own state calls is in flight."""
         while not stop.is_set():
+            if self.status.disk_full and time.monotonic() < self._disk_retry_at:
+                await wait_or_stop(stop, min(SPOOL_RECHECK_S, self._disk_retry_at - time.monotonic()))
+                continue  # intake paused: new files wait, safe, in the inbox
             if self.spool_enabled and await self._spool_full():
                 await wait_or_stop(stop, SPOOL_RECHECK_S)
                 continue
@@ -290,10 +299,19 @@ class Pipeline:
 
     async def _guarded(self, queue: InboxQueue, jobs: list[_Job], work: Coroutine[Any, Any, object]) -> None:
         """Run `work`; an unexpected error (e.g. archive/ not writable) keeps the files in the
-        inbox to be tried again later, and the gateway serving."""
+        inbox to be tried again later, and the gateway serving. A full disk (the commit rolled
+        back, or the move or report not written) pauses the intake with backoff: reported once,
+        no traceback, and the files are taken again once there is space."""
         try:
             await work
         except Exception as exc:
+            if is_disk_full(exc):
+                self.status.disk_full_begin("intake", str(exc))
+                self._disk_retry_s = min(DISK_RETRY_MAX_S, max(DISK_RETRY_MIN_S, 2 * self._disk_retry_s))
+                self._disk_retry_at = time.monotonic() + self._disk_retry_s
+                for job in jobs:
+                    queue.later(job.path, 0.0)
+                return
             names = ", ".join(safe_name(j.path.name) for j in jobs)
             if len(jobs) > 1:  # one bad file never holds up the others: each is tried on its own
                 log.warning("%s could not be processed together (%r): trying each file on its own", names, exc)
@@ -305,6 +323,9 @@ class Pipeline:
             for job in jobs:
                 queue.later(job.path, RETRY_FAILED_FILE_S)
             return
+        if any(job.done for job in jobs):
+            self._disk_retry_s = 0.0
+            self.status.disk_full_end("intake")
         for job in jobs:
             if job.done:
                 queue.done(job.path)
