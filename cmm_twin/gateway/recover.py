@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmm_twin.durable_io import fsync_directory
 from cmm_twin.gateway.state import MARKER_NAME, SpoolMarker, SpoolResetError, StateStore, StateUnavailableError
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ def recover(data_dir: Path, everything: bool = False) -> Recovery:
             if report.exists():  # written again when the file is processed again
                 report.unlink()
             moved.append(target)
-        _fsync_dir(folder)
-    _fsync_dir(inbox)
+        fsync_directory(folder)
+    fsync_directory(inbox)
     marker_path.unlink(missing_ok=True)
     if state_dir.is_dir():
-        _fsync_dir(state_dir)
+        fsync_directory(state_dir)
     return Recovery(moved, since_ns, set_aside)
 
 
@@ -114,14 +115,6 @@ def _free_name(directory: Path, name: str) -> Path:
         target = directory / f"{stem}.recovered-{n}{suffix}"
         n += 1
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
+from cmm_twin.durable_io import write_atomically
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.records import INT_COLUMNS, RECORD_COLUMNS, TEXT_COLUMNS, RecordBatch
 
@@ -196,17 +197,7 @@ class SpoolMarker:
 
     def create(self, path: Path) -> int:
         """Replace the marker file atomically and durably; returns a descriptor for `update`."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(self.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(path, self.encode())
         return os.open(path, os.O_WRONLY)
 
     def update(self, fd: int) -> None:

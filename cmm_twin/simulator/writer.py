@@ -10,6 +10,7 @@ Temp files of other writers, and of a simulator still running, are never touched
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cmm_twin.durable_io import fsync_directory
 from cmm_twin.records import INBOX_COLUMNS, measurement_id
 from cmm_twin.simulator.shop import PartBatch
 
@@ -67,20 +69,6 @@ def part_file_name(machine_id: str, part_index: int, moment: datetime) -> str:
     return f"{machine_id}_{stamp}_{part_index:08d}.csv"
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def temp_name(name: str, pid: int | None = None) -> str:
     """The temp name under which the simulator of process `pid` (default: this one) writes `name`."""
     return f"{TEMP_PREFIX}{os.getpid() if pid is None else pid}-{name}{TEMP_SUFFIX}"
@@ -99,7 +87,8 @@ def atomic_write_text(directory: Path, name: str, text: str) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_directory(directory)
+    with contextlib.suppress(OSError):  # no directory fsync where directories cannot be opened (Windows)
+        fsync_directory(directory)
     return final
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cmm_twin.durable_io import fsync_directory, write_atomically
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.ingest.csv_reader import (
@@ -40,7 +41,7 @@ from cmm_twin.gateway.ingest.csv_reader import (
     reject_implausible,
     to_records,
 )
-from cmm_twin.gateway.ingest.inbox import InboxQueue, check_ready
+from cmm_twin.gateway.ingest.inbox import FileObservations, InboxQueue, check_ready
 from cmm_twin.gateway.metrics import GatewayMetrics
 from cmm_twin.gateway.runner import wait_or_stop
 from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError, errors_report, is_disk_full
@@ -63,7 +64,7 @@ ERRORS_IN_LOG = 3
 REPORT_SUFFIX = ".errors.json"
 _REPORT_NAME_EXTRA_BYTES = len(".") + len(REPORT_SUFFIX) + len(".tmp")
 """What a moved file's name grows by in the longest name written next to it: the temporary
-name of its report (`_write_durably`)."""
+name of its report (`write_atomically`)."""
 DEFAULT_NAME_MAX_BYTES = 255
 HELD_LINE_RECHECK_S = 0.25
 """How often a file whose last line waits (no line end, not yet stable) is looked at again: it
@@ -162,9 +163,9 @@ class Pipeline:
         """Files moved out of the inbox whose progress is dropped with the next commit."""
         self.idle = asyncio.Event()
         """Set while no queued file is due (used by --once and by tests)."""
-        self._seen: dict[Path, tuple[int, int, float]] = {}
-        """Inbox file -> (size, mtime_ns, monotonic time they were first seen so): how long it has
-        been stable, also when its mtime cannot be trusted (a clock ahead of ours)."""
+        self._seen = FileObservations()
+        """How long each inbox file has kept its size and mtime as this process saw it: stability
+        also when its mtime cannot be trusted (a clock ahead of ours)."""
         self._alone: set[Path] = set()
         self._disk_retry_s = 0.0
         self._disk_retry_at = 0.0
@@ -286,15 +287,11 @@ class Pipeline:
     def _stable_for_s(self, path: Path, size: int, mtime_ns: int) -> float:
         """How long `path` has kept this size and mtime: by its mtime, or since this process first
         saw them (whichever is longer)."""
-        now = time.monotonic()
-        seen = self._seen.get(path)
-        if seen is None or seen[:2] != (size, mtime_ns):
-            seen = (size, mtime_ns, now)
-            self._seen[path] = seen
-        return max(now - seen[2], time.time() - mtime_ns / 1e9)
+        seen_s = self._seen.unchanged_for_s(path, size, mtime_ns, time.monotonic())
+        return max(seen_s, time.time() - mtime_ns / 1e9)
 
     def _left_inbox(self, path: Path) -> None:
-        self._seen.pop(path, None)
+        self._seen.forget(path)
         self._alone.discard(path)
 
     async def _guarded(self, queue: InboxQueue, jobs: list[_Job], work: Coroutine[Any, Any, object]) -> None:
@@ -494,7 +491,7 @@ class Pipeline:
                 directories.update((outcome.destination.parent, job.path.parent))
             results[i] = _Step(records, errors, outcome)
         for directory in directories:
-            _fsync_dir(directory)
+            fsync_directory(directory)
         return results
 
     def _evaluate_together(self, chunks: list[ParsedChunk]) -> dict[int, RecordBatch | Exception]:
@@ -661,7 +658,7 @@ class Pipeline:
         report = target.with_name(target.name + REPORT_SUFFIX) if bad or note else None
         try:
             if report is not None:
-                _write_durably(report, _report_text(p, errors, note, target.name))
+                write_atomically(report, _report_text(p, errors, note, target.name).encode())
             try:
                 _move(job.path, target)
             except BaseException:
@@ -669,8 +666,8 @@ class Pipeline:
                     report.unlink(missing_ok=True)
                 raise
             if fsync:
-                _fsync_dir(target_dir)
-                _fsync_dir(job.path.parent)
+                fsync_directory(target_dir)
+                fsync_directory(job.path.parent)
         except FileNotFoundError:
             log.warning("%s disappeared from the inbox before it could be moved", safe_name(p.name))
             destination = None
@@ -722,7 +719,7 @@ class Pipeline:
                 report.unlink(missing_ok=True)
             for directory in {inbox, self.config.archive, self.config.quarantine}:
                 if directory.is_dir():  # every move so far is on disk before progress is dropped
-                    _fsync_dir(directory)
+                    fsync_directory(directory)
             # The file is back in the inbox before its progress names it: a crash in between reads
             # it again from the top (its rows are delivered again, the MES de-duplicates), never
             # loses its tail.
@@ -893,23 +890,6 @@ def _count_lines(path: Path, offset: int) -> int:
             count += block.count(b"\n")
             offset -= len(block)
     return count
-
-
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ms_since(started: float) -> float:

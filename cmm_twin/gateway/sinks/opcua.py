@@ -30,7 +30,6 @@ policy are offered only on a loopback endpoint or with `--opcua-allow-anonymous`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import errno
@@ -64,6 +63,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from cmm_twin.durable_io import write_atomically
 from cmm_twin.errors import CmmTwinError, ConfigError
 from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
 from cmm_twin.gateway.status import GatewayStatus
@@ -492,25 +492,6 @@ def _subject_alt_names(host: str) -> list[x509.GeneralName]:
     return names
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` with `mode`, atomically and durably (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def ensure_certificate(directory: Path, host: str) -> tuple[Path, Path]:
     """The server certificate (DER) and key (PEM, mode 0600) in `directory`, generated once.
 
@@ -534,8 +515,8 @@ def ensure_certificate(directory: Path, host: str) -> tuple[Path, Path]:
         extended=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         days=CERT_DAYS,
     )
-    _write_atomic(key_path, cert_gen.dump_private_key_as_pem(key), 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.DER), 0o644)
+    write_atomically(key_path, cert_gen.dump_private_key_as_pem(key), 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.DER), 0o644)
     _logger.info("generated the OPC UA server certificate %s (SHA-256 %s)", cert_path, _fingerprint(cert_path))
     return cert_path, key_path
 
