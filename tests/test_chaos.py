@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_harness import GatewayProcess, MesProcess, free_port, run_simulator, truth_ids
+from tests.gateway_harness import (
+    HEADER,
+    GatewayProcess,
+    MesProcess,
+    csv_row,
+    drop_file,
+    free_port,
+    run_simulator,
+    truth_ids,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -24,7 +33,8 @@ def fast_backoff(tmp_path: Path) -> Path:
     return path
 
 
-def gateway_for(tmp_path: Path, mes: str, name: str = "gateway") -> GatewayProcess:
+def gateway_for(tmp_path: Path, mes: str, name: str = "gateway", *extra: str) -> GatewayProcess:
+    """A real gateway process on loopback delivering to `mes`; `extra` flags override the defaults."""
     args = [
         "--data-dir", str(tmp_path / "data"),
         "--http", "127.0.0.1:0",
@@ -32,6 +42,7 @@ def gateway_for(tmp_path: Path, mes: str, name: str = "gateway") -> GatewayProce
         "--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/",
         "--settle-ms", "50",
         "--config", str(fast_backoff(tmp_path)),
+        *extra,
     ]  # fmt: skip
     gateway = GatewayProcess(args, tmp_path / f"{name}.log")
     gateway.wait_ready()
@@ -161,3 +172,72 @@ def test_mes_rejecting_some_records_as_invalid(tmp_path: Path) -> None:
         assert gateway.stop() == 0
         mes.stop()
     assert "mes rejected record" in gateway.log_text()
+
+
+def test_a_file_name_too_long_to_archive_among_a_shop_run(tmp_path: Path) -> None:
+    """A 248-byte name (its `.errors.json` report would pass the 255-byte limit) arrives while the
+    simulator writes: it is quarantined under a shortened name naming the original, and neither it
+    nor the files read with it are held up or counted twice."""
+    mes = MesProcess(tmp_path / "mes.sqlite", free_port(), tmp_path / "mes.log")
+    mes.wait_ready()
+    gateway = gateway_for(tmp_path, mes.url)
+    inbox = tmp_path / "data" / "inbox"
+    long_name = "L" * 244 + ".csv"
+    try:
+        simulator = run_simulator(inbox, tmp_path / "truth", "--count", "100", "--rate", "0")
+        drop_file(inbox, long_name, HEADER + csv_row("LONG", timestamp="2026-01-05T07:00:00Z"))
+        assert simulator.wait(60) == 0
+        wait_delivered(gateway, 101, 120, "every file processed and delivered")
+        stored = [r["measurement_id"] for r in mes.all_records()]
+        assert len(stored) == len(set(stored)) == 201  # the simulator's 200 and the long file's row
+        assert set(truth_ids(tmp_path / "truth")) < set(stored)
+        assert mes.get_json("/api/v1/stats")["duplicates"] == 0
+        reports = list((tmp_path / "data" / "quarantine").glob("*.errors.json"))
+        assert len(reports) == 1
+        report = json.loads(reports[0].read_text())
+        assert report["file"] == long_name
+        assert (tmp_path / "data" / "quarantine" / report["stored_as"]).is_file()
+        assert not list(inbox.glob("*.csv"))
+    finally:
+        assert gateway.stop() == 0
+        mes.stop()
+    log = gateway.log_text()
+    assert "Traceback" not in log
+    assert "could not be processed" not in log
+
+
+HALF_LINE_HEADER = (
+    "timestamp,machine_id,part_id,feature,material,nominal_mm,tolerance_mm,part_temp_c,air_temp_c,measured_mm\n"
+)
+
+
+def half_line_row(part_id: str, measured_mm: str) -> str:
+    return f"2026-01-05T06:00:0{part_id[-1]}Z,CMM-01,{part_id},length_x,AL6061,100.0,0.010,25.0,24.0,{measured_mm}\n"
+
+
+def test_a_writer_caught_mid_line_never_delivers_a_cut_value(tmp_path: Path) -> None:
+    """A writer that appends without the rename protocol has written `...,100.01` of `100.0118`
+    and closed the file when the gateway looks: the cut line is not taken; once the writer ends
+    the line, 100.0118 is delivered, once."""
+    mes = MesProcess(tmp_path / "mes.sqlite", free_port(), tmp_path / "mes.log")
+    mes.wait_ready()
+    gateway = gateway_for(tmp_path, mes.url, "gateway", "--settle-ms", "30000")
+    inbox = tmp_path / "data" / "inbox"
+    path = inbox / "appended.csv"
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(HALF_LINE_HEADER + half_line_row("P1", "100.0031") + half_line_row("P2", "99.9990"))
+            f.write(half_line_row("P3", "100.0118")[:-3])  # "...,100.01": the rest is not written yet
+        wait_until(lambda: mes.get_json("/api/v1/stats")["count"] == 2, 60, "the two complete rows")
+        assert path.exists()  # the cut line holds the file in the inbox
+        with path.open("a", encoding="utf-8") as f:
+            f.write("18\n")
+        wait_delivered(gateway, 1, 60, "the file to be finished")
+        measured = {r["part_id"]: r["measured_mm"] for r in mes.all_records()}
+        assert measured == {"P1": 100.0031, "P2": 99.999, "P3": 100.0118}
+        assert mes.get_json("/api/v1/stats")["duplicates"] == 0
+        assert (tmp_path / "data" / "archive" / "appended.csv").exists()
+        assert not list((tmp_path / "data" / "quarantine").iterdir())
+    finally:
+        assert gateway.stop() == 0
+        mes.stop()

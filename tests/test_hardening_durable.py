@@ -158,7 +158,7 @@ def test_full_disk_pauses_intake_and_resumes_losing_nothing(tmp_path: Path) -> N
             )
             assert gateway.proc.poll() is None
             stats = mes.get_json("/api/v1/stats")
-            assert stats == {"count": files * rows + 10, "duplicates": 0}
+            assert stats == {"count": files * rows + 10, "duplicates": 0, "conflicts": 0}
             assert "cmm_disk_full 0.0" in gateway.get_text("/metrics")
             assert gateway.stop() == 0
         finally:
@@ -206,7 +206,7 @@ def test_full_disk_at_the_acknowledgement_keeps_the_gateway_up(tmp_path: Path) -
                 lambda: (h := gateway.get_json("/health"))["buffer_depth"] == 0 and h["disk_full"] is False,
                 "the acknowledgement written once space returned",
             )
-            assert mes.get_json("/api/v1/stats") == {"count": 400, "duplicates": 0}
+            assert mes.get_json("/api/v1/stats") == {"count": 400, "duplicates": 0, "conflicts": 0}
             assert gateway.stop() == 0
         finally:
             gateway.stop()
