@@ -33,8 +33,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# Three workers (pytest-xdist): most tests wait on real processes and sockets, so three keep two
+# cores busy; every test picks its own ports and folders.
 pytest: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 test: lint typecheck pytest
 

@@ -196,7 +196,9 @@ def test_full_disk_at_the_acknowledgement_keeps_the_gateway_up(tmp_path: Path) -
             mes = MesProcess(tmp_path / "mes.sqlite", mes_port, tmp_path / "mes.log")
             mes.wait_ready()
             wait_until(lambda: health(gateway).get("disk_full") is True, "/health to report disk_full")
-            wait_until(lambda: mes.get_json("/api/v1/stats")["count"] == 400, "the MES to hold the records")
+            # The runner may hold an earlier page than all 400 (it read the spool while files were
+            # still arriving): what counts is that a delivery went through and was not acknowledged.
+            wait_until(lambda: mes.get_json("/api/v1/stats")["count"] > 0, "the MES to hold delivered records")
             time.sleep(2.0)  # acknowledgement retried while full: the gateway stays up
             assert gateway.proc.poll() is None, gateway.log_text()
             assert gateway.get_json("/health")["sinks"]["mes"]["buffer_depth"] == 400  # cursor not advanced

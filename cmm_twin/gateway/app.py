@@ -188,6 +188,8 @@ class Gateway:
             queue = InboxQueue(config.inbox)
             queue.rescan()
             self.pipeline = Pipeline(config, state, self.status, self.metrics, self._publish, bool(durable), spooled)
+            for runner in self._durable:  # /health tells the spooled backlog from its first answer
+                await runner.refresh_status()
             self._log_ready()
             self.ready.set()
             inner_stop = asyncio.Event()
