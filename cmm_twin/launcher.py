@@ -486,11 +486,12 @@ class Launcher:
         if run is None or run.proc.returncode is not None:
             return
         run.expected_exit = True
+        # Said before the kill: the gateway's "Network Lost!" may follow within milliseconds.
+        log.warning(
+            "chaos: killing the MES for %g s (SIGKILL to pid %d): the gateway buffers meanwhile", down_s, run.proc.pid
+        )
         self._signal(run, signal.SIGKILL)
         await run.proc.wait()
-        log.warning(
-            "chaos: MES killed for %g s (SIGKILL to pid %d): the gateway buffers meanwhile", down_s, run.proc.pid
-        )
         if await self._sleep_or_stop(down_s):
             return
         if await self._start(mes) is not None:

@@ -276,21 +276,26 @@ def test_check_ready_refuses_a_link_with_a_reason(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def file_descriptors_exhausted() -> Iterator[None]:
+def file_descriptors_exhausted() -> Iterator[Callable[[], None]]:
     """Use up this process's open-file limit for real (lowered to what is open plus 64, so a
-    bounded number of files does it), and give everything back on exit."""
+    bounded number of files does it), and give everything back on exit. Yields `refill`, which
+    takes again any descriptor another thread has freed meanwhile."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 64, hard))
     held: list[int] = []
-    try:
+
+    def refill() -> None:
         with contextlib.suppress(OSError):
             for _ in range(in_use + 64):
                 held.append(os.open(os.devnull, os.O_RDONLY))
+
+    try:
+        refill()
         with pytest.raises(OSError) as exc_info:
             os.open(os.devnull, os.O_RDONLY)
         assert exc_info.value.errno == 24  # EMFILE
-        yield
+        yield refill
     finally:
         for fd in held:
             os.close(fd)
@@ -308,8 +313,13 @@ async def test_inbox_scan_survives_fd_exhaustion_and_resumes(
     async with running_gateway(config, sink) as gateway:
         drop_file(config.inbox, "before.csv", HEADER + csv_row("BEFORE"))
         await wait_for((config.archive / "before.csv").exists, 60)
-        with file_descriptors_exhausted():
-            await asyncio.sleep(1.5)  # the rescan fails (EMFILE) several times meanwhile
+        with file_descriptors_exhausted() as refill:
+            # Until the rescan has met EMFILE; a descriptor freed by another thread is taken again.
+            deadline = time.monotonic() + 60
+            while "scanning the inbox" not in caplog.text:
+                assert time.monotonic() < deadline, "the rescan never met the exhausted limit"
+                refill()
+                await asyncio.sleep(0.01)
         assert gateway.pipeline is not None
         drop_file(config.inbox, "after.csv", HEADER + csv_row("AFTER"))
         await wait_for((config.archive / "after.csv").exists, 60)

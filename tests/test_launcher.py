@@ -186,7 +186,7 @@ def test_chaos_kills_the_mes_and_the_gateway_buffers_then_flushes(start_twin: Ca
 
     twin.wait_until(recovered, 60, "the gateway to flush its buffer to the MES")
     out = twin.output()
-    killed = out.index("chaos: MES killed for 4 s")
+    killed = out.index("chaos: killing the MES for 4 s")
     lost = re.search(r"^gateway   \| .*WARNING: Network Lost! Buffering\.\.\.", out, re.MULTILINE)
     restarted = out.index("chaos: MES restarted")
     flushing = re.search(r"^gateway   \| .*INFO: Flushing buffer\.\.\.", out, re.MULTILINE)
