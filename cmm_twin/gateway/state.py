@@ -112,18 +112,20 @@ def unusable_database(path: Path, exc: sqlite3.Error, remedy: str) -> StateUnava
 
 
 @contextlib.contextmanager
-def translated(path: Path) -> Iterator[None]:
+def translated(path: Path, remedy: str | None = None) -> Iterator[None]:
     """Raise DiskFullError for lack of space and StateUnavailableError for a corrupt or read-only
-    database inside the block; other errors pass unchanged."""
+    database inside the block (`remedy` says what to do about a corrupt one; default: the state
+    database's recovery command); other errors pass unchanged."""
     try:
         yield
     except sqlite3.Error as exc:
         if is_disk_full(exc):
             raise DiskFullError(path, str(exc)) from exc
-        remedy = (
-            f"run `{recover_command(path.parent.parent)}` (it sets the file aside and puts back into the inbox "
-            "the files whose records may not have been delivered), then start the gateway again"
-        )
+        if remedy is None:
+            remedy = (
+                f"run `{recover_command(path.parent.parent)}` (it sets the file aside and puts back into the "
+                "inbox the files whose records may not have been delivered), then start the gateway again"
+            )
         unusable = unusable_database(path, exc, remedy)
         if unusable is not None:
             raise unusable from exc

@@ -37,7 +37,7 @@ from cmm_twin.gateway.historian.lineprotocol import (
     HealthSample,
 )
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
-from cmm_twin.gateway.state import DiskFullError, StateUnavailableError, is_disk_full, unusable_database
+from cmm_twin.gateway.state import DiskFullError, StateUnavailableError, is_disk_full, translated
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
@@ -94,19 +94,15 @@ class HistoryStore:
         except sqlite3.Error as exc:
             message = f"cannot be opened ({exc}); check that {path.parent} is writable"
             raise StateUnavailableError(path, message) from exc
+        remedy = (
+            f"move it aside (e.g. `mv {path} {path}.corrupt`) and start again: the gateway creates a new "
+            "history; the MES and the spool are not affected"
+        )
         try:
-            self._open_tables()
-        except sqlite3.Error as exc:
+            with translated(path, remedy):
+                self._open_tables()
+        except BaseException:
             self._db.close()
-            if is_disk_full(exc):
-                raise DiskFullError(path, str(exc)) from exc
-            remedy = (
-                f"move it aside (e.g. `mv {path} {path}.corrupt`) and start again: the gateway creates a new "
-                "history; the MES and the spool are not affected"
-            )
-            unusable = unusable_database(path, exc, remedy)
-            if unusable is not None:
-                raise unusable from exc
             raise
 
     def _open_tables(self) -> None:
