@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.bench_mes import wait_health
 from bench.figures import Figure, add_common_arguments, emit, progress
-from cmm_twin.gateway.historian.lineprotocol import measurement_body
+from cmm_twin.gateway.sinks.historian.lineprotocol import measurement_body
 from cmm_twin.physics.materials import MATERIALS
 from cmm_twin.physics.thermal import evaluate
 from cmm_twin.records import RecordBatch

@@ -25,7 +25,7 @@ import aiohttp
 
 from bench.bench_historian import make_rows
 from bench.figures import Figure, add_common_arguments, emit, progress
-from cmm_twin.gateway.historian.sqlite import HistoryStore
+from cmm_twin.gateway.sinks.historian.sqlite import HistoryStore
 from tests.gateway_harness import GatewayProcess, free_port
 
 LIMIT = 100_000

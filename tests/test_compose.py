@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from cmm_twin.gateway.config import load_config as load_gateway_config
-from cmm_twin.gateway.historian.lineprotocol import (
+from cmm_twin.gateway.sinks.historian.lineprotocol import (
     FIELD_KEYS,
     HEALTH_FIELD_KEYS,
     HEALTH_MEASUREMENT,

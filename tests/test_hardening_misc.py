@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cmm_twin.gateway.historian.lineprotocol import MEASUREMENT
-from cmm_twin.gateway.historian.sqlite import HistoryQuery, HistoryStore
+from cmm_twin.gateway.sinks.historian.lineprotocol import MEASUREMENT
+from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryStore
 from cmm_twin.mes.cli import load_config
 from cmm_twin.mes.server import MEASUREMENTS_PATH, create_app
 from cmm_twin.simulator.cli import main as simulator_main

@@ -35,13 +35,13 @@ from cryptography.hazmat.primitives import serialization
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway import web
 from cmm_twin.gateway.config import load_config
-from cmm_twin.gateway.historian.api import history_document, parse_history_params
-from cmm_twin.gateway.historian.lineprotocol import HEALTH_MEASUREMENT, HealthSample
-from cmm_twin.gateway.historian.sqlite import MAX_STREAMS, PAGE_ROWS, HistoryStore, SqliteHistorianSink
 from cmm_twin.gateway.limits import raise_open_file_limit
 from cmm_twin.gateway.metrics import GatewayMetrics
-from cmm_twin.gateway.page.feed import PageFeed
-from cmm_twin.gateway.sinks.opcua import LoginThrottle, OpcUaSettings, OpcUaSink, TrustList
+from cmm_twin.gateway.sinks.historian.api import history_document, parse_history_params
+from cmm_twin.gateway.sinks.historian.lineprotocol import HEALTH_MEASUREMENT, HealthSample
+from cmm_twin.gateway.sinks.historian.sqlite import MAX_STREAMS, PAGE_ROWS, HistoryStore, SqliteHistorianSink
+from cmm_twin.gateway.sinks.opcua.sink import LoginThrottle, OpcUaSettings, OpcUaSink, TrustList
+from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.physics.materials import MATERIALS
 from cmm_twin.physics.thermal import evaluate
@@ -507,7 +507,7 @@ async def opcua_sink(settings: OpcUaSettings) -> AsyncIterator[OpcUaSink]:
 async def test_repeated_wrong_passwords_are_throttled_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="cmm_twin.gateway.sinks.opcua")
+    caplog.set_level(logging.DEBUG, logger="cmm_twin.gateway.sinks.opcua.sink")
     settings = OpcUaSettings(
         endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/",
         state_dir=tmp_path / "state",
@@ -535,7 +535,7 @@ async def test_repeated_wrong_passwords_are_throttled_and_logged_once(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "cmm_twin.gateway.sinks.opcua" and r.levelno == logging.WARNING
+        if r.name == "cmm_twin.gateway.sinks.opcua.sink" and r.levelno == logging.WARNING
     ]
     refused = [w for w in warnings if "login refused from 127.0.0.1" in w]
     burst = [w for w in warnings if "failed logins from 127.0.0.1" in w]

@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 
 from cmm_twin.gateway.config import GatewayConfig
-from cmm_twin.gateway.historian.influx import InfluxSink
-from cmm_twin.gateway.historian.lineprotocol import FIELD_KEYS, TAG_KEYS, Precision, measurement_lines
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Retry
+from cmm_twin.gateway.sinks.historian.influx import InfluxSink
+from cmm_twin.gateway.sinks.historian.lineprotocol import FIELD_KEYS, TAG_KEYS, Precision, measurement_lines
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import (
     HEADER,

@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cmm_twin.gateway.historian import sqlite as sqlite_module
-from cmm_twin.gateway.historian.api import (
+from cmm_twin.gateway.sinks.base import Delivered
+from cmm_twin.gateway.sinks.historian import sqlite as sqlite_module
+from cmm_twin.gateway.sinks.historian.api import (
     DEFAULT_LIMIT,
     DEFAULT_SPAN_NS,
     HistoryParamError,
@@ -27,7 +28,7 @@ from cmm_twin.gateway.historian.api import (
     parse_history_params,
     parse_time_ns,
 )
-from cmm_twin.gateway.historian.lineprotocol import (
+from cmm_twin.gateway.sinks.historian.lineprotocol import (
     FIELD_KEYS,
     HEALTH_FIELD_KEYS,
     HEALTH_MEASUREMENT,
@@ -35,14 +36,13 @@ from cmm_twin.gateway.historian.lineprotocol import (
     TAG_KEYS,
     HealthSample,
 )
-from cmm_twin.gateway.historian.sqlite import (
+from cmm_twin.gateway.sinks.historian.sqlite import (
     NS_PER_DAY,
     HistoryQuery,
     HistoryResult,
     HistoryStore,
     SqliteHistorianSink,
 )
-from cmm_twin.gateway.sinks.base import Delivered
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import (
     HEADER,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from cmm_twin.gateway.historian.lineprotocol import (
+from cmm_twin.gateway.sinks.historian.lineprotocol import (
     FIELD_KEYS,
     HEALTH_FIELD_KEYS,
     HEALTH_MEASUREMENT,

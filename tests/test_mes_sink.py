@@ -19,7 +19,7 @@ from aiohttp import web
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Split
 from cmm_twin.gateway.sinks.http import parse_retry_after
-from cmm_twin.gateway.sinks.mes import classify
+from cmm_twin.gateway.sinks.mes.sink import classify
 from tests.gateway_harness import (
     HEADER,
     csv_row,

@@ -22,9 +22,9 @@ from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadUserAccessDenied, U
 from cryptography import x509
 
 from cmm_twin.errors import ConfigError
-from cmm_twin.gateway.sinks import opcua
 from cmm_twin.gateway.sinks.base import Delivered
-from cmm_twin.gateway.sinks.opcua import (
+from cmm_twin.gateway.sinks.opcua import sink as opcua
+from cmm_twin.gateway.sinks.opcua.sink import (
     APPLICATION_URI,
     NAMESPACE_URI,
     OpcUaSettings,
@@ -206,12 +206,12 @@ async def test_non_loopback_warns_and_fails_cleanly_when_address_is_not_local(
     # 192.0.2.1 (TEST-NET-1) is never a local address: binding fails locally, nothing is sent anywhere.
     endpoint = f"opc.tcp://192.0.2.1:{free_port()}/cmm-twin/"
     sink = OpcUaSink(OpcUaSettings(endpoint=endpoint, state_dir=tmp_path))
-    caplog.set_level(logging.WARNING, logger="cmm_twin.gateway.sinks.opcua")
+    caplog.set_level(logging.WARNING, logger="cmm_twin.gateway.sinks.opcua.sink")
     async with asyncio.timeout(TIMEOUT_S):
         with pytest.raises(OpcUaStartError) as err:
             await sink.open()
         await sink.close()
-    messages = [r.getMessage() for r in caplog.records if r.name == "cmm_twin.gateway.sinks.opcua"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cmm_twin.gateway.sinks.opcua.sink"]
     assert (
         f"anonymous access and the None policy are off: endpoint {endpoint} is not loopback; "
         "pass --opcua-allow-anonymous to allow them"

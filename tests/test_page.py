@@ -19,8 +19,8 @@ import pytest
 from yarl import URL
 
 from cmm_twin.gateway import web
-from cmm_twin.gateway.page.feed import PageFeed
-from cmm_twin.gateway.page.stream import MAX_CLIENTS
+from cmm_twin.gateway.sinks.page.feed import PageFeed
+from cmm_twin.gateway.sinks.page.stream import MAX_CLIENTS
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import HEADER, RecordingSink, csv_row, drop_file, gateway_config, running_gateway, wait_for
 

@@ -17,17 +17,17 @@ from typing import Any
 from cmm_twin import __version__
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.config import GatewayConfig
-from cmm_twin.gateway.historian.base import HistorianSink
-from cmm_twin.gateway.historian.lineprotocol import HealthSample
-from cmm_twin.gateway.historian.sqlite import SqliteHistorianSink
 from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.metrics import GatewayMetrics
-from cmm_twin.gateway.page.feed import PageFeed
 from cmm_twin.gateway.runner import DurableRunner, LiveRunner, RunnerSettings, wait_or_stop
 from cmm_twin.gateway.sinks.base import Sink
-from cmm_twin.gateway.sinks.mes import MesSink
-from cmm_twin.gateway.sinks.opcua import OpcUaSettings, OpcUaSink
+from cmm_twin.gateway.sinks.historian.base import HistorianSink
+from cmm_twin.gateway.sinks.historian.lineprotocol import HealthSample
+from cmm_twin.gateway.sinks.historian.sqlite import SqliteHistorianSink
+from cmm_twin.gateway.sinks.mes.sink import MesSink
+from cmm_twin.gateway.sinks.opcua.sink import OpcUaSettings, OpcUaSink
+from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.state import AsyncState, DiskFullError, StateStore, StateUnavailableError
 from cmm_twin.gateway.status import GatewayStatus, SinkStatus
 from cmm_twin.gateway.web import HttpServer, build_app
@@ -98,7 +98,7 @@ class Gateway:
             return SqliteHistorianSink(config.history_path, config.history_retention_days)
         if config.historian == "influx":
             # Imported only when used: influxdb-client costs about 16 MB of RSS.
-            from cmm_twin.gateway.historian.influx import InfluxSink  # noqa: PLC0415
+            from cmm_twin.gateway.sinks.historian.influx import InfluxSink  # noqa: PLC0415
 
             assert config.influx_url and config.influx_org and config.influx_bucket  # checked by load_config
             return InfluxSink.from_env(

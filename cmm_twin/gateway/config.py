@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cmm_twin.errors import ConfigError
-from cmm_twin.gateway.historian.lineprotocol import Precision
+from cmm_twin.gateway.sinks.historian.lineprotocol import Precision
 from cmm_twin.options import ConfigErrorParser, Option, parse_host, parse_log_level
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs

@@ -1,5 +1,5 @@
 """HTTP side of the gateway (aiohttp): /health, /metrics, /api/v1/history and the live page
-(`/`, `/static/{name}`, `/api/v1/events`, `/api/v1/rejects`; see `cmm_twin.gateway.page`)."""
+(`/`, `/static/{name}`, `/api/v1/events`, `/api/v1/rejects`; see `cmm_twin.gateway.sinks.page`)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cmm_twin.gateway.historian.api import (
+from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.sinks.historian.api import (
     STREAM_TAIL,
     HistoryParamError,
     PointsEncoder,
     parse_history_params,
     stream_head,
 )
-from cmm_twin.gateway.historian.sqlite import HistoryQuery, HistoryStream
-from cmm_twin.gateway.metrics import GatewayMetrics
-from cmm_twin.gateway.page.feed import PageFeed
-from cmm_twin.gateway.page.stream import add_page_routes
+from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryStream
+from cmm_twin.gateway.sinks.page.feed import PageFeed
+from cmm_twin.gateway.sinks.page.stream import add_page_routes
 from cmm_twin.gateway.status import GatewayStatus
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cmm_twin.gateway.page.rejects import RejectsReader
 from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
+from cmm_twin.gateway.sinks.page.rejects import RejectsReader
 from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch

@@ -22,9 +22,9 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from cmm_twin.gateway.historian.base import HistorianSink
-from cmm_twin.gateway.historian.lineprotocol import Precision, health_line, measurement_body
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
+from cmm_twin.gateway.sinks.historian.base import HistorianSink
+from cmm_twin.gateway.sinks.historian.lineprotocol import Precision, health_line, measurement_body
 from cmm_twin.gateway.sinks.http import classify_answer, parse_retry_after, short_text
 from cmm_twin.records import RecordBatch
 

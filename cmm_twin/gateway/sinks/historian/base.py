@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from cmm_twin.gateway.historian.lineprotocol import FIELD_KEYS, TAG_KEYS, HealthSample
 from cmm_twin.gateway.sinks.base import Sink
+from cmm_twin.gateway.sinks.historian.lineprotocol import FIELD_KEYS, TAG_KEYS, HealthSample
 
 log = logging.getLogger(__name__)
 

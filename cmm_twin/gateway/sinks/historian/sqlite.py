@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cmm_twin.gateway.historian.base import HistorianSink
-from cmm_twin.gateway.historian.lineprotocol import (
+from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
+from cmm_twin.gateway.sinks.historian.base import HistorianSink
+from cmm_twin.gateway.sinks.historian.lineprotocol import (
     FIELD_KEYS,
     HEALTH_FIELD_KEYS,
     HEALTH_MEASUREMENT,
@@ -36,7 +37,6 @@ from cmm_twin.gateway.historian.lineprotocol import (
     TAG_KEYS,
     HealthSample,
 )
-from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
 from cmm_twin.gateway.state import DiskFullError, StateUnavailableError, is_disk_full, translated
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch

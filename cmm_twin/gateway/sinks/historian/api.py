@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from cmm_twin.errors import CmmTwinError
-from cmm_twin.gateway.historian.lineprotocol import MEASUREMENT
-from cmm_twin.gateway.historian.sqlite import MEASUREMENT_FIELDS, MEASUREMENT_TAGS, HistoryQuery, HistoryResult
+from cmm_twin.gateway.sinks.historian.lineprotocol import MEASUREMENT
+from cmm_twin.gateway.sinks.historian.sqlite import MEASUREMENT_FIELDS, MEASUREMENT_TAGS, HistoryQuery, HistoryResult
 
 DEFAULT_SPAN_NS = 3600 * 10**9
 DEFAULT_LIMIT = 10_000
