@@ -36,7 +36,7 @@ from cmm_twin.gateway.sinks.opcua.sink import (
     select_policies,
     unece_unit_id,
 )
-from cmm_twin.gateway.status import GatewayStatus, SinkStatus
+from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
@@ -287,7 +287,7 @@ async def test_gateway_object(tmp_path: Path) -> None:
         status = GatewayStatus(
             files_processed=3,
             rows_rejected=2,
-            sinks={"mes": SinkStatus(state="connected", buffer_depth=5, oldest_age_s=12.34)},
+            sinks={"mes": SinkStatus(state=SinkState.CONNECTED, buffer_depth=5, oldest_age_s=12.34)},
         )
         await sink.update_gateway(status)
         ns = await client.get_namespace_index(NAMESPACE_URI)
@@ -309,7 +309,7 @@ async def test_gateway_object(tmp_path: Path) -> None:
         await sink.update_gateway(status)  # nothing changed: nothing written
         assert (await read("FilesProcessed")).ServerTimestamp == before.ServerTimestamp
         status.files_processed = 4
-        status.sinks["mes"].state = "buffering"
+        status.sinks["mes"].state = SinkState.BUFFERING
         await sink.update_gateway(status)
         assert value_of(await read("FilesProcessed")) == 4
         assert value_of(await read("MesConnected")) is False

@@ -29,7 +29,7 @@ from cmm_twin.gateway.sinks.mes.sink import MesSink
 from cmm_twin.gateway.sinks.opcua.sink import OpcUaSettings, OpcUaSink
 from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.state import AsyncState, DiskFullError, StateStore, StateUnavailableError
-from cmm_twin.gateway.status import GatewayStatus, SinkStatus
+from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
 from cmm_twin.gateway.web import HttpServer, build_app
 from cmm_twin.records import RecordBatch
 
@@ -133,7 +133,7 @@ class Gateway:
                 except (StateUnavailableError, DiskFullError):
                     raise  # a local database the gateway owns: one line naming the file, exit 2
                 except Exception as exc:
-                    self.status.sinks[sink.name].state = "failed"
+                    self.status.sinks[sink.name].state = SinkState.FAILED
                     self.status.sinks[sink.name].last_error = str(exc)
                     log.error("sink %s could not start: %s (/health answers 503)", sink.name, exc)
                     continue

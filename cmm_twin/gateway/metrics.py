@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cmm_twin.gateway.status import GatewayStatus
+from cmm_twin.gateway.status import GatewayStatus, SinkState
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 
@@ -28,7 +28,7 @@ class _StatusCollector(Collector):
         for name, sink in self.status.sinks.items():
             depth.add_metric([name], sink.buffer_depth)
             age.add_metric([name], sink.oldest_age_s)
-            up.add_metric([name], 1.0 if sink.state == "connected" else 0.0)
+            up.add_metric([name], 1.0 if sink.state is SinkState.CONNECTED else 0.0)
         yield depth
         yield age
         yield up

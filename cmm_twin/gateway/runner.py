@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
 from cmm_twin.gateway.state import AsyncState, DiskFullError, is_disk_full
-from cmm_twin.gateway.status import GatewayStatus, SinkStatus
+from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class DurableRunner:
         if not self._outage and self._refused_reason is None:
             reachable = await self.sink.ping()
             if reachable is not None:
-                self.status.state = "connected" if reachable else "disconnected"
+                self.status.state = SinkState.CONNECTED if reachable else SinkState.DISCONNECTED
         await wait_or_stop(stop, IDLE_PING_S, self.new_data)
 
     async def refresh_status(self) -> None:
@@ -280,7 +280,7 @@ class DurableRunner:
                             self.status.buffer_depth,
                         )
                     self._refused_reason = reason
-                    self.status.state = "refused"
+                    self.status.state = SinkState.REFUSED
                     self.status.last_error = reason
                     await wait_or_stop(stop, self.settings.backoff_max_s)
                     if stop.is_set():
@@ -302,7 +302,7 @@ class DurableRunner:
         if not self._outage:
             self._outage = True
             log.warning("Network Lost! Buffering... (%s: %s)", self.sink.name, reason)
-        self.status.state = "buffering"
+        self.status.state = SinkState.BUFFERING
         self.status.last_error = reason
 
     def _recovered(self, batch_len: int) -> None:
@@ -312,7 +312,7 @@ class DurableRunner:
             self._outage = False
             self._flush_started = time.monotonic()
             log.info("Flushing buffer... (%s: %d records buffered)", self.sink.name, self.status.buffer_depth)
-        self.status.state = "connected"
+        self.status.state = SinkState.CONNECTED
         self.status.last_error = None
 
     async def _backoff(self, stop: asyncio.Event, retry_after_s: float | None) -> bool:
@@ -424,7 +424,7 @@ class LiveRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write queued batches until `stop` is set, then write what is queued and return."""
-        self.status.state = "connected"
+        self.status.state = SinkState.CONNECTED
         while not (stop.is_set() and self.queue.empty()):
             if self.queue.empty():
                 getter = asyncio.ensure_future(self.queue.get())

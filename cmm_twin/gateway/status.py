@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,11 +10,32 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 
+class SinkState(enum.StrEnum):
+    """What a sink is doing now, as /health, /metrics and the page show it. Every value it takes:"""
+
+    STARTING = "starting"
+    """Not open yet: its runner is opening it (the first attempt)."""
+    FAILED = "failed"
+    """`open` failed (e.g. the OPC UA port is taken). The runner retries with backoff; meanwhile
+    /health answers 503, and a durable sink's records stay spooled."""
+    CONNECTED = "connected"
+    """Open and delivering; for a durable sink, its last write or idle ping reached the receiver."""
+    DISCONNECTED = "disconnected"
+    """Idle, and the idle ping did not reach the receiver (nothing is waiting to be sent)."""
+    BUFFERING = "buffering"
+    """A write failed transiently (outage, timeout, 5xx): records stay spooled and are retried."""
+    REFUSED = "refused"
+    """The receiver refuses the gateway (401/403, wrong organisation or bucket): forwarding stopped,
+    the data stays spooled, retried every `backoff_max_s` until the configuration is fixed."""
+    CLOSED = "closed"
+    """Closed at shutdown."""
+
+
 @dataclass
 class SinkStatus:
-    """State of one sink: `starting`, `connected`, `buffering` (outage), `refused` or `closed`."""
+    """The live figures of one sink (see `SinkState` for its states)."""
 
-    state: str = "starting"
+    state: SinkState = SinkState.STARTING
     buffer_depth: int = 0
     oldest_age_s: float = 0.0
     rows_out: int = 0
@@ -77,4 +99,4 @@ class GatewayStatus:
     def connected(self, sink_name: str) -> bool:
         """True when the named sink exists and is delivering."""
         sink = self.sinks.get(sink_name)
-        return sink is not None and sink.state == "connected"
+        return sink is not None and sink.state is SinkState.CONNECTED

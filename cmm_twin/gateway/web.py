@@ -28,7 +28,7 @@ from cmm_twin.gateway.sinks.historian.api import (
 from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryStream
 from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.sinks.page.stream import add_page_routes
-from cmm_twin.gateway.status import GatewayStatus
+from cmm_twin.gateway.status import GatewayStatus, SinkState
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[
     """The /health JSON and its HTTP status: 503 when a sink failed to start, else 200.
     `disk_full` is true while the gateway's own writes fail for lack of space (intake is paused
     then, and `disk_full_in` says what waits for space)."""
-    failed = [name for name, sink in status.sinks.items() if sink.state == "failed"]
+    failed = [name for name, sink in status.sinks.items() if sink.state is SinkState.FAILED]
     body: dict[str, Any] = {
         "status": "failed" if failed else "ok",
         "uptime_s": round(status.uptime_s, 3),

@@ -1,17 +1,36 @@
-"""The sink interface and the outcomes a sink reports (DESIGN.md section 7).
+"""The sink interface and the outcomes a sink reports (docs/architecture.md, "Sinks").
 
 Shaped after Telegraf's output plugins and Vector's acknowledgements: a sink only opens, writes a
 batch and classifies the outcome, and closes. One runner (`cmm_twin.gateway.runner`) owns
-batching, ordering, buffering, backoff, dead-lettering and acknowledgement.
+opening (retried with backoff when it fails), batching, ordering, buffering, backoff,
+dead-lettering and acknowledgement. Gateway health reaches a sink through the same runner
+(`health_interval_s`, `write_health`): no sink is called from anywhere else.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
+from cmm_twin.errors import CmmTwinError
+from cmm_twin.gateway.health import GatewayHealth
+from cmm_twin.gateway.status import SinkState
 from cmm_twin.records import RecordBatch
+
+__all__ = [
+    "Delivered",
+    "Refused",
+    "Rejected",
+    "Retry",
+    "Sink",
+    "SinkStartError",
+    "SinkState",
+    "Split",
+    "WriteOutcome",
+]
 
 
 @dataclass(frozen=True)
@@ -58,11 +77,19 @@ class Refused:
 WriteOutcome = Delivered | Retry | Split | Rejected | Refused
 
 
+class SinkStartError(CmmTwinError):
+    """`open` failed in a way worth retrying (a port taken, a server not up yet); the message says
+    what. Any other exception from `open` is retried the same way; this one is logged without a
+    traceback."""
+
+
 class Sink(abc.ABC):
     """A destination of result records.
 
     Contract (the runner keeps it, implementations rely on it):
-    - `open` is awaited once before any `write`; if it raises, the sink is not used.
+    - `open` is awaited before any `write`. If it raises, the sink's state is `failed` (/health
+      answers 503) and the runner calls `open` again with backoff until it succeeds, so a failed
+      `open` must leave nothing half-started behind.
     - `write` is never called concurrently with itself, and never after `close`; `prepare` may run
       on another thread at any time between `open` and `close`.
     - `write` classifies what happened and returns an outcome; it raises only for bugs (the
@@ -70,7 +97,11 @@ class Sink(abc.ABC):
     - A durable sink returns `Delivered` only when the receiver holds the records for good; the
       runner then acknowledges them in the spool, so a crash before that re-sends them
       (at-least-once, de-duplicated downstream by `measurement_id`).
-    - `close` is awaited once, also after a failed write, and must not raise.
+    - `close` is awaited once after a successful `open`, also after a failed write, and must not
+      raise.
+    - `write_health` is called only when `health_interval_s` is set, never concurrently with
+      `write`, with the gateway's health samples oldest first (a live sink gets the newest one).
+    - `add_routes` is called once, before `open`, while the HTTP application is built.
     """
 
     name: str = "sink"
@@ -79,6 +110,12 @@ class Sink(abc.ABC):
     columns: tuple[str, ...] | None = None
     """The record columns `write` uses (None: all); the runner reads only these from the spool
     and leaves the others blank."""
+    batch_size: int | None = None
+    """Records per `write` for a durable sink (None: the gateway's `[sinks] batch_size`)."""
+    health_interval_s: float | None = None
+    """Seconds between the gateway health samples this sink wants (None: none)."""
+    live_queue_batches: int = 2
+    """For a live sink: batches its runner holds before it drops the oldest (see `superseded`)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -98,6 +135,25 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release every resource; never raises."""
+
+    async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
+        """Deliver gateway health samples, oldest first. A durable sink's runner forgets them only
+        on `Delivered` and offers them again later otherwise. The default ignores them."""
+        return Delivered()
+
+    def superseded(self, batch: RecordBatch) -> None:
+        """For a live sink: `batch` was dropped unwritten by its runner under load (newer records
+        supersede it). A sink that keeps totals counts it here; the default does nothing."""
+        return
+
+    def add_routes(self, app: web.Application) -> None:
+        """Serve HTTP routes of this sink from the gateway's application (the page, the history
+        API); the default serves none."""
+        return
+
+    def describe(self) -> str | None:
+        """One line for the start-up log (e.g. an endpoint and its security), or None."""
+        return None
 
     async def ping(self) -> bool | None:
         """Whether the receiver is reachable, asked while idle to show connectivity; None when

@@ -1,0 +1,27 @@
+"""The MES sink plugin: result records POSTed to the plant's MES, durable (store-and-forward).
+
+On when `--mes-url` is given; the bearer token comes only from MES_TOKEN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from cmm_twin.gateway.sinks.plugin import SinkPlugin
+
+if TYPE_CHECKING:
+    from cmm_twin.gateway.config import GatewayConfig
+    from cmm_twin.gateway.sinks.base import Sink
+
+
+def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
+    """The MES sink, or None without `--mes-url`."""
+    if config.mes_url is None:
+        return None
+    from cmm_twin.gateway.sinks.mes.sink import MesSink  # noqa: PLC0415
+
+    return MesSink.from_env(config.mes_url, environ)
+
+
+PLUGIN = SinkPlugin(name="mes", build=build)

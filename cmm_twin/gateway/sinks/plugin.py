@@ -1,0 +1,33 @@
+"""What a sink plugin declares, and the registry of them (docs/architecture.md, "Adding a sink").
+
+A plugin is a folder `cmm_twin/gateway/sinks/<name>/` whose `__init__.py` defines
+`PLUGIN = SinkPlugin(...)`: its name, the command-line options it adds (each also an environment
+variable and a TOML key, resolved and validated with the gateway's own), and `build`, which makes
+the sink from the validated configuration (or returns None when the sink is off). The gateway
+builds every registered plugin in registry order; it knows sinks only through `Sink`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cmm_twin.options import Option
+
+if TYPE_CHECKING:
+    from cmm_twin.gateway.config import GatewayConfig
+    from cmm_twin.gateway.sinks.base import Sink
+
+SinkBuilder = Callable[["GatewayConfig", Mapping[str, str]], "Sink | None"]
+"""Makes a sink from the validated configuration and the environment (secrets come only from
+there); None when the configuration leaves the sink off. Raises ConfigError for a bad setting."""
+
+
+@dataclass(frozen=True)
+class SinkPlugin:
+    """One sink plugin: its name, its options and how to build it."""
+
+    name: str
+    build: SinkBuilder
+    options: tuple[Option, ...] = ()
