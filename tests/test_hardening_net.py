@@ -68,7 +68,7 @@ DEADLINE_S = 60.0
 async def http_server(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[web.HttpServer, GatewayStatus]]:
     """The gateway's real HTTP app (with the live page) on 127.0.0.1, any free port."""
     status = GatewayStatus()
-    app = web.build_app(status, GatewayMetrics(status), dict, page=PageFeed(tmp_path / "quarantine"))
+    app = web.build_app(status, GatewayMetrics(status), dict, [PageFeed(tmp_path / "quarantine")])
     server = web.HttpServer(app, "127.0.0.1", 0, **options)
     await server.start()
     try:
@@ -443,7 +443,8 @@ async def test_concurrent_history_answers_are_streamed_complete_and_capped(tmp_p
         {"since": since, "until": until, "measurement": HEALTH_MEASUREMENT, "limit": "7"},
     ] * 3
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as session:
-        assert isinstance(gateway.historian, SqliteHistorianSink)
+        historian = gateway.sink("historian")
+        assert isinstance(historian, SqliteHistorianSink)
         url = f"http://127.0.0.1:{gateway.http_port}/api/v1/history"
 
         async def fetch(params: dict[str, str]) -> Any:
@@ -460,7 +461,7 @@ async def test_concurrent_history_answers_are_streamed_complete_and_capped(tmp_p
                 assert answer == json.loads(json.dumps(history_document(q, reference.query(q)))), params
         finally:
             reference.close()
-        streams = gateway.historian.streams
+        streams = historian.streams
         assert 1 <= streams.peak <= MAX_STREAMS
         assert streams.active == 0
     assert answers[0]["count"] == 12_000 and answers[0]["truncated"] is False

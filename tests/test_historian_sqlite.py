@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Delivered
 from cmm_twin.gateway.sinks.historian import sqlite as sqlite_module
 from cmm_twin.gateway.sinks.historian.api import (
@@ -43,6 +44,7 @@ from cmm_twin.gateway.sinks.historian.sqlite import (
     HistoryStore,
     SqliteHistorianSink,
 )
+from cmm_twin.gateway.status import SinkState
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import (
     HEADER,
@@ -252,30 +254,25 @@ async def sink(db_path: Path) -> AsyncIterator[SqliteHistorianSink]:
     await historian.close()
 
 
-async def test_sink_writes_batches_with_the_waiting_health_samples(sink: SqliteHistorianSink) -> None:
+async def test_sink_writes_batches_and_health_samples(sink: SqliteHistorianSink) -> None:
     assert sink.name == "historian"
     assert sink.durable is True
-    sink.offer_health(HealthSample(T0_NS, 3, False, True, 0, 0))
     assert await sink.write(batch_of(ROWS)) == Delivered()
-    assert sink.pending_health() == []
-    history = await sink.query(all_of(HEALTH_MEASUREMENT))
-    assert history.time_ns == [T0_NS]
-    assert history.fields["buffer_depth"] == [3]
     assert (await sink.query(all_of())).fields["measured_mm"] == [100.0118, 50.0, 25.0031]
-
-
-async def test_sink_ping_writes_the_waiting_health_samples(sink: SqliteHistorianSink) -> None:
-    assert await sink.ping() is True  # nothing waiting: reachable, nothing written
+    assert await sink.ping() is True  # the store is local: reachable while open
     assert (await sink.query(all_of(HEALTH_MEASUREMENT))).time_ns == []
-    sink.offer_health(HealthSample(T0_NS, 1, True, True, 1, 0))
-    sink.offer_health(HealthSample(T0_NS + 1, 0, True, True, 2, 0))
-    assert len(sink.pending_health()) == 2
-    assert await sink.ping() is True
-    assert sink.pending_health() == []
+    states = {"mes": SinkState.CONNECTED, "historian": SinkState.CONNECTED}
+    samples = [
+        GatewayHealth(T0_NS, 3, 0.0, 1, 3, 0, states),
+        GatewayHealth(T0_NS + 1, 0, 0.0, 2, 3, 0, {"historian": SinkState.BUFFERING}),
+    ]
+    assert await sink.write_health(samples) == Delivered()
     result = await sink.query(all_of(HEALTH_MEASUREMENT))
     assert result.time_ns == [T0_NS, T0_NS + 1]
+    assert result.fields["buffer_depth"] == [3, 0]
     assert result.fields["files_processed"] == [1, 2]
-    assert (await sink.query(all_of())).time_ns == []
+    assert result.fields["mes_connected"] == [1, 0]
+    assert result.fields["historian_connected"] == [1, 0]
 
 
 async def test_closed_sink_is_unreachable_and_does_not_answer_queries(db_path: Path) -> None:
@@ -619,7 +616,7 @@ async def test_gateway_serves_the_history_over_http(tmp_path: Path) -> None:
 async def test_history_endpoint_is_404_without_the_embedded_historian(tmp_path: Path) -> None:
     config = gateway_config(tmp_path, historian="none")
     async with running_gateway(config) as gateway, aiohttp.ClientSession() as session:
-        assert gateway.historian is None
+        assert gateway.sink("historian") is None
         status, body = await get_json(session, f"http://127.0.0.1:{gateway.http_port}/api/v1/history")
         assert status == 404
         assert "error" in body

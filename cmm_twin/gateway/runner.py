@@ -1,5 +1,5 @@
-"""The sink runner: the one place that owns batching, ordering, buffering, backoff,
-dead-lettering and acknowledgement (DESIGN.md sections 5 and 7).
+"""The sink runners: the one place that owns opening, batching, ordering, buffering, backoff,
+dead-lettering and acknowledgement (docs/architecture.md, "Delivery guarantees").
 
 - `DurableRunner` feeds a durable sink (MES, historian) from the spool in `state/`: it reads a
   bounded page of records into an in-memory deque, sends them in order in batches, retries with
@@ -8,10 +8,12 @@ dead-lettering and acknowledgement (DESIGN.md sections 5 and 7).
   spool only when the sink reports `Delivered`. Memory stays bounded whatever the backlog.
   When the disk is full (the acknowledgement, a dead-letter line or the sink's own store cannot
   be written), it says so once through `GatewayStatus.disk_full_begin` and retries with backoff:
-  a failed acknowledgement leaves the cursor where it was, so nothing is skipped.
-- `LiveRunner` feeds a live sink (OPC UA tags) straight from the pipeline through a bounded queue.
-  When the queue is full it drops the OLDEST batch on purpose: a tag shows the newest measurement,
-  so an older value is superseded anyway; the drop is counted.
+  a failed acknowledgement leaves the cursor where it was, so nothing is skipped. Gateway health
+  samples wait in a bounded queue and are written between batches or while idle, and forgotten
+  only once the receiver holds them.
+- `LiveRunner` (`cmm_twin.gateway.live_runner`) feeds a live sink (OPC UA tags, the page).
+
+Both open their sink through a `SinkOpener`, which retries a sink that fails to open.
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from cmm_twin.gateway.health import GatewayHealth
+from cmm_twin.gateway.live_runner import LiveRunner
+from cmm_twin.gateway.sink_lifecycle import SinkOpener
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
 from cmm_twin.gateway.state import AsyncState, DiskFullError, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
 from cmm_twin.records import RecordBatch
+
+__all__ = ["DurableRunner", "LiveRunner", "RunnerSettings", "wait_or_stop"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ IDLE_PING_S = 1.0
 DISK_RETRY_MIN_S = 0.5
 DISK_RETRY_MAX_S = 5.0
 """Backoff of a write retried because the disk is full (space is freed by a person: seconds matter)."""
+MAX_HEALTH_SAMPLES = 20_000
+"""Health samples a durable runner keeps while its receiver is away: about 28 hours at 5 s. Past
+it the oldest is dropped (counted): a newer sample supersedes it for health anyway."""
 
 
 class _DiskFull(NamedTuple):
@@ -94,8 +104,11 @@ class DurableRunner:
         new_data: asyncio.Event,
         on_delivered: Callable[[str, RecordBatch], None] | None = None,
         gateway_status: GatewayStatus | None = None,
+        opener: SinkOpener | None = None,
     ) -> None:
         self.sink = sink
+        self.opener = opener
+        """Opens the sink first (retrying) when given; None: the sink is open already."""
         self.on_delivered = on_delivered
         self.gateway_status = gateway_status if gateway_status is not None else GatewayStatus()
         """Where a full disk is reported (its own instance when the runner runs alone)."""
@@ -110,11 +123,23 @@ class DurableRunner:
         self._refused_reason: str | None = None
         self._attempt = 0
         self.dead_lettered = 0
+        self.health: deque[GatewayHealth] = deque(maxlen=MAX_HEALTH_SAMPLES)
+        """Health samples offered and not yet held by the receiver, oldest first."""
+        self.health_dropped = 0
+        self._health_error: str | None = None
+
+    def offer_health(self, sample: GatewayHealth) -> None:
+        """Queue a health sample for the sink (written between batches or while idle)."""
+        if len(self.health) == self.health.maxlen:
+            self.health_dropped += 1
+        self.health.append(sample)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; a batch in hand is finished or left spooled, never lost."""
         store = self.state.store
         name = self.sink.name
+        if self.opener is not None and not await self.opener.open_retrying(stop):
+            return  # stopping before the sink ever opened: everything stays spooled
         read_seq = await self.state.call(store.acked_seq, name)
         await self.refresh_status()
         # The spool read (and the sink's encoding) of the next page and the acknowledgement of
@@ -156,6 +181,8 @@ class DurableRunner:
                 self.status.rows_out += len(batch)
                 if self.on_delivered is not None:
                     self.on_delivered(name, batch)
+                if self.health:
+                    await self._write_health()
                 if time.monotonic() - refreshed > STATUS_REFRESH_S:
                     await self.refresh_status()
                     refreshed = time.monotonic()
@@ -196,10 +223,46 @@ class DurableRunner:
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait for new records; meanwhile ask the sink whether its receiver is reachable."""
         if not self._outage and self._refused_reason is None:
-            reachable = await self.sink.ping()
+            # Written health proves the receiver reachable; otherwise (none, or not written) ask.
+            reachable = True if self.health and await self._write_health() else await self.sink.ping()
             if reachable is not None:
                 self.status.state = SinkState.CONNECTED if reachable else SinkState.DISCONNECTED
         await wait_or_stop(stop, IDLE_PING_S, self.new_data)
+
+    async def _write_health(self) -> bool:
+        """Write the waiting health samples; True when the receiver holds them (they are then
+        forgotten; otherwise they wait for the next batch or idle moment)."""
+        samples = list(self.health)
+        try:
+            outcome = await self.sink.write_health(samples)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._health_failed(str(exc) if is_disk_full(exc) else f"unexpected error: {exc!r}")
+            return False
+        match outcome:
+            case Delivered():
+                self._forget_health(samples[-1].timestamp_ns)
+                self._health_error = None
+                return True
+            case Rejected(invalid=invalid):
+                reason = next(iter(invalid.values()), "rejected without a reason")
+                log.warning("%s refused %d health samples: %s", self.sink.name, len(samples), reason)
+                self._forget_health(samples[-1].timestamp_ns)
+                return True
+            case Retry(reason=reason) | Split(reason=reason) | Refused(reason=reason):
+                self._health_failed(reason)
+        return False
+
+    def _health_failed(self, reason: str) -> None:
+        if reason != self._health_error:
+            log.warning("%s: health samples not written (%s); kept for the next attempt", self.sink.name, reason)
+        self._health_error = reason
+
+    def _forget_health(self, newest_ns: int) -> None:
+        """Forget the samples up to `newest_ns` (others may have arrived during the write)."""
+        while self.health and self.health[0].timestamp_ns <= newest_ns:
+            self.health.popleft()
 
     async def refresh_status(self) -> None:
         """Update buffer depth and oldest age from the spool."""
@@ -396,53 +459,3 @@ def _append_lines(path: Path, lines: list[str]) -> None:
             raise
     finally:
         os.close(fd)
-
-
-class LiveRunner:
-    """Feeds a live sink from a bounded queue; drops the oldest batch when full (see module doc)."""
-
-    def __init__(
-        self,
-        sink: Sink,
-        status: SinkStatus,
-        max_batches: int = 2,
-        on_delivered: Callable[[str, RecordBatch], None] | None = None,
-    ) -> None:
-        self.sink = sink
-        self.on_delivered = on_delivered
-        self.status = status
-        self.queue: asyncio.Queue[RecordBatch] = asyncio.Queue(maxsize=max_batches)
-        self.dropped_batches = 0
-
-    def offer(self, batch: RecordBatch) -> None:
-        """Queue `batch` without waiting; when full, the oldest queued batch makes room."""
-        if self.queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
-                self.dropped_batches += 1
-        self.queue.put_nowait(batch)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Write queued batches until `stop` is set, then write what is queued and return."""
-        self.status.state = SinkState.CONNECTED
-        while not (stop.is_set() and self.queue.empty()):
-            if self.queue.empty():
-                getter = asyncio.ensure_future(self.queue.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if not getter.done():
-                    getter.cancel()
-                    continue
-                batch = getter.result()
-            else:
-                batch = self.queue.get_nowait()
-            try:
-                await self.sink.write(batch)
-                self.status.rows_out += len(batch)
-                if self.on_delivered is not None:
-                    self.on_delivered(self.sink.name, batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: write failed; the values of this batch are skipped", self.sink.name)

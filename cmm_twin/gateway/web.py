@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.historian.api import (
     STREAM_TAIL,
     HistoryParamError,
@@ -26,8 +27,6 @@ from cmm_twin.gateway.sinks.historian.api import (
     stream_head,
 )
 from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryStream
-from cmm_twin.gateway.sinks.page.feed import PageFeed
-from cmm_twin.gateway.sinks.page.stream import add_page_routes
 from cmm_twin.gateway.status import GatewayStatus, SinkState
 
 log = logging.getLogger(__name__)
@@ -36,9 +35,13 @@ STATUS_KEY = web.AppKey("status", GatewayStatus)
 METRICS_KEY = web.AppKey("metrics", GatewayMetrics)
 ExtraHealth = Callable[[], dict[str, Any]]
 EXTRA_KEY: web.AppKey[ExtraHealth] = web.AppKey("extra")
+HealthDocument = Callable[[], dict[str, Any]]
+HEALTH_DOC_KEY: web.AppKey[HealthDocument] = web.AppKey("health_document")
+"""Reads the /health document (for sinks serving it in their own way, like the page)."""
 HistoryOpener = Callable[[HistoryQuery], AbstractAsyncContextManager[HistoryStream]]
 """Opens a streamed history query (`SqliteHistorianSink.stream`)."""
-HISTORY_KEY: web.AppKey[HistoryOpener | None] = web.AppKey("history")
+HISTORY_KEY: web.AppKey[HistoryOpener] = web.AppKey("history")
+"""Set by the sink that answers /api/v1/history (the embedded historian); absent: 404."""
 HISTORY_WRITE_TIMEOUT_S = 30.0
 """A history client that takes no data this long is dropped (its snapshot and slot are freed)."""
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -97,7 +100,7 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _history(request: web.Request) -> web.StreamResponse:
     """The history answer, streamed: read and encoded a page at a time from one snapshot, so a big
     answer costs a page of memory and never holds up the event loop (see SqliteHistorianSink.stream)."""
-    opener = request.app[HISTORY_KEY]
+    opener = request.app.get(HISTORY_KEY)
     if opener is None:
         return web.json_response(
             {"error": "no embedded historian: this gateway runs with --historian influx or none"}, status=404
@@ -139,21 +142,19 @@ def build_app(
     status: GatewayStatus,
     metrics: GatewayMetrics,
     extra: Callable[[], dict[str, Any]],
-    history: HistoryOpener | None = None,
-    page: PageFeed | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> web.Application:
-    """The aiohttp application serving the gateway's HTTP API (history only with an opener of
-    streamed queries, the live page only with its feed)."""
+    """The aiohttp application serving the gateway's HTTP API, with the routes each sink adds."""
     app = web.Application()
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
     app[EXTRA_KEY] = extra
-    app[HISTORY_KEY] = history
+    app[HEALTH_DOC_KEY] = lambda: health_document(status, extra())[0]
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/v1/history", _history)
-    if page is not None:
-        add_page_routes(app, page, lambda: health_document(status, extra())[0], history is not None)
+    for sink in sinks:
+        sink.add_routes(app)
     return app
 
 

@@ -1,25 +1,21 @@
-"""What the two historian sinks share: the sink name and the queue of `gateway_health` samples.
+"""What the two historian sinks share: the sink name, the columns they store and how a gateway
+health sample becomes a `gateway_health` point.
 
-The gateway takes a health sample every few seconds (`offer_health`). A historian sends the
-waiting samples with its next batch of measurements, or on its own while idle, and forgets them
-only once the receiver holds them, so the buffer's rise and fall during an outage of the
-historian itself is written when it comes back. The queue is bounded: past `max_samples` the
-oldest sample is dropped (counted), as a newer sample supersedes it for health anyway.
+Health samples reach a historian from its runner (`write_health`), which keeps them in a bounded
+queue until the receiver holds them, so the buffer's rise and fall during an outage of the
+historian itself is written when it comes back.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import deque
+from collections.abc import Sequence
 
+from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.historian.lineprotocol import FIELD_KEYS, TAG_KEYS, HealthSample
 
-log = logging.getLogger(__name__)
-
 HISTORIAN_SINK_NAME = "historian"
-MAX_HEALTH_SAMPLES = 20_000
-"""About 28 hours of samples at the default 5 s interval."""
+MES_SINK_NAME = "mes"
 
 
 class HistorianSink(Sink):
@@ -29,24 +25,17 @@ class HistorianSink(Sink):
     durable = True
     columns = ("timestamp_ns", *TAG_KEYS, *FIELD_KEYS)
 
-    def __init__(self, max_samples: int = MAX_HEALTH_SAMPLES) -> None:
-        self._health: deque[HealthSample] = deque(maxlen=max_samples)
-        self.health_dropped = 0
 
-    def offer_health(self, sample: HealthSample) -> None:
-        """Queue a health sample to be written with the next write (or ping)."""
-        if len(self._health) == self._health.maxlen:
-            self.health_dropped += 1
-        self._health.append(sample)
-
-    def pending_health(self) -> list[HealthSample]:
-        """The samples waiting to be written, oldest first."""
-        return list(self._health)
-
-    def health_written(self, samples: list[HealthSample]) -> None:
-        """Forget `samples` (a prefix of what `pending_health` returned) once the receiver holds them."""
-        if not samples:
-            return
-        newest_ns = samples[-1].timestamp_ns
-        while self._health and self._health[0].timestamp_ns <= newest_ns:
-            self._health.popleft()
+def health_points(samples: Sequence[GatewayHealth]) -> list[HealthSample]:
+    """The `gateway_health` points of `samples`, in order."""
+    return [
+        HealthSample(
+            timestamp_ns=s.timestamp_ns,
+            buffer_depth=s.buffer_depth,
+            mes_connected=s.connected(MES_SINK_NAME),
+            historian_connected=s.connected(HISTORIAN_SINK_NAME),
+            files_processed=s.files_processed,
+            rows_rejected=s.rows_rejected,
+        )
+        for s in samples
+    ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import aiohttp
@@ -22,8 +22,9 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
+from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
-from cmm_twin.gateway.sinks.historian.base import HistorianSink
+from cmm_twin.gateway.sinks.historian.base import HistorianSink, health_points
 from cmm_twin.gateway.sinks.historian.lineprotocol import Precision, health_line, measurement_body
 from cmm_twin.gateway.sinks.http import classify_answer, parse_retry_after, short_text
 from cmm_twin.records import RecordBatch
@@ -95,15 +96,19 @@ class InfluxSink(HistorianSink):
         return measurement_body(batch, self.precision)
 
     async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
-        """Write `batch` (and waiting health samples) as one line-protocol request."""
-        assert self._write_api is not None, "write() before open()"
-        health = self.pending_health()
+        """Write `batch` as one line-protocol request and classify InfluxDB's answer."""
         body = prepared if isinstance(prepared, bytes) else self.prepare(batch)
-        parts = [body] if body else []
-        parts += [health_line(s, self.precision).encode() for s in health]
-        if not parts:
+        return await self._post(body, len(batch))
+
+    async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
+        """Write `gateway_health` points as one request, classified as `write` is."""
+        lines = [health_line(point, self.precision) for point in health_points(samples)]
+        return await self._post("\n".join(lines).encode(), len(lines))
+
+    async def _post(self, body: bytes, lines: int) -> WriteOutcome:
+        assert self._write_api is not None, "write() before open()"
+        if not body:
             return Delivered()
-        body = b"\n".join(parts)
         try:
             await self._write_api.write(
                 bucket=self.bucket, org=self.org, record=body, write_precision=_WRITE_PRECISION[self.precision]
@@ -111,24 +116,16 @@ class InfluxSink(HistorianSink):
         except ApiException as exc:
             text = _text(exc.body)
             invalid = _invalid_lines(text, body.decode().split("\n")) if exc.status in (400, 422) else {}
-            if invalid and min(invalid) >= len(batch):  # only health lines refused: drop them
-                log.warning("historian refused %d health samples: %s", len(health), short_text(text))
-                self.health_written(health)
-                return Retry("health samples refused", 0.0)
-            invalid = {i: reason for i, reason in invalid.items() if i < len(batch)}
             status = exc.status or 0
-            return classify_answer(status, text, parse_retry_after(exc.retry_after), len(batch), _REFUSED, invalid)
+            return classify_answer(status, text, parse_retry_after(exc.retry_after), lines, _REFUSED, invalid)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Retry(f"{type(exc).__name__}: {exc}".rstrip(": "))
-        self.health_written(health)
         return Delivered()
 
     async def ping(self) -> bool:
-        """Write waiting health samples, or ask InfluxDB's /ping when there are none."""
+        """Ask InfluxDB's /ping whether it is reachable."""
         if self._client is None:
             return False
-        if self.pending_health():
-            return isinstance(await self.write(RecordBatch.empty()), Delivered)
         try:
             return bool(await self._client.ping())
         except Exception:  # the client logs and raises many kinds here; any failure is "unreachable"

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from aiohttp import web
 
+from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
-from cmm_twin.gateway.sinks.historian.base import HistorianSink
+from cmm_twin.gateway.sinks.historian.base import HistorianSink, health_points
 from cmm_twin.gateway.sinks.historian.lineprotocol import (
     FIELD_KEYS,
     HEALTH_FIELD_KEYS,
@@ -395,28 +397,32 @@ class SqliteHistorianSink(HistorianSink):
         self._executor.shutdown(wait=False)
 
     async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
-        """Store `batch` with the waiting health samples; Delivered once committed. Raises
-        DiskFullError when there is no space (the runner reports it and retries)."""
+        """Store `batch`; Delivered once committed. Raises DiskFullError when there is no space
+        (the runner reports it and retries)."""
+        return await self._store_points(batch, ())
+
+    async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
+        """Store `gateway_health` points; Delivered once committed (DiskFullError as `write`)."""
+        return await self._store_points(RecordBatch.empty(), health_points(samples))
+
+    async def _store_points(self, batch: RecordBatch, health: Sequence[HealthSample]) -> WriteOutcome:
         assert self._store is not None, "write() before open()"
-        health = self.pending_health()
         try:
             await self._call(self._store.write, batch, health)
         except sqlite3.Error as exc:  # disk full, I/O error: keep the records spooled and retry
             return Retry(f"history store: {exc}")
-        self.health_written(health)
         await self._purge_if_due()
         return Delivered()
 
     async def ping(self) -> bool:
-        """Write waiting health samples (the store is local: reachable unless the disk fails)."""
-        if self._store is None:
-            return False
-        if not self.pending_health():
-            return True
-        try:
-            return isinstance(await self.write(RecordBatch.empty()), Delivered)
-        except DiskFullError:  # the samples stay queued; the store itself is reachable
-            return True
+        """The store is local: reachable while it is open."""
+        return self._store is not None
+
+    def add_routes(self, app: web.Application) -> None:
+        """Answer /api/v1/history from this store (streamed, see `stream`)."""
+        from cmm_twin.gateway.web import HISTORY_KEY  # noqa: PLC0415 (web imports this module)
+
+        app[HISTORY_KEY] = self.stream
 
     async def query(self, q: HistoryQuery) -> HistoryResult:
         """Run a history query on the store's thread."""

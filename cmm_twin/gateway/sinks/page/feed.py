@@ -5,12 +5,12 @@
   holds the batches as they came (columns); a record becomes the dict the page draws
   (`RECORD_FIELDS`) only when a reader asks for it, so a burst of a million rows costs the
   feed nearly nothing while no page is open;
-- verdict counts since start per machine (every record counts, also those the ring dropped);
-  the gateway calls `count` for every batch it publishes, so the counts stay exact even when the
-  LiveRunner drops a batch in a burst;
+- verdict counts since start per machine (every record counts, also those the ring dropped):
+  `write` counts what it takes and `superseded` what the LiveRunner drops in a burst, so the
+  counts stay exact;
 - the newest tolerance and nominal per feature;
 - a wall-clock history of the buffer depth and the MES and historian states (one sample a second,
-  the last ten minutes), fed by the gateway's status loop.
+  the last ten minutes), fed by the gateway's health source (`write_health`).
 
 It is fed by a LiveRunner like the OPC UA sink (non-durable: it never holds up a file or the
 spool). `write` does a bounded amount of work without awaiting anything, so it never blocks the
@@ -20,18 +20,18 @@ pipeline; readers (the SSE stream) only copy from it.
 from __future__ import annotations
 
 import secrets
-import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiohttp import web
 from numpy.typing import NDArray
 
+from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
 from cmm_twin.gateway.sinks.page.rejects import RejectsReader
-from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
@@ -40,6 +40,11 @@ RING_CAPACITY = 3000
 HEALTH_SAMPLES = 600
 """Ten minutes of buffer-depth samples at one a second."""
 HEALTH_SAMPLE_S = 1.0
+QUEUE_BATCHES = 4
+"""Batches queued for the page's runner: it takes them at once, so this only rides out a commit
+group of many small files published together; past it the oldest batch is dropped (the page shows
+the newest; its verdict counts still count it, through `superseded`). Bounded small, as a
+1,000-row batch is a few hundred kB."""
 
 _FLOATS = (
     "nominal_mm",
@@ -65,6 +70,8 @@ class PageFeed(Sink):
     name = PAGE_SINK_NAME
     durable = False
     columns = None
+    health_interval_s = HEALTH_SAMPLE_S
+    live_queue_batches = QUEUE_BATCHES
 
     def __init__(self, quarantine: Path, capacity: int = RING_CAPACITY) -> None:
         self.capacity = capacity
@@ -82,15 +89,31 @@ class PageFeed(Sink):
         """{feature: {"tolerance_mm": x, "nominal_mm": y}} as last seen."""
         self.health: deque[dict[str, Any]] = deque(maxlen=HEALTH_SAMPLES)
         self.rejects = RejectsReader(quarantine)
-        self._last_sample = -float("inf")
 
     async def open(self) -> None:
         """Nothing to connect."""
 
     async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
-        """Take `batch` into the ring (no await: never waits)."""
+        """Count `batch` and take it into the ring (no await: never waits)."""
+        self.count(batch)
         self.add(batch)
         return Delivered()
+
+    def superseded(self, batch: RecordBatch) -> None:
+        """Count a batch the runner dropped in a burst (the ring shows newer records anyway)."""
+        self.count(batch)
+
+    async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
+        """Keep the newest sample in the buffer-depth history."""
+        if samples:
+            self.health.append(health_sample(samples[-1]))
+        return Delivered()
+
+    def add_routes(self, app: web.Application) -> None:
+        """Serve the page, its files, the SSE stream and the rejects list."""
+        from cmm_twin.gateway.sinks.page.stream import add_page_routes  # noqa: PLC0415 (stream imports this module)
+
+        add_page_routes(app, self)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -135,14 +158,6 @@ class PageFeed(Sink):
             counts = self.counts.setdefault(machine, dict.fromkeys(names, 0))
             for name, count in zip(names, row, strict=True):
                 counts[name] += count
-
-    def sample_health(self, status: GatewayStatus, now_s: float | None = None) -> None:
-        """Keep one sample of buffer depth and sink states a second (called by the status loop)."""
-        mono = time.monotonic()
-        if mono - self._last_sample < HEALTH_SAMPLE_S * 0.95:
-            return
-        self._last_sample = mono
-        self.health.append(health_sample(status, now_s))
 
     # ------------------------------------------------------------------ reading
 
@@ -193,14 +208,11 @@ def _page_records(batch: RecordBatch, ids: NDArray[np.int64]) -> list[dict[str, 
     return [dict(zip(RECORD_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def health_sample(status: GatewayStatus, now_s: float | None = None) -> dict[str, Any]:
+def health_sample(sample: GatewayHealth) -> dict[str, Any]:
     """`{"t": epoch ms, "buffer_depth": n, "mes": state|null, "historian": state|null}`."""
-    now_s = time.time() if now_s is None else now_s
-    mes = status.sinks.get("mes")
-    historian = status.sinks.get("historian")
     return {
-        "t": int(now_s * 1000),
-        "buffer_depth": status.buffer_depth,
-        "mes": mes.state if mes is not None else None,
-        "historian": historian.state if historian is not None else None,
+        "t": sample.timestamp_ns // 1_000_000,
+        "buffer_depth": sample.buffer_depth,
+        "mes": sample.state_of("mes"),
+        "historian": sample.state_of("historian"),
     }

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from cmm_twin.gateway.runner import wait_or_stop
 from cmm_twin.gateway.sinks.page.feed import PageFeed
+from cmm_twin.gateway.web import HEALTH_DOC_KEY, HISTORY_KEY
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:
 class EventStreams:
     """The state shared by all SSE clients of one app: the feed, the client count, `closing`."""
 
-    def __init__(self, feed: PageFeed, health: HealthReader, history: bool, max_clients: int = MAX_CLIENTS) -> None:
+    def __init__(
+        self, feed: PageFeed, health: HealthReader, history: Callable[[], bool], max_clients: int = MAX_CLIENTS
+    ) -> None:
         self.feed = feed
         self.health = health
         self.history = history
@@ -160,7 +163,7 @@ class _Client:
             "health": health,
             "buffer_history": list(feed.health),
             "rejects": rejects,
-            "history": hub.history,
+            "history": hub.history(),
         }
         await self.send(f"retry: {RETRY_MS}\n\n".encode() + sse_event("snapshot", snapshot, hub.event_id(last_id)))
         health_key = _health_key(health)
@@ -259,9 +262,10 @@ class StaticFiles:
         return self.response(request.match_info["name"])
 
 
-def add_page_routes(app: web.Application, feed: PageFeed, health: HealthReader, history: bool) -> EventStreams:
-    """Serve the page, its files, the SSE stream and the rejects list from `app`."""
-    hub = EventStreams(feed, health, history)
+def add_page_routes(app: web.Application, feed: PageFeed) -> EventStreams:
+    """Serve the page, its files, the SSE stream and the rejects list from `app` (the gateway's
+    application: its /health document and whether it serves /api/v1/history come from there)."""
+    hub = EventStreams(feed, app[HEALTH_DOC_KEY], lambda: app.get(HISTORY_KEY) is not None)
     app[STREAMS_KEY] = hub
     app.on_shutdown.append(hub.on_shutdown)
     files = StaticFiles()
