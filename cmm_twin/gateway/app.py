@@ -96,7 +96,9 @@ class Gateway:
             openers: dict[str, SinkOpener] = {}
             for sink in self.sinks:
                 status = self.status.sinks[sink.name] = SinkStatus(durable=sink.durable)
-                opener = openers[sink.name] = SinkOpener(sink, status)
+                opener = openers[sink.name] = SinkOpener(
+                    sink, status, retry_min_s=config.sink_backoff_min_s, retry_max_s=config.sink_backoff_max_s
+                )
                 stack.push_async_callback(opener.close)
             http = HttpServer(
                 build_app(self.status, self.metrics, self._health_extra, self.sinks),
