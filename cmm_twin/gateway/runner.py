@@ -311,43 +311,61 @@ class DurableRunner:
                     self._recovered(len(batch))
                     return True
                 case Rejected(invalid=invalid):
-                    self._recovered(len(batch))
-                    if not invalid:  # nothing named: cannot make progress by retrying
-                        invalid = dict.fromkeys(range(len(batch)), "rejected without a reason")
-                    if not await self._dead_letter(batch, seqs, invalid, stop):
-                        return False
-                    keep = np.array([i for i in range(len(batch)) if i not in invalid], dtype=np.intp)
-                    if not len(keep):
-                        return True
-                    batch, seqs, prepared = batch.take(keep), seqs[keep], None
+                    rest = await self._reject(batch, seqs, invalid, stop)
+                    if isinstance(rest, bool):
+                        return rest
+                    batch, seqs, prepared = rest.records, rest.seqs, None
                 case Split(reason=reason):
-                    if len(batch) == 1:
-                        return await self._dead_letter(batch, seqs, {0: f"too large for the receiver: {reason}"}, stop)
-                    half = len(batch) // 2
-                    log.info("%s: batch of %d too large (%s), splitting", self.sink.name, len(batch), reason)
-                    for part in (slice(0, half), slice(half, None)):
-                        if not await self._deliver(batch.take(part), seqs[part], stop):
-                            return False
-                    return True
+                    return await self._split(batch, seqs, reason, stop)
                 case Retry(reason=reason, retry_after_s=retry_after_s):
                     self._lost(reason)
                     if not await self._backoff(stop, retry_after_s):
                         return False
                 case Refused(reason=reason):
-                    await self.refresh_status()
-                    if self._refused_reason != reason:
-                        log.error(
-                            "%s refuses the gateway: %s. Forwarding stopped; %d records stay spooled until fixed",
-                            self.sink.name,
-                            reason,
-                            self.status.buffer_depth,
-                        )
-                    self._refused_reason = reason
-                    self.status.state = SinkState.REFUSED
-                    self.status.last_error = reason
-                    await wait_or_stop(stop, self.settings.backoff_max_s)
-                    if stop.is_set():
+                    if not await self._refused(reason, stop):
                         return False
+
+    async def _reject(
+        self, batch: RecordBatch, seqs: NDArray[np.int64], invalid: Mapping[int, str], stop: asyncio.Event
+    ) -> _Batch | bool:
+        """Dead-letter the records the receiver named invalid; the rest to send again, True when
+        none is left, False when `stop` came first."""
+        self._recovered(len(batch))
+        if not invalid:  # nothing named: cannot make progress by retrying
+            invalid = dict.fromkeys(range(len(batch)), "rejected without a reason")
+        if not await self._dead_letter(batch, seqs, invalid, stop):
+            return False
+        keep = np.array([i for i in range(len(batch)) if i not in invalid], dtype=np.intp)
+        if not len(keep):
+            return True
+        return _Batch(seqs[keep], batch.take(keep), None)
+
+    async def _split(self, batch: RecordBatch, seqs: NDArray[np.int64], reason: str, stop: asyncio.Event) -> bool:
+        """Send `batch` again in two halves (a single record too large is dead-lettered)."""
+        if len(batch) == 1:
+            return await self._dead_letter(batch, seqs, {0: f"too large for the receiver: {reason}"}, stop)
+        half = len(batch) // 2
+        log.info("%s: batch of %d too large (%s), splitting", self.sink.name, len(batch), reason)
+        for part in (slice(0, half), slice(half, None)):
+            if not await self._deliver(batch.take(part), seqs[part], stop):
+                return False
+        return True
+
+    async def _refused(self, reason: str, stop: asyncio.Event) -> bool:
+        """Say once that the receiver refuses us, then wait `backoff_max_s`; False when stopping."""
+        await self.refresh_status()
+        if self._refused_reason != reason:
+            log.error(
+                "%s refuses the gateway: %s. Forwarding stopped; %d records stay spooled until fixed",
+                self.sink.name,
+                reason,
+                self.status.buffer_depth,
+            )
+        self._refused_reason = reason
+        self.status.state = SinkState.REFUSED
+        self.status.last_error = reason
+        await wait_or_stop(stop, self.settings.backoff_max_s)
+        return not stop.is_set()
 
     async def _write(self, batch: RecordBatch, prepared: object) -> WriteOutcome | _DiskFull:
         try:
