@@ -230,7 +230,7 @@ def test_the_launcher_killed_with_sigkill_leaves_no_child_running(start_twin: Ca
     [
         (["--rate", "fast"], {}, "--rate"),
         (["--opcua-port", "0"], {}, "--opcua-port"),
-        ([], {"CMM_HTTP_PORT": "99999"}, "CMM_HTTP_PORT"),
+        ([], {"CMM_RUN_HTTP_PORT": "99999"}, "CMM_RUN_HTTP_PORT"),
     ],
 )
 def test_a_bad_option_exits_2_with_one_line_naming_it(
