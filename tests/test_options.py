@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,9 @@ TABLE = option_table(
 )
 
 
-def resolve_table(argv: list[str], environ: dict[str, str], file_values: dict[str, object] | None = None) -> dict:
+def resolve_table(
+    argv: list[str], environ: dict[str, str], file_values: dict[str, object] | None = None
+) -> dict[str, Any]:
     parser = ConfigErrorParser(prog="test")
     parser.add_options(TABLE)
     return resolve(TABLE, parser.parse_args(argv), environ, file_values, "t.toml").values
