@@ -20,12 +20,16 @@ import dataclasses
 import ipaddress
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
+from cmm_twin.envfile import load_env_file
 from cmm_twin.errors import ConfigError
+
+T = TypeVar("T")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ENV_PREFIX = "CMM_"
@@ -157,6 +161,17 @@ def _raw_value(
         raw = file_values[option.dest]
         return (str(raw).lower() if isinstance(raw, bool) else str(raw)), f"{file_name}: {option.dest}"
     return None, option.flag
+
+
+def load_or_report(prog: str, load: Callable[[], T]) -> T | None:
+    """A program's start: the untracked `.env` into the environment, then `load()` (its settings);
+    None after printing a ConfigError as one line on stderr (the entry point then exits 2)."""
+    load_env_file()
+    try:
+        return load()
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
 
 
 def parse_log_level(value: str) -> str:

@@ -33,22 +33,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cmm_twin.envfile import load_env_file
-from cmm_twin.errors import ConfigError
 from cmm_twin.launcher.settings import OPTIONS, PROG, LauncherSettings, build_parser, load_settings
 from cmm_twin.launcher.supervisor import PREFIX_WIDTH, Launcher
 from cmm_twin.logs import LOG_FORMAT
+from cmm_twin.options import load_or_report
 
 __all__ = ["OPTIONS", "PROG", "Launcher", "LauncherSettings", "build_parser", "load_settings", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m cmm_twin run`; returns the exit code."""
-    load_env_file()
-    try:
-        settings = load_settings(argv)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    settings = load_or_report(PROG, lambda: load_settings(argv))
+    if settings is None:
         return 2
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

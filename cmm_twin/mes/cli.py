@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
-from cmm_twin.envfile import load_env_file
-from cmm_twin.errors import CmmTwinError, ConfigError
+from cmm_twin.errors import CmmTwinError
 from cmm_twin.logs import setup_logging
 from cmm_twin.mes.server import MesConfig, create_app
 from cmm_twin.mes.store import StoreError
 from cmm_twin.options import (
     ConfigErrorParser,
     Option,
+    load_or_report,
     option_table,
     parse_host,
     parse_log_level,
@@ -142,11 +142,8 @@ async def serve(config: MesConfig, stop: asyncio.Event | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, serve. Bad configuration exits 2 with one line on stderr."""
-    load_env_file()
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    config = load_or_report(PROG, lambda: load_config(argv))
+    if config is None:
         return 2
     setup_logging(config.log_level)
     ready_log.setLevel(logging.INFO)

@@ -30,6 +30,7 @@ from cmm_twin.logs import setup_logging
 from cmm_twin.options import (
     ConfigErrorParser,
     Option,
+    load_or_report,
     option_table,
     parse_log_level,
     parse_number,
@@ -255,10 +256,8 @@ class _StopOnSignal:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, set up logging, run; returns the exit code (0 ok, 1 I/O error, 2 bad usage)."""
-    try:
-        settings = parse_settings(argv, os.environ)
-    except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    settings = load_or_report(PROG, lambda: parse_settings(argv, os.environ))
+    if settings is None:
         return 2
     setup_logging(settings.log_level)
     for flag, directory in (("--outdir", settings.outdir), ("--truth-dir", settings.truth_dir)):
