@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from cmm_twin import reference
-from cmm_twin.gateway.config import OPTIONS
+from cmm_twin import launcher, reference
+from cmm_twin.gateway.config import CONFIG_OPTION, gateway_options
 from cmm_twin.mes import cli as mes_cli
+from cmm_twin.simulator import cli as simulator_cli
 
 README = reference.README.read_text(encoding="utf-8")
 
@@ -18,7 +19,8 @@ def test_the_configuration_reference_is_generated_from_the_code() -> None:
 
 def test_every_flag_and_variable_is_in_the_reference() -> None:
     block = reference.render()
-    for option in (*OPTIONS, *mes_cli.OPTIONS):
+    programs = (launcher.OPTIONS, (*gateway_options(), CONFIG_OPTION), mes_cli.OPTIONS, simulator_cli.OPTIONS)
+    for option in (option for options in programs for option in options):
         assert f"`{option.flag}" in block, f"{option.flag} missing from the README"
         assert f"`{option.env}`" in block, f"{option.env} missing from the README"
     for name, _ in reference.SECRETS:

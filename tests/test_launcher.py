@@ -41,7 +41,7 @@ def alive(pid: int) -> bool:
 class Twin:
     """The launcher as a subprocess on free loopback ports, its output (stdout and stderr) in a file."""
 
-    def __init__(self, tmp_path: Path, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.http_port, self.mes_port, self.opcua_port = free_port(), free_port(), free_port()
         self.data = tmp_path / "data"
         self.out_path = tmp_path / "launcher.out"
@@ -55,7 +55,7 @@ class Twin:
             "--rate", "10",
             *extra,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, env=env)
 
     def output(self) -> str:
         return self.out_path.read_text(encoding="utf-8", errors="replace")
@@ -114,8 +114,8 @@ class Twin:
 def start_twin(tmp_path: Path) -> Iterator[Callable[..., Twin]]:
     twins: list[Twin] = []
 
-    def start(*extra: str) -> Twin:
-        twin = Twin(tmp_path, *extra)
+    def start(*extra: str, env: dict[str, str] | None = None) -> Twin:
+        twin = Twin(tmp_path, *extra, env=env)
         twins.append(twin)
         return twin
 
@@ -213,6 +213,19 @@ def test_a_child_dying_stops_the_others_and_exits_1(start_twin: Callable[..., Tw
     assert [pid for ps in pids.values() for pid in ps if alive(pid)] == []
 
 
+def test_a_variable_of_one_program_does_not_reach_another(start_twin: Callable[..., Twin]) -> None:
+    # Before each program had its own prefix, CMM_COUNT (the simulator's) reached the simulator
+    # under the launcher: it wrote 2 parts, exited 0, and the launcher reported it dead.
+    clashing = {"CMM_COUNT": "2", "CMM_SIM_COUNT": "2", "CMM_ONCE": "true", "CMM_MES_PORT": "1", "CMM_RATE": "0"}
+    twin = start_twin(env={**os.environ, **clashing})
+    twin.wait_until(lambda: twin.health().get("files_processed", 0) >= 6, 60, "more files than CMM_COUNT allows")
+    assert "DIED UNEXPECTEDLY" not in twin.output()
+    pids = twin.child_pids()
+    assert sorted(pids) == ["gateway", "mes", "simulator"]
+    assert all(alive(p[0]) for p in pids.values())
+    assert_stopped_cleanly(twin, [p for ps in pids.values() for p in ps])
+
+
 def test_the_launcher_killed_with_sigkill_leaves_no_child_running(start_twin: Callable[..., Twin]) -> None:
     twin = start_twin()
     twin.wait_until(lambda: "cmm-twin is running" in twin.output(), 60, "start-up")
@@ -230,7 +243,7 @@ def test_the_launcher_killed_with_sigkill_leaves_no_child_running(start_twin: Ca
     [
         (["--rate", "fast"], {}, "--rate"),
         (["--opcua-port", "0"], {}, "--opcua-port"),
-        ([], {"CMM_HTTP_PORT": "99999"}, "CMM_HTTP_PORT"),
+        ([], {"CMM_RUN_HTTP_PORT": "99999"}, "CMM_RUN_HTTP_PORT"),
     ],
 )
 def test_a_bad_option_exits_2_with_one_line_naming_it(

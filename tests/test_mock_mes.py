@@ -878,7 +878,7 @@ async def test_acknowledged_batch_survives_kill_9(tmp_path: Path) -> None:
     ("args", "env", "named"),
     [
         (["--port", "99999"], {}, "--port"),
-        ([], {"CMM_FAIL_RATE": "often"}, "CMM_FAIL_RATE"),
+        ([], {"CMM_MES_FAIL_RATE": "often"}, "CMM_MES_FAIL_RATE"),
         (["--bogus"], {}, "unrecognized arguments: --bogus"),
     ],
 )
@@ -911,8 +911,8 @@ def test_bad_configuration_is_one_line_and_exit_2(
         (["--max-body-mb", "0"], {}, "--max-body-mb"),
         (["--host", "example.com"], {}, "--host"),
         (["--log-level", "loud"], {}, "--log-level"),
-        ([], {"CMM_SEED": "1.5"}, "CMM_SEED"),
-        ([], {"CMM_PORT": "-1"}, "CMM_PORT"),
+        ([], {"CMM_MES_SEED": "1.5"}, "CMM_MES_SEED"),
+        ([], {"CMM_MES_PORT": "-1"}, "CMM_MES_PORT"),
         (["--db", ""], {}, "--db"),
     ],
 )
@@ -927,7 +927,13 @@ def test_missing_db_and_env_configuration(tmp_path: Path) -> None:
         load_config([], {})
     config = load_config(
         [],
-        {"CMM_DB": "x.db", "CMM_PORT": "0", "CMM_FAIL_RATE": "0.25", "CMM_LATENCY_MS": "5", "MES_TOKEN": ""},
+        {
+            "CMM_MES_DB": "x.db",
+            "CMM_MES_PORT": "0",
+            "CMM_MES_FAIL_RATE": "0.25",
+            "CMM_MES_LATENCY_MS": "5",
+            "MES_TOKEN": "",
+        },
     )
     assert (config.db, config.port, config.fail_rate, config.latency_ms, config.token) == (
         Path("x.db"),
@@ -936,7 +942,7 @@ def test_missing_db_and_env_configuration(tmp_path: Path) -> None:
         5.0,
         None,  # an empty token counts as unset
     )
-    assert load_config(["--port", "1234"], {"CMM_DB": "x.db", "CMM_PORT": "99"}).port == 1234  # the flag wins
+    assert load_config(["--port", "1234"], {"CMM_MES_DB": "x.db", "CMM_MES_PORT": "99"}).port == 1234  # the flag wins
     assert create_app(config)[CONFIG] is config
     assert create_app(config)[STORE].path == Path("x.db")
 

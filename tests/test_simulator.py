@@ -305,7 +305,9 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], fla
 def test_missing_outdir_and_same_truth_dir_are_errors(tmp_path: Path) -> None:
     result = run_cli(["--count", "1"])
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["cmm_simulator: error: --outdir: is required (or set CMM_OUTDIR)"]
+    assert result.stderr.strip().splitlines() == [
+        "cmm_simulator: error: --outdir: required (give --outdir DIR or set CMM_SIM_OUTDIR)"
+    ]
     result = run_cli(["--outdir", str(tmp_path), "--truth-dir", str(tmp_path)])
     assert result.returncode == 2
     assert "--truth-dir" in result.stderr
@@ -314,7 +316,7 @@ def test_missing_outdir_and_same_truth_dir_are_errors(tmp_path: Path) -> None:
 
 def test_environment_variables_are_honoured(tmp_path: Path) -> None:
     began = time.monotonic()
-    result = run_cli(["--count", "3", "--start", START], env=clean_env(CMM_RATE="4", CMM_OUTDIR=str(tmp_path)))
+    result = run_cli(["--count", "3", "--start", START], env=clean_env(CMM_SIM_RATE="4", CMM_SIM_OUTDIR=str(tmp_path)))
     elapsed_s = time.monotonic() - began
     assert result.returncode == 0, result.stderr
     assert elapsed_s >= 0.45, "two intervals at 4 Hz take 0.5 s"
@@ -323,10 +325,12 @@ def test_environment_variables_are_honoured(tmp_path: Path) -> None:
 
 
 def test_bad_environment_variable_is_named_and_flag_overrides_it(tmp_path: Path) -> None:
-    result = run_cli(["--outdir", str(tmp_path), "--count", "1"], env=clean_env(CMM_RATE="-1"))
+    result = run_cli(["--outdir", str(tmp_path), "--count", "1"], env=clean_env(CMM_SIM_RATE="-1"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["cmm_simulator: error: CMM_RATE: must be >= 0, got -1"]
-    result = run_cli(["--outdir", str(tmp_path), "--count", "1", "--rate", "0"], env=clean_env(CMM_RATE="-1"))
+    assert result.stderr.strip().splitlines() == [
+        "cmm_simulator: error: CMM_SIM_RATE: expected a number >= 0, got '-1'"
+    ]
+    result = run_cli(["--outdir", str(tmp_path), "--count", "1", "--rate", "0"], env=clean_env(CMM_SIM_RATE="-1"))
     assert result.returncode == 0, result.stderr
     assert len(csv_files(tmp_path)) == 1
 

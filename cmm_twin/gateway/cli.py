@@ -8,12 +8,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from cmm_twin.envfile import load_env_file
-from cmm_twin.errors import CmmTwinError, ConfigError
+from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.app import Gateway
 from cmm_twin.gateway.config import PROG, GatewayConfig, load_config
 from cmm_twin.gateway.limits import raise_open_file_limit
 from cmm_twin.logs import setup_logging
+from cmm_twin.options import load_or_report
 
 log = logging.getLogger("cmm_twin.gateway")
 
@@ -29,11 +29,8 @@ async def serve(config: GatewayConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, run. Bad configuration exits 2 with one line."""
-    load_env_file()
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    config = load_or_report(PROG, lambda: load_config(argv))
+    if config is None:
         return 2
     setup_logging(config.log_level)
     raise_open_file_limit()

@@ -1,10 +1,14 @@
 """Gateway configuration: flags, `CMM_<FLAG>` environment variables and an optional TOML file.
 
-Precedence: command-line flag, then environment variable, then the TOML file, then the default.
-Everything is validated at start-up; an invalid value raises ConfigError naming the flag (or the
-TOML key), which the entry point prints as one line and exits 2. Secrets (tokens, passwords)
-are never options: they come only from the environment (MES_TOKEN, INFLUX_TOKEN, OPCUA_USER,
-OPCUA_PASSWORD) or an untracked .env loaded into it.
+Resolved by `cmm_twin.options.resolve`: command-line flag, then environment variable (an empty one
+counts as unset), then the TOML file, then the default. Everything is validated at start-up; an
+invalid value raises ConfigError naming the flag, variable or TOML key, which the entry point
+prints as one line and exits 2. Secrets (tokens, passwords) are never options: they come only from
+the environment (MES_TOKEN, INFLUX_TOKEN, OPCUA_USER, OPCUA_PASSWORD) or an untracked .env loaded
+into it.
+
+The option table is `gateway_options()`: the core options and those the sink plugins declare. A
+plugin reads the value of an option it declared from `GatewayConfig.options` by dest.
 """
 
 from __future__ import annotations
@@ -14,14 +18,23 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway.sinks.historian.lineprotocol import Precision
-from cmm_twin.options import ConfigErrorParser, Option, parse_host, parse_log_level
+from cmm_twin.options import (
+    ENV_PREFIX,
+    ConfigErrorParser,
+    Option,
+    option_table,
+    parse_host,
+    parse_log_level,
+    resolve,
+)
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
 
@@ -115,95 +128,125 @@ def _trust_dir(value: str) -> Path:
     return path
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "--data-dir", Path, Path("data"), "data directory holding inbox/, archive/, quarantine/, state/", metavar="DIR"
+CORE_OPTIONS: tuple[Option, ...] = option_table(
+    ENV_PREFIX,
+    (
+        Option(
+            "--data-dir",
+            Path,
+            Path("data"),
+            "data directory holding inbox/, archive/, quarantine/, state/",
+            metavar="DIR",
+        ),
+        Option(
+            "--mes-url",
+            _url,
+            None,
+            "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off",
+            metavar="URL",
+        ),
+        Option(
+            "--opcua-endpoint",
+            _opcua_endpoint,
+            "opc.tcp://127.0.0.1:4840/cmm-twin/",
+            "OPC UA server endpoint",
+            metavar="URL",
+        ),
+        Option(
+            "--http",
+            _host_port,
+            ("127.0.0.1", 8080),
+            "HOST:PORT of /health, /metrics and the page",
+            metavar="HOST:PORT",
+        ),
+        Option(
+            "--historian",
+            _historian,
+            "auto",
+            f"historian: {', '.join(HISTORIANS)}; auto = influx when --influx-url is given, else sqlite",
+            metavar="KIND",
+        ),
+        Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)", metavar="URL"),
+        Option("--influx-org", _text, None, "InfluxDB organisation (required with influx)", metavar="ORG"),
+        Option("--influx-bucket", _text, None, "InfluxDB bucket (required with influx)", metavar="BUCKET"),
+        Option(
+            "--influx-precision",
+            _precision,
+            Precision.NS,
+            "timestamp precision written to InfluxDB: ns or ms",
+            metavar="P",
+        ),
+        Option(
+            "--history-retention-days",
+            _positive,
+            30.0,
+            "days the embedded (sqlite) historian keeps points",
+            metavar="DAYS",
+        ),
+        Option(
+            "--health-interval-s", _positive, 5.0, "seconds between gateway_health points in the historian", metavar="S"
+        ),
+        Option(
+            "--opcua-allow-anonymous",
+            _switch,
+            False,
+            "offer anonymous login and the None policy off loopback too",
+            is_switch=True,
+        ),
+        Option(
+            "--http-allowed-hosts",
+            _host_names,
+            None,
+            "comma-separated extra Host names the HTTP API answers (e.g. a reverse proxy's); "
+            "loopback names and the --http address are always answered, other names get 421",
+            metavar="NAMES",
+        ),
+        Option(
+            "--opcua-trust-dir",
+            _trust_dir,
+            None,
+            "directory of trusted OPC UA client certificates (DER or PEM): when given, only these are accepted",
+            metavar="DIR",
+        ),
+        Option(
+            "--once",
+            _switch,
+            False,
+            "process what is in the inbox, deliver it, exit: 0 when everything was delivered; 1 when a"
+            " file was quarantined or refused, a row rejected, a record dead-lettered or a sink refused the gateway",
+            is_switch=True,
+        ),
+        Option(
+            "--settle-ms",
+            _non_negative,
+            2000.0,
+            "for files whose writer the gateway cannot detect by a lease (another user's file, as in a"
+            " container): read only after size and mtime stayed unchanged this long",
+            metavar="MS",
+        ),
+        Option(
+            "--spool-limit-mb", _positive, 1024.0, "stop taking new files while the spool holds this much", metavar="MB"
+        ),
+        Option("--default-material", _text, "AL6061", "material of rows without a material column", metavar="KEY"),
+        Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL"),
     ),
-    Option(
-        "--mes-url",
-        _url,
-        None,
-        "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off",
-        metavar="URL",
-    ),
-    Option(
-        "--opcua-endpoint",
-        _opcua_endpoint,
-        "opc.tcp://127.0.0.1:4840/cmm-twin/",
-        "OPC UA server endpoint",
-        metavar="URL",
-    ),
-    Option(
-        "--http", _host_port, ("127.0.0.1", 8080), "HOST:PORT of /health, /metrics and the page", metavar="HOST:PORT"
-    ),
-    Option(
-        "--historian",
-        _historian,
-        "auto",
-        f"historian: {', '.join(HISTORIANS)}; auto = influx when --influx-url is given, else sqlite",
-        metavar="KIND",
-    ),
-    Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)", metavar="URL"),
-    Option("--influx-org", _text, None, "InfluxDB organisation (required with influx)", metavar="ORG"),
-    Option("--influx-bucket", _text, None, "InfluxDB bucket (required with influx)", metavar="BUCKET"),
-    Option(
-        "--influx-precision", _precision, Precision.NS, "timestamp precision written to InfluxDB: ns or ms", metavar="P"
-    ),
-    Option(
-        "--history-retention-days",
-        _positive,
-        30.0,
-        "days the embedded (sqlite) historian keeps points",
-        metavar="DAYS",
-    ),
-    Option(
-        "--health-interval-s", _positive, 5.0, "seconds between gateway_health points in the historian", metavar="S"
-    ),
-    Option(
-        "--opcua-allow-anonymous",
-        _switch,
-        False,
-        "offer anonymous login and the None policy off loopback too",
-        is_switch=True,
-    ),
-    Option(
-        "--http-allowed-hosts",
-        _host_names,
-        None,
-        "comma-separated extra Host names the HTTP API answers (e.g. a reverse proxy's); "
-        "loopback names and the --http address are always answered, other names get 421",
-        metavar="NAMES",
-    ),
-    Option(
-        "--opcua-trust-dir",
-        _trust_dir,
-        None,
-        "directory of trusted OPC UA client certificates (DER or PEM): when given, only these are accepted",
-        metavar="DIR",
-    ),
-    Option(
-        "--once",
-        _switch,
-        False,
-        "process what is in the inbox, deliver it, exit: 0 when everything was delivered; 1 when a"
-        " file was quarantined or refused, a row rejected, a record dead-lettered or a sink refused the gateway",
-        is_switch=True,
-    ),
-    Option(
-        "--settle-ms",
-        _non_negative,
-        2000.0,
-        "for files whose writer the gateway cannot detect by a lease (another user's file, as in a"
-        " container): read only after size and mtime stayed unchanged this long",
-        metavar="MS",
-    ),
-    Option(
-        "--spool-limit-mb", _positive, 1024.0, "stop taking new files while the spool holds this much", metavar="MB"
-    ),
-    Option("--default-material", _text, "AL6061", "material of rows without a material column", metavar="KEY"),
-    Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL"),
 )
-OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+"""The gateway's own options; sink plugins append theirs in `gateway_options()`."""
+OPTIONS = CORE_OPTIONS
+"""The gateway's option table (the core options; `gateway_options()` adds the plugins')."""
+CONFIG_OPTION = option_table(
+    ENV_PREFIX,
+    (
+        Option(
+            "--config",
+            str,
+            None,
+            "TOML file with any of these keys (name without `--`, `-` as `_`) and the `[physics]`, "
+            "`[limits]`, `[materials]`, `[ingest]`, `[sinks]` tables",
+            metavar="FILE.toml",
+        ),
+    ),
+)[0]
 TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks")
 SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
     ("ingest", "chunk_rows"): ("chunk_rows", int, 1_000_000),
@@ -248,6 +291,15 @@ class GatewayConfig:
     historian_batch_size: int = 5_000
     sink_backoff_min_s: float = 0.5
     sink_backoff_max_s: float = 30.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Every option's value by dest, those of plugins' options too (a plugin reads the options it
+    declared here); always agrees with the typed fields above."""
+
+    def __post_init__(self) -> None:
+        merged = {o.dest: o.default for o in gateway_options()}
+        merged.update(self.options)
+        merged.update((dest, getattr(self, dest)) for dest in _TYPED_FIELDS)
+        object.__setattr__(self, "options", MappingProxyType(merged))
 
     @property
     def inbox(self) -> Path:
@@ -275,67 +327,51 @@ class GatewayConfig:
         return self.state_dir / "history.sqlite"
 
 
-def build_parser() -> argparse.ArgumentParser:
+_TYPED_FIELDS = frozenset(o.dest for o in CORE_OPTIONS) & {f.name for f in fields(GatewayConfig)}
+"""The options with a typed field of GatewayConfig (the core ones)."""
+
+
+def gateway_options() -> tuple[Option, ...]:
+    """The gateway's option table: the core options, then the options the sink plugins declare
+    (appended here, each reading its variable under the gateway's prefix)."""
+    extra: tuple[Option, ...] = ()
+    return CORE_OPTIONS + option_table(ENV_PREFIX, extra)
+
+
+def build_parser(options: Sequence[Option] | None = None) -> argparse.ArgumentParser:
     """The gateway's command line (defaults shown are applied after env and TOML)."""
-    parser = ConfigErrorParser(prog=PROG, description="cmm-twin edge gateway", argument_default=None)
-    for option in OPTIONS:
-        help_text = f"{option.help} (env {option.env}; default {show_default(option.default)})"
-        if option.is_switch:
-            parser.add_argument(option.flag, action="store_const", const="true", help=help_text)
-        else:
-            parser.add_argument(option.flag, metavar=option.metavar or option.dest.upper(), help=help_text)
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any of these keys (env CMM_CONFIG)")
+    parser = ConfigErrorParser(prog=PROG, description="cmm-twin edge gateway")
+    parser.add_options(gateway_options() if options is None else options)
+    parser.add_options((CONFIG_OPTION,))
     return parser
-
-
-def show_default(value: Any) -> str:
-    """A default as the help and the README show it (`off` for None/False, HOST:PORT joined)."""
-    if isinstance(value, tuple):
-        return ":".join(str(v) for v in value)
-    return "off" if value is None or value is False else str(value)
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Parse and validate flags, environment and TOML into a GatewayConfig (or raise ConfigError)."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    config_path = args.config or environ.get("CMM_CONFIG")
-    toml_data: dict[str, Any] = {}
-    if config_path:
-        toml_data = _read_toml(Path(config_path))
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        raw = getattr(args, option.dest)
-        source = option.flag
-        if raw is None and option.env in environ:
-            raw, source = environ[option.env], option.env
-        if raw is None and option.dest in toml_data:
-            raw, source = toml_data[option.dest], f"{config_path}: {option.dest}"
-            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
-        if raw is None:
-            values[option.dest] = option.default
-            continue
-        try:
-            values[option.dest] = option.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(source, str(exc)) from None
+    options = gateway_options()
+    args = build_parser(options).parse_args(argv)
+    config_path = resolve((CONFIG_OPTION,), args, environ).values[CONFIG_OPTION.dest]
+    toml_data = _read_toml(Path(config_path), options) if config_path else {}
+    values = resolve(options, args, environ, toml_data, str(config_path)).values
     if values["historian"] == "auto":
         values["historian"] = "influx" if values["influx_url"] is not None else "sqlite"
     sections = {k: v for k, v in toml_data.items() if k in TOML_SECTIONS}
-    config = GatewayConfig(**values, **_sections(sections, str(config_path)))
+    typed = {k: v for k, v in values.items() if k in _TYPED_FIELDS}
+    config = GatewayConfig(**typed, options=values, **_sections(sections, str(config_path)))
     _check_combinations(config)
     return config
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, options: Sequence[Option]) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError("--config", f"no such file: {path}") from None
+        raise ConfigError(CONFIG_OPTION.flag, f"no such file: {path}") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc}") from None
-    unknown = set(data) - set(OPTIONS_BY_DEST) - set(TOML_SECTIONS)
+        raise ConfigError(CONFIG_OPTION.flag, f"cannot read {path}: {exc}") from None
+    unknown = set(data) - {o.dest for o in options} - set(TOML_SECTIONS)
     if unknown:
         raise ConfigError(f"{path}: {sorted(unknown)[0]}", "unknown key")
     return data

@@ -1,8 +1,9 @@
 """Command line of the mock MES (`mock_mes.py`).
 
-Every flag also comes from the environment variable `CMM_<FLAG>` (the flag wins). An invalid value
-is one line on stderr naming the flag or variable, exit 2. The bearer token is never a flag: it
-comes from MES_TOKEN in the environment or an untracked `.env`.
+Every flag also comes from the environment variable `CMM_MES_<FLAG>` (the flag wins; an empty
+variable counts as unset; see `cmm_twin.options`). An invalid value is one line on stderr naming
+the flag or variable, exit 2. The bearer token is never a flag: it comes from MES_TOKEN in the
+environment or an untracked `.env`.
 """
 
 from __future__ import annotations
@@ -11,23 +12,30 @@ import argparse
 import asyncio
 import gc
 import logging
-import math
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
-from cmm_twin.envfile import load_env_file
-from cmm_twin.errors import CmmTwinError, ConfigError
+from cmm_twin.errors import CmmTwinError
 from cmm_twin.logs import setup_logging
 from cmm_twin.mes.server import MesConfig, create_app
 from cmm_twin.mes.store import StoreError
-from cmm_twin.options import ConfigErrorParser, Option, parse_host, parse_log_level
+from cmm_twin.options import (
+    ConfigErrorParser,
+    Option,
+    load_or_report,
+    option_table,
+    parse_host,
+    parse_log_level,
+    parse_number,
+    parse_path,
+    parse_whole,
+    resolve,
+)
 
 PROG = "mock_mes.py"
 TOKEN_ENV = "MES_TOKEN"
@@ -41,30 +49,6 @@ ready_log = logging.getLogger("cmm_twin.mes.ready")
 """Logs the start-up line; INFO whatever --log-level says, since scripts and tests wait for it."""
 
 
-def _whole(low: int, high: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        text = value.strip()
-        if re.fullmatch(r"-?[0-9]{1,20}", text) is None or not low <= int(text) <= high:
-            raise ValueError(f"expected a whole number {low}..{high}, got {value!r}")
-        return int(text)
-
-    return parse
-
-
-def _number(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or not (low < number if low_open else low <= number) or number > high:
-            bound = f"> {low:g}" if low_open else f">= {low:g}"
-            raise ValueError(f"expected a number {bound} and <= {high:g}, got {value!r}")
-        return number
-
-    return parse
-
-
 def _machine_list(value: str) -> frozenset[str]:
     machines = frozenset(m.strip() for m in value.split(",") if m.strip())
     if not machines:
@@ -75,35 +59,37 @@ def _machine_list(value: str) -> frozenset[str]:
     return machines
 
 
-def _path(value: str) -> Path:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return Path(value)
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("--host", parse_host, "127.0.0.1", "address to listen on", "HOST"),
-    Option("--port", _whole(0, 65535), 8000, "TCP port (0: any free port, logged at start)", "PORT"),
-    Option("--db", _path, None, "SQLite database file (created if missing)", "PATH", required=True),
-    Option("--fail-rate", _number(0.0, 1.0), 0.0, "share of POSTs answered 503 + Retry-After: 1 (0..1)", "F"),
-    Option("--latency-ms", _number(0.0, 600_000.0), 0.0, "delay before answering each /api/ request", "N"),
-    Option("--seed", _whole(-(2**63), 2**63 - 1), 0, "seed of the fault injection (reproducible runs)", "S"),
-    Option(
-        "--known-machines",
-        _machine_list,
-        None,
-        "comma-separated machine ids the MES knows; records of others are answered 422 (default: any)",
-        "IDS",
-    ),
-    Option(
-        "--max-body-mb", _number(0.0, MAX_BODY_MB_LIMIT, low_open=True), 16.0, "largest request body (413 above)", "M"
-    ),
-    Option(
-        "--log-level",
-        parse_log_level,
-        "INFO",
-        "DEBUG, INFO, WARNING or ERROR (the start-up line is always logged)",
-        "LEVEL",
+ENV_PREFIX = "CMM_MES_"
+OPTIONS: tuple[Option, ...] = option_table(
+    ENV_PREFIX,
+    (
+        Option("--host", parse_host, "127.0.0.1", "address to listen on", "HOST"),
+        Option("--port", parse_whole(0, 65535), 8000, "TCP port (0: any free port, logged at start)", "PORT"),
+        Option("--db", parse_path, None, "SQLite database file (created if missing)", "PATH", required=True),
+        Option("--fail-rate", parse_number(0.0, 1.0), 0.0, "share of POSTs answered 503 + Retry-After: 1 (0..1)", "F"),
+        Option("--latency-ms", parse_number(0.0, 600_000.0), 0.0, "delay before answering each /api/ request", "N"),
+        Option("--seed", parse_whole(-(2**63), 2**63 - 1), 0, "seed of the fault injection (reproducible runs)", "S"),
+        Option(
+            "--known-machines",
+            _machine_list,
+            None,
+            "comma-separated machine ids the MES knows; records of others are answered 422 (default: any)",
+            "IDS",
+        ),
+        Option(
+            "--max-body-mb",
+            parse_number(0.0, MAX_BODY_MB_LIMIT, low_open=True),
+            16.0,
+            "largest request body (413 above)",
+            "M",
+        ),
+        Option(
+            "--log-level",
+            parse_log_level,
+            "INFO",
+            "DEBUG, INFO, WARNING or ERROR (the start-up line is always logged)",
+            "LEVEL",
+        ),
     ),
 )
 
@@ -113,34 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ConfigErrorParser(
         prog=PROG,
         description=f"cmm-twin mock MES (aiohttp + SQLite); requires a bearer token when {TOKEN_ENV} is set",
-        argument_default=None,
     )
-    for option in OPTIONS:
-        default = (
-            "required" if option.required else f"default {option.default if option.default is not None else 'off'}"
-        )
-        parser.add_argument(option.flag, metavar=option.metavar, help=f"{option.help} (env {option.env}; {default})")
+    parser.add_options(OPTIONS)
     return parser
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> MesConfig:
-    """Parse and validate flags and `CMM_<FLAG>` variables (and MES_TOKEN); raises ConfigError."""
+    """Parse and validate flags and `CMM_MES_<FLAG>` variables (and MES_TOKEN); raises ConfigError."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        raw, source = getattr(args, option.dest), option.flag
-        if raw is None and option.env in environ:
-            raw, source = environ[option.env], option.env
-        if raw is None:
-            if option.required:
-                raise ConfigError(option.flag, f"required (give {option.flag} {option.metavar} or set {option.env})")
-            values[option.dest] = option.default
-            continue
-        try:
-            values[option.dest] = option.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(source, str(exc)) from None
+    values = resolve(OPTIONS, build_parser().parse_args(argv), environ).values
     return MesConfig(**values, token=environ.get(TOKEN_ENV) or None)
 
 
@@ -175,11 +142,8 @@ async def serve(config: MesConfig, stop: asyncio.Event | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, serve. Bad configuration exits 2 with one line on stderr."""
-    load_env_file()
-    try:
-        config = load_config(argv)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    config = load_or_report(PROG, lambda: load_config(argv))
+    if config is None:
         return 2
     setup_logging(config.log_level)
     ready_log.setLevel(logging.INFO)

@@ -1,10 +1,11 @@
-"""Command line of the CMM simulator (DESIGN.md section 6).
+"""Command line of the CMM simulator (README, "The simulator").
 
 `cmm_simulator.py --outdir DIR [--machines N] [--count N] [--rate HZ] [--seed S] [--truth-dir DIR]
 [--speedup X] [--start ISO8601] [--log-level LEVEL]`. Every flag has an environment variable
-`CMM_<FLAG>` (`CMM_OUTDIR`, `CMM_RATE`, `CMM_TRUTH_DIR`, ...) used when the flag is absent; an
-empty variable counts as unset. Invalid values exit with code 2 and one line on stderr naming the
-flag or variable. SIGINT and SIGTERM finish the file in hand and exit 0.
+`CMM_SIM_<FLAG>` (`CMM_SIM_OUTDIR`, `CMM_SIM_RATE`, `CMM_SIM_TRUTH_DIR`, ...) used when the flag is
+absent; an empty variable counts as unset (see `cmm_twin.options`). Invalid values exit with code 2
+and one line on stderr naming the flag or variable. SIGINT and SIGTERM finish the file in hand and
+exit 0.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -23,17 +23,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 from cmm_twin.errors import ConfigError
 from cmm_twin.logs import setup_logging
+from cmm_twin.options import (
+    ConfigErrorParser,
+    Option,
+    load_or_report,
+    option_table,
+    parse_log_level,
+    parse_number,
+    parse_path,
+    parse_whole,
+    resolve,
+)
 from cmm_twin.simulator.shop import BLOCK_PARTS, MAX_MACHINES, ShopModel, ShopScenario
 from cmm_twin.simulator.writer import PartFileWriter, format_timestamp
 
 log = logging.getLogger(__name__)
 
 PROG = "cmm_simulator"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _STOP_POLL_S = 0.2
 """Longest pacing sleep between checks of the stop request."""
 
@@ -78,40 +88,6 @@ class RunSummary:
     """True when a stop request (signal) ended the run before --count."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr (no usage block), exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-# ----------------------------------------------------------------------------- value parsers
-# Each takes the raw text and returns the value or raises ValueError with the reason.
-
-
-def _parse_int(text: str, lower: int, upper: int | None = None) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
-    if value < lower or (upper is not None and value > upper):
-        bound = f"in {lower}..{upper}" if upper is not None else f">= {lower}"
-        raise ValueError(f"must be {bound}, got {value}")
-    return value
-
-
-def _parse_float(text: str, lower: float, strict: bool) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {text!r}")
-    if value < lower or (strict and value == lower):
-        raise ValueError(f"must be {'>' if strict else '>='} {lower:g}, got {value:g}")
-    return value
-
-
 def _parse_start(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
@@ -122,54 +98,45 @@ def _parse_start(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _parse_dir(text: str) -> Path:
-    if not text.strip():
-        raise ValueError("must not be empty")
-    return Path(text).expanduser()
-
-
-def _parse_level(text: str) -> str:
-    level = text.strip().upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-    return level
-
-
-OPTION_TABLE: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
-    # settings field: (flag, metavar, parser, help with the default)
-    # settings field: (flag, metavar, parser, help)
-    "outdir": ("--outdir", "DIR", _parse_dir, "inbox directory the CSV files go to (required; created if missing)"),
-    "machines": ("--machines", "N", lambda t: _parse_int(t, 1, MAX_MACHINES), f"CMMs, 1..{MAX_MACHINES} (default 3)"),
-    "count": ("--count", "N", lambda t: _parse_int(t, 1), "stop after N parts (default: run until stopped)"),
-    "rate_hz": ("--rate", "HZ", lambda t: _parse_float(t, 0.0, strict=False), "parts per second (default 1; 0 = max)"),
-    "seed": ("--seed", "S", lambda t: _parse_int(t, 0), "random seed (default 0)"),
-    "truth_dir": ("--truth-dir", "DIR", _parse_dir, "also write the ground truth of every part here"),
-    "speedup": (
-        "--speedup",
-        "X",
-        lambda t: _parse_float(t, 0.0, strict=True),
-        "shop seconds per second of time stamps (default 60: a shop day in 24 min at 1 Hz)",
+ENV_PREFIX = "CMM_SIM_"
+OPTIONS: tuple[Option, ...] = option_table(
+    ENV_PREFIX,
+    (
+        Option(
+            "--outdir",
+            parse_path,
+            None,
+            "inbox directory the CSV files go to (created if missing)",
+            "DIR",
+            required=True,
+        ),
+        Option("--machines", parse_whole(1, MAX_MACHINES), 3, f"CMMs, 1..{MAX_MACHINES}", "N"),
+        Option("--count", parse_whole(1), None, "stop after N parts (off: run until stopped)", "N"),
+        Option("--rate", parse_number(0.0), 1.0, "parts per second (0 = max)", "HZ"),
+        Option("--seed", parse_whole(0), 0, "random seed", "S"),
+        Option("--truth-dir", parse_path, None, "also write the ground truth of every part here", "DIR"),
+        Option(
+            "--speedup",
+            parse_number(0.0, low_open=True),
+            60.0,
+            "shop seconds per second of time stamps (60: a shop day in 24 min at 1 Hz)",
+            "X",
+        ),
+        Option("--start", _parse_start, None, "time stamp of part 0 (off: now, to the second)", "ISO8601"),
+        Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL"),
     ),
-    "start": ("--start", "ISO8601", _parse_start, "time stamp of part 0 (default: now, to the second)"),
-    "log_level": ("--log-level", "LEVEL", _parse_level, f"one of {', '.join(LOG_LEVELS)} (default INFO)"),
-}
-
-
-def env_name(flag: str) -> str:
-    """Environment variable of a flag: `--truth-dir` -> `CMM_TRUTH_DIR`."""
-    return "CMM_" + flag.lstrip("-").replace("-", "_").upper()
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; values stay text here and are validated by `parse_settings`."""
-    parser = _OneLineParser(
+    parser = ConfigErrorParser(
         prog=PROG,
         description="Simulate CMMs in a shop with drifting temperature; write one CSV file per part.",
-        epilog="Every flag can also be set by the environment variable CMM_<FLAG>, e.g. CMM_RATE=0.",
+        epilog=f"Every flag can also be set by the environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}RATE=0.",
         allow_abbrev=False,
     )
-    for field, (flag, metavar, _, help_text) in OPTION_TABLE.items():
-        parser.add_argument(flag, dest=field, metavar=metavar, help=f"{help_text} [{env_name(flag)}]")
+    parser.add_options(OPTIONS)
     return parser
 
 
@@ -178,22 +145,8 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> Simula
 
     Raises ConfigError naming the flag (or environment variable) of the first invalid value.
     """
-    namespace = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
-    for field, (flag, _, parse, _) in OPTION_TABLE.items():
-        raw: str | None = getattr(namespace, field)
-        key = flag
-        if raw is None:
-            key = env_name(flag)
-            raw = environ.get(key) or None
-        if raw is None:
-            continue
-        try:
-            values[field] = parse(raw)
-        except ValueError as exc:
-            raise ConfigError(key, str(exc)) from None
-    if "outdir" not in values:
-        raise ConfigError("--outdir", f"is required (or set {env_name('--outdir')})")
+    values = resolve(OPTIONS, build_parser().parse_args(argv), environ).values
+    values["rate_hz"] = values.pop("rate")
     settings = SimulatorSettings(**values)
     if settings.truth_dir is not None and _same_path(settings.truth_dir, settings.outdir):
         raise ConfigError("--truth-dir", "must differ from --outdir (truth files share the inbox file names)")
@@ -303,10 +256,8 @@ class _StopOnSignal:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, set up logging, run; returns the exit code (0 ok, 1 I/O error, 2 bad usage)."""
-    try:
-        settings = parse_settings(argv, os.environ)
-    except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    settings = load_or_report(PROG, lambda: parse_settings(argv, os.environ))
+    if settings is None:
         return 2
     setup_logging(settings.log_level)
     for flag, directory in (("--outdir", settings.outdir), ("--truth-dir", settings.truth_dir)):

@@ -1,58 +1,30 @@
-"""`python -m cmm_twin run`: the whole twin on this machine with one command (`make run`).
-
-Starts three child processes with this Python, loopback only, each once the one before is ready:
-the mock MES, the edge gateway delivering to it (embedded historian, OPC UA, `/health`), then the
-shop simulator writing into the gateway's inbox. Their stdout and stderr are streamed line by line
-to this process's stdout behind a fixed-width prefix (`mes       | `, `gateway   | `,
-`simulator | `; the launcher's own lines carry `launcher  | `).
-
-The children run in sessions of their own, so a terminal's Ctrl+C reaches only the launcher, which
-stops them in the order of the data flow: the simulator first (it finishes the file in hand), then
-the gateway (it finishes the chunk in hand and closes its sinks), then the MES; each gets SIGTERM
-and, after `STOP_TIMEOUT_S`, SIGKILL. A second Ctrl+C kills what is still running at once. On
-Linux each child also gets SIGTERM from the kernel if the launcher itself dies without stopping
-them (kill -9), so no child outlives it.
-
-A child that exits by itself is a failure: the launcher says so and stops the others. Exit codes:
-0 everything stopped cleanly, 1 a child failed (to start, while running, or to stop cleanly),
-2 an invalid option (one line naming it).
-
-Chaos demo (`--chaos-after S`): S seconds after everything is up the MES is killed with SIGKILL,
-and restarted `--chaos-down` seconds later on the same port and database; the gateway buffers
-meanwhile and flushes at recovery (DESIGN.md section 5).
+"""Process supervision of `python -m cmm_twin run`: the three children started in order, their
+output streamed behind a prefix, an exit nobody asked for reported, the stop in the order of the
+data flow, and the chaos schedule (see the package docstring).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
-import io
 import logging
-import math
 import os
 import re
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmm_twin.envfile import load_env_file
-from cmm_twin.errors import ConfigError
-from cmm_twin.logs import LOG_FORMAT
-from cmm_twin.options import ConfigErrorParser, Option
-from cmm_twin.simulator.shop import MAX_MACHINES, SECONDS_PER_DAY
+from cmm_twin.launcher.settings import CHAOS_COMMAND, LauncherSettings, child_environment
+from cmm_twin.simulator.shop import SECONDS_PER_DAY
 
-PROG = "python -m cmm_twin run"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 """The repository: the children are its top-level scripts."""
 HOST = "127.0.0.1"
-STOP_TIMEOUT_S = 20.0
-"""SIGTERM to SIGKILL, per child."""
 KILL_WAIT_S = 10.0
 READY_TIMEOUT_S = 60.0
 """Longest wait for a child's start-up line."""
@@ -62,157 +34,12 @@ LINE_LIMIT = 1 << 20
 """Longest output line passed on whole; a longer one is replaced by a note."""
 PREFIX_WIDTH = 10
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-CHAOS_COMMAND = "make chaos  (= python -m cmm_twin run --chaos-after 20 --chaos-down 15)"
 
 MES_READY_RE = re.compile(r"mock MES listening on http://\S+:(\d+) ")
 GATEWAY_READY_RE = re.compile(r"gateway ready: .* HTTP http://([\d.]+):(\d+)/health")
 SIMULATOR_READY_RE = re.compile(r"simulator started: ")
 
-log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- options
-
-
-def _port(low: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        text = value.strip()
-        if re.fullmatch(r"[0-9]{1,5}", text) is None or not low <= int(text) <= 65535:
-            raise ValueError(f"expected a TCP port {low}..65535, got {value!r}")
-        return int(text)
-
-    return parse
-
-
-def _number(low: float, *, strict: bool) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number < low or (strict and number == low):
-            raise ValueError(f"expected a number {'>' if strict else '>='} {low:g}, got {value!r}")
-        return number
-
-    return parse
-
-
-def _machines(value: str) -> int:
-    text = value.strip()
-    if re.fullmatch(r"[0-9]{1,3}", text) is None or not 1 <= int(text) <= MAX_MACHINES:
-        raise ValueError(f"expected a whole number 1..{MAX_MACHINES}, got {value!r}")
-    return int(text)
-
-
-def _directory(value: str) -> Path:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return Path(value).expanduser()
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "--data-dir",
-        _directory,
-        Path("data"),
-        "data directory: the gateway's inbox/, archive/, quarantine/, state/, plus truth/ and mes.sqlite",
-        "DIR",
-    ),
-    Option("--http-port", _port(0), 8080, "gateway HTTP port: live page, /health, /metrics (0: any free)", "PORT"),
-    Option("--mes-port", _port(0), 8000, "mock MES port (0: any free)", "PORT"),
-    Option("--opcua-port", _port(1), 4840, "OPC UA server port (0 is not supported)", "PORT"),
-    Option("--rate", _number(0.0, strict=False), 2.0, "parts per second the simulator writes (0: flat out)", "HZ"),
-    Option("--speedup", _number(0.0, strict=True), 240.0, "shop seconds per wall second (240: a day in 6 min)", "X"),
-    Option("--machines", _machines, 3, f"simulated CMMs, 1..{MAX_MACHINES}", "N"),
-    Option(
-        "--chaos-after",
-        _number(0.0, strict=True),
-        None,
-        "chaos demo: kill the MES (SIGKILL) this many seconds after start-up",
-        "S",
-    ),
-    Option(
-        "--chaos-down",
-        _number(0.0, strict=True),
-        15.0,
-        "chaos demo: seconds the MES stays down before it is restarted (needs --chaos-after)",
-        "S",
-    ),
-)
-
-
-@dataclass(frozen=True)
-class LauncherSettings:
-    """Validated options of one launch."""
-
-    data_dir: Path
-    http_port: int
-    mes_port: int
-    opcua_port: int
-    rate: float
-    """Parts per wall second (0: as fast as the simulator can)."""
-    speedup: float
-    """Shop seconds per wall second: a shop day lasts 86,400 / speedup wall seconds."""
-    machines: int
-    chaos_after: float | None
-    """Seconds after start-up at which the MES is killed; None: no chaos."""
-    chaos_down: float
-    stop_timeout_s: float = STOP_TIMEOUT_S
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of `run` (values stay text here; `load_settings` validates them)."""
-    parser = ConfigErrorParser(
-        prog=PROG,
-        description=(
-            "Start the mock MES, the edge gateway and the shop simulator on 127.0.0.1 and stream their "
-            "logs; Ctrl+C stops the simulator, then the gateway, then the MES."
-        ),
-        epilog=f"Chaos demo (the MES killed and restarted): {CHAOS_COMMAND}",
-        allow_abbrev=False,
-    )
-    for option in OPTIONS:
-        default = option.default
-        if default is None:
-            default = "off"
-        elif isinstance(default, float):
-            default = f"{default:g}"
-        parser.add_argument(
-            option.flag, metavar=option.metavar, help=f"{option.help} (env {option.env}; default {default})"
-        )
-    return parser
-
-
-def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> LauncherSettings:
-    """Flags, then `CMM_<FLAG>` variables (an empty one counts as unset), then defaults; validated.
-
-    Raises ConfigError naming the flag or variable of the first invalid value.
-    """
-    environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
-    values: dict[str, Any] = {}
-    given: dict[str, str] = {}
-    for option in OPTIONS:
-        raw, source = getattr(args, option.dest), option.flag
-        if raw is None and environ.get(option.env):
-            raw, source = environ[option.env], option.env
-        if raw is None:
-            values[option.dest] = option.default
-            continue
-        given[option.dest] = source
-        try:
-            values[option.dest] = option.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(source, str(exc)) from None
-    if "chaos_down" in given and values["chaos_after"] is None:
-        raise ConfigError(given["chaos_down"], "needs --chaos-after (the chaos demo is off without it)")
-    seen: dict[int, str] = {}
-    for dest in ("http_port", "mes_port", "opcua_port"):
-        port, source = values[dest], given.get(dest, "--" + dest.replace("_", "-"))
-        if port != 0 and port in seen:
-            raise ConfigError(source, f"port {port} is already taken by {seen[port]}")
-        seen[port] = source
-    return LauncherSettings(**values)
+log = logging.getLogger("cmm_twin.launcher")
 
 
 # ----------------------------------------------------------------------------- children
@@ -289,7 +116,7 @@ class Launcher:
         self._signals = 0
         self._children: list[_Child] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._env = child_environment(os.environ)
         self._preexec = _parent_death_signal()
         self._output_ok = True
 
@@ -571,31 +398,3 @@ class Launcher:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.proc.pid, signum)
-
-
-# ----------------------------------------------------------------------------- entry point
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m cmm_twin run`; returns the exit code."""
-    load_env_file()
-    try:
-        settings = load_settings(argv)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(
-            f"{PROG}: error: --data-dir: cannot create {str(settings.data_dir)!r}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 2
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors="backslashreplace")
-    logging.basicConfig(level=logging.INFO, format=f"{'launcher':<{PREFIX_WIDTH}}| {LOG_FORMAT}", stream=sys.stdout)
-    try:
-        return asyncio.run(Launcher(settings).run())
-    except KeyboardInterrupt:  # before the signal handlers were installed: nothing was started
-        return 0
