@@ -17,7 +17,7 @@ import pytest
 from cmm_twin.gateway.runner import DurableRunner, LiveRunner, RunnerSettings
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
 from cmm_twin.gateway.state import AsyncState, StateStore
-from cmm_twin.gateway.status import GatewayStatus, SinkStatus
+from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
 from cmm_twin.records import RecordBatch
 from tests.test_opcua_sink import make_batch
 
@@ -135,7 +135,7 @@ async def test_delivers_in_order_in_batches_and_acknowledges(state: AsyncState) 
     assert sink.writes == [["m-0", "m-1"], ["m-2", "m-3"], ["m-4"]]
     assert run.delivered == [f"m-{i}" for i in range(5)]
     assert run.status.rows_out == 5
-    assert run.status.state == "connected"
+    assert run.status.state is SinkState.CONNECTED
     await run.runner.refresh_status()
     assert run.status.buffer_depth == 0
 
@@ -168,7 +168,7 @@ async def test_retry_resends_the_same_batch_after_retry_after(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("Network Lost! Buffering..." in m for m in messages) == 1, "once per outage"
     assert sum("Flushing buffer..." in m for m in messages) == 1
-    assert run.status.state == "connected" and run.status.last_error is None
+    assert run.status.state is SinkState.CONNECTED and run.status.last_error is None
 
 
 async def test_split_halves_until_the_receiver_accepts(state: AsyncState) -> None:
@@ -224,7 +224,7 @@ async def test_refused_keeps_the_data_spooled_and_resumes_when_accepted(
     sink.refusing = "401 Unauthorized"
     with caplog.at_level(logging.INFO, logger="cmm_twin.gateway.runner"):
         run = Running(sink, state)
-        await until(lambda: sink.refused >= 3 and run.status.state == "refused", "refused three times")
+        await until(lambda: sink.refused >= 3 and run.status.state is SinkState.REFUSED, "refused three times")
         assert run.status.last_error == "401 Unauthorized"
         assert await run.acked() == 0
         assert (await state.call(state.store.pending, SINK))[0] == 3, "everything stays spooled"
@@ -233,7 +233,7 @@ async def test_refused_keeps_the_data_spooled_and_resumes_when_accepted(
         await run.wait_acked(3)
         await run.stop()
     assert run.delivered == ["m-0", "m-1", "m-2"]
-    assert run.status.state == "connected"
+    assert run.status.state is SinkState.CONNECTED
     assert sum("refuses the gateway" in r.getMessage() for r in caplog.records) == 1, "said once, not per try"
     assert all(ids == ["m-0", "m-1"] for ids in sink.writes[:-2]), "the refused batch is the one sent again"
 
@@ -316,7 +316,7 @@ async def test_live_runner_logs_a_failing_write_and_goes_on(caplog: pytest.LogCa
         await until(lambda: len(sink.writes) == 2 and status.rows_out == 3, "both batches written")
         stop.set()
         await asyncio.wait_for(task, DEADLINE_S)
-    assert status.state == "connected"
+    assert status.state is SinkState.CONNECTED
     assert status.rows_out == 3, "the failed batch is skipped, not counted"
     failures = [r for r in caplog.records if "write failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].getMessage().startswith(f"{SINK}: ")
