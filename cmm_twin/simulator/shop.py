@@ -1,7 +1,7 @@
 """Digital twin of a measuring shop: air drift, warm parts cooling, sensor and probe noise.
 
 Pure NumPy, no I/O. `ShopModel.parts` returns the measurements of a range of parts as arrays, one
-row per measurement (part x feature), ordered by part then feature. The model (DESIGN.md section 4):
+row per measurement (part x feature), ordered by part then feature. The model (README, "The simulator"):
 
 - Shop air, at shop time t (s):
   T_air(t) = air_mean_c + A_day * sin(2*pi*t/86400 + phase) + A_hvac * sin(2*pi*t/P_hvac) + noise,
