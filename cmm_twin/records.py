@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cmm_twin.physics.thermal import VERDICT_NAMES, flag_names
+from cmm_twin.physics.decision import VERDICT_NAMES
+from cmm_twin.physics.thermal import flag_names
 
 RESULT_FIELDS: tuple[str, ...] = (
     "measurement_id",

@@ -38,8 +38,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.physics.compensation import expand_from_20c
 from cmm_twin.physics.materials import Material, lookup_material
-from cmm_twin.physics.thermal import expand_from_20c
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
