@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cmm_twin.gateway.runner import DurableRunner, LiveRunner, RunnerSettings
+from cmm_twin.gateway.live_runner import LiveRunner
+from cmm_twin.gateway.runner import DurableRunner, RunnerSettings
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
 from cmm_twin.gateway.state import AsyncState, StateStore
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
