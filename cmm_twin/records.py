@@ -1,4 +1,4 @@
-"""The result record every sink receives (DESIGN.md section 3) and the measurement id."""
+"""The result record every sink receives (docs/architecture.md, "The result record") and the measurement id."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cmm_twin.physics.thermal import VERDICT_NAMES, flag_names
+from cmm_twin.physics.decision import VERDICT_NAMES
+from cmm_twin.physics.thermal import flag_names
 
 RESULT_FIELDS: tuple[str, ...] = (
     "measurement_id",
@@ -70,7 +71,7 @@ INBOX_COLUMNS: tuple[str, ...] = (
     "air_temp_c",
     "scale_temp_c",
 )
-"""Columns of an inbox CSV file (DESIGN.md section 2), in contract order."""
+"""Columns of an inbox CSV file (README, "The CSV format (inbox)"), in contract order."""
 INBOX_OPTIONAL_COLUMNS: tuple[str, ...] = ("material", "air_temp_c", "scale_temp_c")
 
 FLOAT_COLUMNS: tuple[str, ...] = RESULT_FIELDS[RESULT_FIELDS.index("cte_per_k") : RESULT_FIELDS.index("verdict")]

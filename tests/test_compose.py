@@ -1,7 +1,7 @@
 """The docker plant stack and the Grafana dashboard, checked statically (no Docker, no network).
 
 - Every Flux query of grafana/dashboards/cmm_dashboard.json uses only the historian names of
-  DESIGN.md section 6 (imported from the line-protocol module, never copied), and the dashboard
+  the README's "The historian" (imported from the line-protocol module, never copied), and the dashboard
   has the panels, the datasource uid and the `machine_id` variable it promises.
 - docker-compose.yml: mounts, builds and provisioning paths exist, images are pinned, every
   service has a health check, ports are on the host loopback, command lines parse with the

@@ -1,4 +1,4 @@
-"""InfluxDB line protocol of the historian (DESIGN.md section 6): exact lines computed by hand,
+"""InfluxDB line protocol of the historian (README, "The historian"): exact lines computed by hand,
 escaping, NaN handling, precision, and a round trip through a small line-protocol parser."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Physics against hand-computed values (DESIGN.md section 3)."""
+"""Physics against hand-computed values (README, "The physics, by hand")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python -m cmm_twin.physics --measured 100.0118 --temp 25 --material AL6061 --nominal 100 --tol 0.01
 
 prints the compensated length, correction, uncertainty and verdict; `--json` prints one JSON object
-with the result-record field names (DESIGN.md section 3). Bad values exit 2 with one line.
+with the result-record field names (`cmm_twin/records.py` `RESULT_FIELDS`). Bad values exit 2 with one line.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def compute_record(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate the arguments and return a result record (DESIGN.md section 3 names)."""
+    """Evaluate the arguments and return a result record (the names of `RESULT_FIELDS`)."""
     material = lookup_material(args.material)
     scale = lookup_material(args.scale_material) if args.scale_material else None
     config = PhysicsConfig(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cmm_twin.errors import ConfigError, UnknownMaterialError
 
 DEFAULT_CTE_HALF_WIDTH_REL = 0.10
-"""Half-width of the rectangular distribution of a CTE, relative to the value (DESIGN.md s.3)."""
+"""Half-width of the rectangular distribution of a CTE, relative to the value (README, "The physics, by hand")."""
 
 
 @dataclass(frozen=True)

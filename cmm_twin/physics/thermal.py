@@ -1,13 +1,12 @@
-"""Thermal compensation to 20 degC, its uncertainty and the conformity decision.
+"""Thermal compensation to 20 degC, its uncertainty and the conformity decision of a batch.
 
 Pure NumPy, no I/O: every function takes and returns arrays (scalars broadcast), one element per
-measurement row. References:
-- ISO 1:2022, reference temperature for geometrical product specification is 20 degC.
-- ISO/TR 16015:2003, systematic errors and contributions to uncertainty of length measurement
-  due to thermal influences (exact and differential expansion model).
-- JCGM 100:2008 (GUM), first-order propagation of uncorrelated standard uncertainties.
-- ISO 14253-1:2017, decision rules for verifying conformity with guard bands.
-- ISO 10360-2:2009, CMM length measuring error E0 = A + L/K (here the MPE of the machine).
+measurement row. `evaluate` runs the whole chain; the parts live beside it by concern:
+- `compensation`: ISO 1 / ISO/TR 16015, the exact expansion model.
+- `uncertainty`: JCGM 100:2008 (GUM) budget, with the CMM's MPE per ISO 10360-2.
+- `decision`: ISO 14253-1 decision rules with guard bands.
+- `checks`: the limits and the validation of inputs and results.
+The names callers imported from here before the split are re-exported.
 """
 
 from __future__ import annotations
@@ -20,36 +19,14 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cmm_twin.errors import ConfigError, PhysicsInputError
+from cmm_twin.physics.checks import ThermalLimits, checked_input, implausible_results, require_finite, valid_inputs
+from cmm_twin.physics.compensation import REFERENCE_TEMP_C, UM_PER_MM, FloatArray, compensate_part, compensate_to_20c
+from cmm_twin.physics.decision import VERDICT_NAMES, DecisionRule, Verdict, decide
+from cmm_twin.physics.uncertainty import UncertaintyInputs, standard_uncertainty_um
 
-REFERENCE_TEMP_C = 20.0
-"""ISO 1 reference temperature."""
-
-UM_PER_MM = 1000.0
-
-FloatArray = NDArray[np.float64]
-
-
-class Verdict(enum.IntEnum):
-    """Conformity verdict per ISO 14253-1; the integer is the code stored in verdict arrays."""
-
-    PASS = 0
-    FAIL = 1
-    UNCERTAIN = 2
-
-
-_PASS, _FAIL, _UNCERTAIN = np.int8(Verdict.PASS), np.int8(Verdict.FAIL), np.int8(Verdict.UNCERTAIN)
-"""The codes as NumPy int8 scalars: arrays chosen from them are int8 verdict arrays."""
-
-VERDICT_NAMES: NDArray[np.str_] = np.array([v.name for v in Verdict])
-"""VERDICT_NAMES[code] is the verdict's name, so names of a whole array are one indexing step."""
-
-
-class DecisionRule(enum.StrEnum):
-    """`guard_banded`: ISO 14253-1 with guard band U (default); `simple`: PASS iff |d| <= tol."""
-
-    GUARD_BANDED = "guard_banded"
-    SIMPLE = "simple"
+__all__ = ["FLAG_NAMES", "Evaluation", "Flag", "PhysicsConfig", "evaluate", "flag_names"]
+__all__ += ["VERDICT_NAMES", "DecisionRule", "ThermalLimits", "UncertaintyInputs", "Verdict", "implausible_results"]
+"""This module's names, then those callers imported from here before the split (re-exported)."""
 
 
 class Flag(enum.IntFlag):
@@ -69,57 +46,6 @@ def flag_names(mask: int) -> list[str]:
 
 
 @dataclass(frozen=True)
-class UncertaintyInputs:
-    """Inputs of the GUM budget; defaults as DESIGN.md section 3."""
-
-    part_temp_u_k: float = 0.2
-    """Standard uncertainty of the part thermometer, K."""
-    scale_temp_u_k: float = 0.2
-    """Standard uncertainty of the scale thermometer, K (only with a scale CTE)."""
-    cmm_mpe_a_um: float = 1.5
-    """Constant term A of the CMM's MPE E0 = A + L/K, um."""
-    cmm_mpe_k_mm_per_um: float = 333.0
-    """Length term K of the CMM's MPE E0 = A + L/K (L in mm gives um)."""
-    repeatability_um: float = 0.5
-    """Standard uncertainty of probing repeatability, um."""
-    coverage_factor: float = 2.0
-    """k of the expanded uncertainty U = k * u_c."""
-
-    def __post_init__(self) -> None:
-        for name in ("part_temp_u_k", "scale_temp_u_k", "cmm_mpe_a_um", "repeatability_um"):
-            _require_finite(name, getattr(self, name), allow_zero=True)
-        _require_finite("cmm_mpe_k_mm_per_um", self.cmm_mpe_k_mm_per_um, allow_zero=False)
-        _require_finite("coverage_factor", self.coverage_factor, allow_zero=False)
-
-
-@dataclass(frozen=True)
-class ThermalLimits:
-    """Validation limits. Temperatures: plausible (outside is an input error) and rated (outside
-    is a flag). Lengths: a nominal, tolerance, measured or compensated length must be in
-    0 < L <= max_length_mm (larger is an input error: no CMM measures it, and a huge finite value
-    such as 1e308 would overflow the arithmetic to inf)."""
-
-    plausible_min_c: float = -20.0
-    plausible_max_c: float = 80.0
-    rated_min_c: float = 15.0
-    rated_max_c: float = 30.0
-    soak_max_diff_k: float = 2.0
-    """Largest |part - air| for a soaked part; more raises PART_NOT_SOAKED."""
-    max_length_mm: float = 10_000.0
-    """Largest plausible length (10 m)."""
-
-    def __post_init__(self) -> None:
-        _require_finite("max_length_mm", self.max_length_mm, allow_zero=False)
-        for name in ("plausible_min_c", "plausible_max_c", "rated_min_c", "rated_max_c"):
-            _require_finite(name, getattr(self, name), allow_zero=True, allow_negative=True)
-        _require_finite("soak_max_diff_k", self.soak_max_diff_k, allow_zero=False)
-        if not self.plausible_min_c < self.plausible_max_c:
-            raise ConfigError("plausible_min_c", "must be below plausible_max_c")
-        if not self.rated_min_c < self.rated_max_c:
-            raise ConfigError("rated_min_c", "must be below rated_max_c")
-
-
-@dataclass(frozen=True)
 class PhysicsConfig:
     """Everything the evaluation needs besides the rows themselves."""
 
@@ -131,8 +57,8 @@ class PhysicsConfig:
     scale_cte_u_per_k: float = 0.0
 
     def __post_init__(self) -> None:
-        _require_finite("scale_cte_per_k", self.scale_cte_per_k, allow_zero=True)
-        _require_finite("scale_cte_u_per_k", self.scale_cte_u_per_k, allow_zero=True)
+        require_finite("scale_cte_per_k", self.scale_cte_per_k, allow_zero=True)
+        require_finite("scale_cte_u_per_k", self.scale_cte_u_per_k, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -149,128 +75,6 @@ class Evaluation:
     """Verdict codes; VERDICT_NAMES[verdict] gives the names."""
     flags: NDArray[np.int32]
     """Bit masks of Flag."""
-
-
-def compensate_to_20c(
-    measured_mm: ArrayLike,
-    part_temp_c: ArrayLike,
-    cte_per_k: ArrayLike,
-    scale_temp_c: ArrayLike = REFERENCE_TEMP_C,
-    scale_cte_per_k: ArrayLike = 0.0,
-) -> FloatArray:
-    """Length at 20 degC, exact form (ISO/TR 16015):
-
-    L20 = L * (1 + a_s * (T_s - 20)) / (1 + a_w * (T_w - 20)).
-    """
-    measured = np.asarray(measured_mm, dtype=np.float64)
-    return np.asarray(
-        measured * expansion_factor(scale_temp_c, scale_cte_per_k) / expansion_factor(part_temp_c, cte_per_k),
-        dtype=np.float64,
-    )
-
-
-def expand_from_20c(
-    length_20c_mm: ArrayLike,
-    part_temp_c: ArrayLike,
-    cte_per_k: ArrayLike,
-    scale_temp_c: ArrayLike = REFERENCE_TEMP_C,
-    scale_cte_per_k: ArrayLike = 0.0,
-) -> FloatArray:
-    """What an ideal CMM reads for a part of `length_20c_mm`: the inverse of compensate_to_20c."""
-    length = np.asarray(length_20c_mm, dtype=np.float64)
-    return np.asarray(
-        length * expansion_factor(part_temp_c, cte_per_k) / expansion_factor(scale_temp_c, scale_cte_per_k),
-        dtype=np.float64,
-    )
-
-
-def expansion_factor(temp_c: ArrayLike, cte_per_k: ArrayLike) -> FloatArray:
-    """1 + a * (T - 20): how much a length at 20 degC grows at T (ISO 1 reference)."""
-    return np.asarray(
-        1.0 + np.asarray(cte_per_k, dtype=np.float64) * (np.asarray(temp_c, dtype=np.float64) - REFERENCE_TEMP_C),
-        dtype=np.float64,
-    )
-
-
-def compensate_linear(
-    measured_mm: ArrayLike,
-    part_temp_c: ArrayLike,
-    cte_per_k: ArrayLike,
-    scale_temp_c: ArrayLike = REFERENCE_TEMP_C,
-    scale_cte_per_k: ArrayLike = 0.0,
-) -> FloatArray:
-    """First-order approximation L20 ~ L * (1 - a_w*dT_w + a_s*dT_s); for comparison only.
-
-    It differs from the exact form by about L * (a_w*dT_w)^2.
-    """
-    measured = np.asarray(measured_mm, dtype=np.float64)
-    part_term = np.asarray(cte_per_k, dtype=np.float64) * (np.asarray(part_temp_c, dtype=np.float64) - REFERENCE_TEMP_C)
-    scale_term = np.asarray(scale_cte_per_k, dtype=np.float64) * (
-        np.asarray(scale_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
-    )
-    return np.asarray(measured * (1.0 - part_term + scale_term), dtype=np.float64)
-
-
-def cmm_mpe_um(length_mm: ArrayLike, inputs: UncertaintyInputs) -> FloatArray:
-    """Maximum permissible error E0 = A + L/K of the CMM (ISO 10360-2), um."""
-    return np.asarray(inputs.cmm_mpe_a_um + np.asarray(length_mm, dtype=np.float64) / inputs.cmm_mpe_k_mm_per_um)
-
-
-def standard_uncertainty_um(
-    length_mm: ArrayLike,
-    part_temp_c: ArrayLike,
-    cte_per_k: ArrayLike,
-    cte_u_per_k: ArrayLike,
-    inputs: UncertaintyInputs,
-    scale_temp_c: ArrayLike = REFERENCE_TEMP_C,
-    scale_cte_per_k: float = 0.0,
-    scale_cte_u_per_k: float = 0.0,
-) -> FloatArray:
-    """Combined standard uncertainty u_c of the length at 20 degC, um (GUM, first order).
-
-    u_c^2 = (L*dT*u(a))^2 + (L*a*u(T))^2 + u_cmm^2 + u_rep^2, with u_cmm = E0/sqrt(3) (MPE taken
-    as rectangular); with a scale CTE the two scale terms (L*dT_s*u(a_s))^2 + (L*a_s*u(T_s))^2
-    are added (ISO/TR 16015). Inputs are taken as uncorrelated.
-    """
-    length = np.asarray(length_mm, dtype=np.float64)
-    delta_t = np.asarray(part_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
-    cte = np.asarray(cte_per_k, dtype=np.float64)
-    u_cte = np.asarray(cte_u_per_k, dtype=np.float64)
-    length_um = length * UM_PER_MM
-    variance = (
-        (length_um * delta_t * u_cte) ** 2
-        + (length_um * cte * inputs.part_temp_u_k) ** 2
-        + (cmm_mpe_um(length, inputs) / math.sqrt(3.0)) ** 2
-        + inputs.repeatability_um**2
-    )
-    if scale_cte_per_k or scale_cte_u_per_k:
-        delta_ts = np.asarray(scale_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
-        variance = (
-            variance
-            + (length_um * delta_ts * scale_cte_u_per_k) ** 2
-            + (length_um * scale_cte_per_k * inputs.scale_temp_u_k) ** 2
-        )
-    return np.asarray(np.sqrt(variance), dtype=np.float64)
-
-
-def decide(
-    deviation_um: ArrayLike,
-    tolerance_um: ArrayLike,
-    expanded_uncertainty_um: ArrayLike,
-    rule: DecisionRule = DecisionRule.GUARD_BANDED,
-) -> NDArray[np.int8]:
-    """Verdict codes for a symmetric tolerance +-tol (ISO 14253-1).
-
-    guard_banded: PASS when |d| <= tol - U, FAIL when |d| > tol + U, UNCERTAIN otherwise.
-    simple: PASS when |d| <= tol, FAIL otherwise.
-    """
-    magnitude = np.abs(np.asarray(deviation_um, dtype=np.float64))
-    tol = np.asarray(tolerance_um, dtype=np.float64)
-    if rule is DecisionRule.SIMPLE:
-        return np.where(magnitude <= tol, Verdict.PASS, Verdict.FAIL).astype(np.int8)
-    u = np.asarray(expanded_uncertainty_um, dtype=np.float64)
-    passes = np.where(magnitude <= tol - u, _PASS, _UNCERTAIN)
-    return np.where(magnitude > tol + u, _FAIL, passes)  # FAIL wins, as it is decided last
 
 
 def evaluate(
@@ -295,7 +99,7 @@ def evaluate(
     config = config or PhysicsConfig()
     limits = config.limits
     inputs = (measured_mm, part_temp_c, nominal_mm, tolerance_mm, cte_per_k, cte_u_per_k, air_temp_c, scale_temp_c)
-    valid = _valid_rows(inputs, limits)
+    valid = valid_inputs(inputs, limits)
     if valid is not None:  # the usual case: columns of one batch, every value valid
         arrays, low, high = valid
         measured, part_temp, nominal, tolerance, cte, cte_u, air_temp, scale_temp = arrays
@@ -305,14 +109,14 @@ def evaluate(
         all_rated = low[1] >= limits.rated_min_c and high[1] <= limits.rated_max_c
         all_soaked = math.isnan(low[6]) or max(high[1] - low[6], high[6] - low[1]) <= limits.soak_max_diff_k
     else:  # each input converted and checked on its own: the first bad one raises
-        measured = _checked("measured_mm", measured_mm, positive=True, max_length_mm=limits.max_length_mm)
-        nominal = _checked("nominal_mm", nominal_mm, positive=True, max_length_mm=limits.max_length_mm)
-        tolerance = _checked("tolerance_mm", tolerance_mm, positive=True, max_length_mm=limits.max_length_mm)
-        cte = _checked("cte_per_k", cte_per_k, positive=False)
-        cte_u = _checked("cte_u_per_k", cte_u_per_k, positive=False)
-        part_temp = _checked("part_temp_c", part_temp_c, limits=limits)
-        air_temp = _checked("air_temp_c", air_temp_c, limits=limits, optional=True)
-        scale_temp = _checked("scale_temp_c", scale_temp_c, limits=limits, optional=True)
+        measured = checked_input("measured_mm", measured_mm, positive=True, max_length_mm=limits.max_length_mm)
+        nominal = checked_input("nominal_mm", nominal_mm, positive=True, max_length_mm=limits.max_length_mm)
+        tolerance = checked_input("tolerance_mm", tolerance_mm, positive=True, max_length_mm=limits.max_length_mm)
+        cte = checked_input("cte_per_k", cte_per_k, positive=False)
+        cte_u = checked_input("cte_u_per_k", cte_u_per_k, positive=False)
+        part_temp = checked_input("part_temp_c", part_temp_c, limits=limits)
+        air_temp = checked_input("air_temp_c", air_temp_c, limits=limits, optional=True)
+        scale_temp = checked_input("scale_temp_c", scale_temp_c, limits=limits, optional=True)
         shape = np.broadcast(measured, nominal, tolerance, cte, cte_u, part_temp, air_temp, scale_temp).shape
         all_rated = all_soaked = False
 
@@ -333,7 +137,7 @@ def evaluate(
         compensated = compensate_to_20c(measured, part_temp, cte, scale_temp_used, config.scale_cte_per_k)
     else:  # the scale terms are exactly 1 and 0 with this scalar as with an array of 20 degC
         scale_temp_used = REFERENCE_TEMP_C
-        compensated = _compensate_part(measured, part_temp, cte)
+        compensated = compensate_part(measured, part_temp, cte)
     u_c = standard_uncertainty_um(
         measured,
         part_temp,
@@ -355,81 +159,6 @@ def evaluate(
         verdict=_fresh(decide(deviation, tolerance * UM_PER_MM, expanded, config.rule), shape, np.int8),
         flags=flags,
     )
-
-
-def implausible_results(
-    limits: ThermalLimits,
-    compensated_mm: ArrayLike,
-    *other_results: ArrayLike,
-) -> NDArray[np.bool_]:
-    """True for each row whose results cannot be delivered: the compensated length outside
-    0 < L <= `limits.max_length_mm`, or any of `other_results` (e.g. deviation and uncertainty,
-    in um) not finite. Finite inputs can still overflow (1.7e308 mm at 19 degC gives inf), so
-    results are checked as well as inputs. NaN counts as implausible."""
-    compensated = np.asarray(compensated_mm, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        plausible = (compensated > 0.0) & (compensated <= limits.max_length_mm)
-    for values in other_results:
-        plausible = plausible & np.isfinite(np.asarray(values, dtype=np.float64))
-    return np.asarray(~plausible, dtype=np.bool_)
-
-
-_STACKED_ROWS_MAX = 65_536
-"""`_valid_rows` stacks the inputs of `evaluate` up to this length (a copy), checks them one by one beyond."""
-
-
-def _valid_rows(
-    inputs: tuple[ArrayLike, ...], limits: ThermalLimits
-) -> tuple[tuple[FloatArray, ...], list[float], list[float]] | None:
-    """The eight inputs of `evaluate` and the least and greatest value of each (NaN ignored; NaN
-    when all are) if they are float64 vectors of one length that `_checked` accepts.
-
-    One pass for all of them (row-wise minima and maxima of the stacked inputs) instead of
-    several NumPy calls per input. None sends `evaluate` to the input-by-input checks, which also
-    raise the exact error; the same checks pass here as there: the three lengths finite and > 0,
-    the two CTEs finite and >= 0, the part temperature in the plausible range, the two optional
-    temperatures NaN or in it, the three lengths at most `limits.max_length_mm`.
-    """
-    arrays: list[FloatArray] = []
-    for values in inputs:
-        if type(values) is not np.ndarray or values.dtype != np.float64 or values.ndim != 1:
-            return None
-        arrays.append(values)
-    shape = arrays[0].shape
-    if not shape[0] or not all(a.shape == shape for a in arrays):
-        return None
-    if shape[0] <= _STACKED_ROWS_MAX:  # few NumPy calls for all inputs at once
-        block = np.array(arrays)  # one row per input, in the order of `evaluate`'s parameters
-        if math.isnan(block[:6].min()):  # NaN in a required input
-            return None
-        low = np.fmin.reduce(block, axis=1).tolist()  # NaN ignored (NaN only if a row is all NaN)
-        high = np.fmax.reduce(block, axis=1).tolist()
-    else:  # no copy of big inputs
-        if any(math.isnan(a.min()) for a in arrays[:6]):
-            return None
-        low = [float(np.fmin.reduce(a)) for a in arrays]
-        high = [float(np.fmax.reduce(a)) for a in arrays]
-    measured, part, nominal, tolerance, cte, cte_u, air, scale = zip(low, high, strict=True)
-    for lo, hi in (measured, nominal, tolerance):
-        if not (lo > 0.0 and hi <= limits.max_length_mm):
-            return None
-    for lo, hi in (cte, cte_u):
-        if not (lo >= 0.0 and hi < math.inf):
-            return None
-    minimum, maximum = limits.plausible_min_c, limits.plausible_max_c
-    if not (part[0] >= minimum and part[1] <= maximum):
-        return None
-    for lo, hi in (air, scale):  # optional: all NaN (none given), or the given ones in the range
-        if not (math.isnan(lo) or (lo >= minimum and hi <= maximum)):
-            return None
-    return tuple(arrays), low, high
-
-
-def _compensate_part(measured: FloatArray, part_temp: FloatArray, cte: FloatArray) -> FloatArray:
-    """`compensate_to_20c` without a scale CTE: its scale factor is then exactly 1, and
-    L * 1 / f is L / f to the last bit, one NumPy step fewer."""
-    part_factor = 1.0 + cte * (part_temp - REFERENCE_TEMP_C)
-    return np.asarray(measured / part_factor, dtype=np.float64)
 
 
 def _set_flag(flags: NDArray[np.int32], mask: NDArray[np.bool_], flag: Flag) -> None:
@@ -456,54 +185,3 @@ def _fresh(values: NDArray[Any], shape: tuple[int, ...], dtype: type[_Scalar]) -
     if type(values) is np.ndarray and values.shape == shape and values.dtype == dtype:
         return values
     return np.broadcast_to(values, shape).astype(dtype)
-
-
-def _checked(
-    name: str,
-    values: ArrayLike,
-    *,
-    positive: bool = False,
-    limits: ThermalLimits | None = None,
-    optional: bool = False,
-    max_length_mm: float | None = None,
-) -> FloatArray:
-    array = np.asarray(values, dtype=np.float64)
-    bad = np.isinf(array) if optional else ~np.isfinite(array)
-    if bad.any():
-        _raise_first(name, array, bad, "must be a finite number")
-    if positive:
-        bad = array <= 0.0
-        if bad.any():
-            _raise_first(name, array, bad, "must be > 0")
-    if max_length_mm is not None:
-        bad = array > max_length_mm
-        if bad.any():
-            _raise_first(name, array, bad, f"must be <= {max_length_mm:g} mm (limits.max_length_mm)")
-    elif limits is None:
-        bad = array < 0.0
-        if bad.any():
-            _raise_first(name, array, bad, "must be >= 0")
-    if limits is not None:
-        with np.errstate(invalid="ignore"):
-            bad = (array < limits.plausible_min_c) | (array > limits.plausible_max_c)
-        if bad.any():
-            _raise_first(
-                name,
-                array,
-                bad,
-                f"outside the plausible range {limits.plausible_min_c:g}..{limits.plausible_max_c:g} degC",
-            )
-    return array
-
-
-def _raise_first(name: str, array: FloatArray, bad: NDArray[np.bool_], reason: str) -> None:
-    flat = np.flatnonzero(bad)
-    index = int(flat[0]) if array.ndim else None
-    value = array.flat[flat[0]] if array.ndim else array.item()
-    raise PhysicsInputError(name, f"{reason}, got {value!r}", index)
-
-
-def _require_finite(name: str, value: float, *, allow_zero: bool, allow_negative: bool = False) -> None:
-    number = float(value)
-    if not math.isfinite(number) or (number < 0 and not allow_negative) or (number == 0 and not allow_zero):
-        raise ConfigError(name, f"invalid value {value!r}")

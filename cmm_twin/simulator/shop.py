@@ -1,7 +1,7 @@
 """Digital twin of a measuring shop: air drift, warm parts cooling, sensor and probe noise.
 
 Pure NumPy, no I/O. `ShopModel.parts` returns the measurements of a range of parts as arrays, one
-row per measurement (part x feature), ordered by part then feature. The model (DESIGN.md section 4):
+row per measurement (part x feature), ordered by part then feature. The model (README, "The simulator"):
 
 - Shop air, at shop time t (s):
   T_air(t) = air_mean_c + A_day * sin(2*pi*t/86400 + phase) + A_hvac * sin(2*pi*t/P_hvac) + noise,
@@ -38,8 +38,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.physics.compensation import expand_from_20c
 from cmm_twin.physics.materials import Material, lookup_material
-from cmm_twin.physics.thermal import expand_from_20c
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]

@@ -1,4 +1,4 @@
-"""Atomic CSV output of the simulator: one inbox file per part (DESIGN.md section 2), optional truth.
+"""Atomic CSV output of the simulator: one inbox file per part (README, "The CSV format (inbox)"), optional truth.
 
 Every file is written under a dot-name of its own that does not end in `.csv`
 (`.cmmsim-<pid>-<name>.csv.tmp`), flushed and fsynced, renamed into place with `os.replace` and the

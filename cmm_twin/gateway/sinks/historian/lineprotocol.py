@@ -1,4 +1,4 @@
-"""The historian's names (DESIGN.md section 6) and InfluxDB line protocol built a batch at a time.
+"""The historian's names (README, "The historian") and InfluxDB line protocol built a batch at a time.
 
 Names are fixed by the contract and the Grafana dashboard queries exactly these:
 - `cmm_measurement`, tags `machine_id, feature, material, verdict`, fields `measured_mm,

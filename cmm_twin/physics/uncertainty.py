@@ -1,0 +1,82 @@
+"""The GUM uncertainty budget of a length compensated to 20 degC (pure NumPy, no I/O).
+
+References: JCGM 100:2008 (GUM), first-order propagation of uncorrelated standard uncertainties;
+ISO/TR 16015:2003 for the thermal terms; ISO 10360-2:2009 for the CMM's MPE E0 = A + L/K.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from cmm_twin.physics.checks import require_finite
+from cmm_twin.physics.compensation import REFERENCE_TEMP_C, UM_PER_MM, FloatArray
+
+
+@dataclass(frozen=True)
+class UncertaintyInputs:
+    """Inputs of the GUM budget; defaults as README, "The physics, by hand"."""
+
+    part_temp_u_k: float = 0.2
+    """Standard uncertainty of the part thermometer, K."""
+    scale_temp_u_k: float = 0.2
+    """Standard uncertainty of the scale thermometer, K (only with a scale CTE)."""
+    cmm_mpe_a_um: float = 1.5
+    """Constant term A of the CMM's MPE E0 = A + L/K, um."""
+    cmm_mpe_k_mm_per_um: float = 333.0
+    """Length term K of the CMM's MPE E0 = A + L/K (L in mm gives um)."""
+    repeatability_um: float = 0.5
+    """Standard uncertainty of probing repeatability, um."""
+    coverage_factor: float = 2.0
+    """k of the expanded uncertainty U = k * u_c."""
+
+    def __post_init__(self) -> None:
+        for name in ("part_temp_u_k", "scale_temp_u_k", "cmm_mpe_a_um", "repeatability_um"):
+            require_finite(name, getattr(self, name), allow_zero=True)
+        require_finite("cmm_mpe_k_mm_per_um", self.cmm_mpe_k_mm_per_um, allow_zero=False)
+        require_finite("coverage_factor", self.coverage_factor, allow_zero=False)
+
+
+def cmm_mpe_um(length_mm: ArrayLike, inputs: UncertaintyInputs) -> FloatArray:
+    """Maximum permissible error E0 = A + L/K of the CMM (ISO 10360-2), um."""
+    return np.asarray(inputs.cmm_mpe_a_um + np.asarray(length_mm, dtype=np.float64) / inputs.cmm_mpe_k_mm_per_um)
+
+
+def standard_uncertainty_um(
+    length_mm: ArrayLike,
+    part_temp_c: ArrayLike,
+    cte_per_k: ArrayLike,
+    cte_u_per_k: ArrayLike,
+    inputs: UncertaintyInputs,
+    scale_temp_c: ArrayLike = REFERENCE_TEMP_C,
+    scale_cte_per_k: float = 0.0,
+    scale_cte_u_per_k: float = 0.0,
+) -> FloatArray:
+    """Combined standard uncertainty u_c of the length at 20 degC, um (GUM, first order).
+
+    u_c^2 = (L*dT*u(a))^2 + (L*a*u(T))^2 + u_cmm^2 + u_rep^2, with u_cmm = E0/sqrt(3) (MPE taken
+    as rectangular); with a scale CTE the two scale terms (L*dT_s*u(a_s))^2 + (L*a_s*u(T_s))^2
+    are added (ISO/TR 16015). Inputs are taken as uncorrelated.
+    """
+    length = np.asarray(length_mm, dtype=np.float64)
+    delta_t = np.asarray(part_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
+    cte = np.asarray(cte_per_k, dtype=np.float64)
+    u_cte = np.asarray(cte_u_per_k, dtype=np.float64)
+    length_um = length * UM_PER_MM
+    variance = (
+        (length_um * delta_t * u_cte) ** 2
+        + (length_um * cte * inputs.part_temp_u_k) ** 2
+        + (cmm_mpe_um(length, inputs) / math.sqrt(3.0)) ** 2
+        + inputs.repeatability_um**2
+    )
+    if scale_cte_per_k or scale_cte_u_per_k:
+        delta_ts = np.asarray(scale_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
+        variance = (
+            variance
+            + (length_um * delta_ts * scale_cte_u_per_k) ** 2
+            + (length_um * scale_cte_per_k * inputs.scale_temp_u_k) ** 2
+        )
+    return np.asarray(np.sqrt(variance), dtype=np.float64)
