@@ -17,6 +17,7 @@ from typing import Any
 from cmm_twin import __version__
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.config import GatewayConfig
+from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.metrics import GatewayMetrics
@@ -277,7 +278,7 @@ class Gateway:
                 self.historian.offer_health(self.health_sample())
             if self.opcua is not None and self.status.sinks[self.opcua.name].state != "failed":
                 try:
-                    await self.opcua.update_gateway(self.status)
+                    await self.opcua.write_health([GatewayHealth.of(self.status)])
                 except Exception:
                     log.exception("updating the OPC UA Gateway object failed")
             if time.monotonic() - last_purge > PURGE_INTERVAL_S:
