@@ -22,7 +22,9 @@ from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadUserAccessDenied, U
 from cryptography import x509
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.health import GatewayHealth
+from cmm_twin.gateway.sinks import opcua as opcua_plugin
 from cmm_twin.gateway.sinks.base import Delivered, SinkStartError
 from cmm_twin.gateway.sinks.opcua import security as opcua_security
 from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, machine_node_id, unece_unit_id
@@ -169,6 +171,21 @@ def test_settings_validation(tmp_path: Path) -> None:
     )
     assert (settings.username, settings.password, settings.allow_anonymous) == ("op", "s3cret", True)
     assert "s3cret" not in repr(settings)
+
+
+def test_plugin_builds_the_sink_from_the_configuration(tmp_path: Path) -> None:
+    assert opcua_plugin.PLUGIN.name == "opcua"
+    assert opcua_plugin.build(GatewayConfig(data_dir=tmp_path, opcua_enabled=False), {}) is None
+    config = GatewayConfig(data_dir=tmp_path, opcua_endpoint="opc.tcp://10.0.0.5:4841/x", opcua_trust_dir=tmp_path)
+    sink = opcua_plugin.build(config, {"OPCUA_USER": "op", "OPCUA_PASSWORD": "pw"})
+    assert isinstance(sink, OpcUaSink)
+    assert sink.settings.endpoint == "opc.tcp://10.0.0.5:4841/x"
+    assert (sink.settings.username, sink.settings.password) == ("op", "pw")
+    assert sink.settings.state_dir == config.state_dir
+    assert sink.trust is not None and sink.trust.directory == tmp_path
+    assert sink.describe().startswith("opc.tcp://10.0.0.5:4841/x (OPC UA opc.tcp://10.0.0.5:4841/x: policies")
+    with pytest.raises(ConfigError, match="OPCUA_PASSWORD"):
+        opcua_plugin.build(config, {"OPCUA_USER": "op"})
 
 
 def test_anonymous_only_on_loopback_or_when_allowed() -> None:
