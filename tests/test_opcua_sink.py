@@ -22,20 +22,21 @@ from asyncua.ua.uaerrors import BadIdentityTokenRejected, BadUserAccessDenied, U
 from cryptography import x509
 
 from cmm_twin.errors import ConfigError
-from cmm_twin.gateway.sinks.base import Delivered
-from cmm_twin.gateway.sinks.opcua import sink as opcua
-from cmm_twin.gateway.sinks.opcua.sink import (
-    APPLICATION_URI,
-    NAMESPACE_URI,
-    OpcUaSettings,
-    OpcUaSink,
-    OpcUaStartError,
+from cmm_twin.gateway.config import GatewayConfig
+from cmm_twin.gateway.health import GatewayHealth
+from cmm_twin.gateway.sinks import opcua as opcua_plugin
+from cmm_twin.gateway.sinks.base import Delivered, SinkStartError
+from cmm_twin.gateway.sinks.opcua import security as opcua_security
+from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, machine_node_id, unece_unit_id
+from cmm_twin.gateway.sinks.opcua.certificates import APPLICATION_URI
+from cmm_twin.gateway.sinks.opcua.security import (
     anonymous_allowed,
     plan_security,
     select_identity_tokens,
     select_policies,
-    unece_unit_id,
 )
+from cmm_twin.gateway.sinks.opcua.settings import DEFAULT_ENDPOINT, OpcUaSettings
+from cmm_twin.gateway.sinks.opcua.sink import OpcUaSink, OpcUaStartError
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
@@ -160,16 +161,31 @@ def test_settings_validation(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="--opcua-endpoint"):
             OpcUaSettings(endpoint=bad, state_dir=tmp_path)
     with pytest.raises(ConfigError) as err:
-        OpcUaSettings.from_env(opcua.DEFAULT_ENDPOINT, False, tmp_path, environ={"OPCUA_USER": "op"})
+        OpcUaSettings.from_env(DEFAULT_ENDPOINT, False, tmp_path, environ={"OPCUA_USER": "op"})
     assert err.value.key == "OPCUA_PASSWORD"
     with pytest.raises(ConfigError) as err:
-        OpcUaSettings.from_env(opcua.DEFAULT_ENDPOINT, False, tmp_path, environ={"OPCUA_PASSWORD": "pw"})
+        OpcUaSettings.from_env(DEFAULT_ENDPOINT, False, tmp_path, environ={"OPCUA_PASSWORD": "pw"})
     assert err.value.key == "OPCUA_USER"
     settings = OpcUaSettings.from_env(
         "opc.tcp://[::1]:4841/x", True, tmp_path, environ={"OPCUA_USER": "op", "OPCUA_PASSWORD": "s3cret"}
     )
     assert (settings.username, settings.password, settings.allow_anonymous) == ("op", "s3cret", True)
     assert "s3cret" not in repr(settings)
+
+
+def test_plugin_builds_the_sink_from_the_configuration(tmp_path: Path) -> None:
+    assert opcua_plugin.PLUGIN.name == "opcua"
+    assert opcua_plugin.build(GatewayConfig(data_dir=tmp_path, opcua_enabled=False), {}) is None
+    config = GatewayConfig(data_dir=tmp_path, opcua_endpoint="opc.tcp://10.0.0.5:4841/x", opcua_trust_dir=tmp_path)
+    sink = opcua_plugin.build(config, {"OPCUA_USER": "op", "OPCUA_PASSWORD": "pw"})
+    assert isinstance(sink, OpcUaSink)
+    assert sink.settings.endpoint == "opc.tcp://10.0.0.5:4841/x"
+    assert (sink.settings.username, sink.settings.password) == ("op", "pw")
+    assert sink.settings.state_dir == config.state_dir
+    assert sink.trust is not None and sink.trust.directory == tmp_path
+    assert sink.describe().startswith("opc.tcp://10.0.0.5:4841/x (OPC UA opc.tcp://10.0.0.5:4841/x: policies")
+    with pytest.raises(ConfigError, match="OPCUA_PASSWORD"):
+        opcua_plugin.build(config, {"OPCUA_USER": "op"})
 
 
 def test_anonymous_only_on_loopback_or_when_allowed() -> None:
@@ -281,15 +297,20 @@ async def test_latest_row_per_machine_reaches_subscriber(tmp_path: Path) -> None
             await client.get_node(f"{machine}/Verdict").write_value("PASS")
 
 
-async def test_gateway_object(tmp_path: Path) -> None:
+async def test_gateway_object_shows_the_newest_health_sample(tmp_path: Path) -> None:
     settings = OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
+    sink = OpcUaSink(settings)
+    assert sink.health_interval_s == 0.25
+    status = GatewayStatus(
+        files_processed=3,
+        rows_rejected=2,
+        sinks={"mes": SinkStatus(state=SinkState.CONNECTED, buffer_depth=5, oldest_age_s=12.34)},
+    )
+    assert await sink.write_health([GatewayHealth.of(status)]) == Delivered()  # not open: nothing to do
     async with asyncio.timeout(TIMEOUT_S), running(settings) as sink, connected(sink.endpoint_url) as client:
-        status = GatewayStatus(
-            files_processed=3,
-            rows_rejected=2,
-            sinks={"mes": SinkStatus(state=SinkState.CONNECTED, buffer_depth=5, oldest_age_s=12.34)},
-        )
-        await sink.update_gateway(status)
+        assert sink.describe() == f"{sink.endpoint_url} ({sink.security_summary()})"
+        older = GatewayHealth.of(GatewayStatus(files_processed=1))
+        assert await sink.write_health([older, GatewayHealth.of(status)]) == Delivered()
         ns = await client.get_namespace_index(NAMESPACE_URI)
         gateway = await client.nodes.objects.get_child(f"{ns}:Gateway")
 
@@ -306,11 +327,11 @@ async def test_gateway_object(tmp_path: Path) -> None:
         assert value_of(await read("BufferOldestAge")) == 12.3
 
         before = await read("FilesProcessed")
-        await sink.update_gateway(status)  # nothing changed: nothing written
+        await sink.write_health([GatewayHealth.of(status)])  # nothing changed: nothing written
         assert (await read("FilesProcessed")).ServerTimestamp == before.ServerTimestamp
         status.files_processed = 4
         status.sinks["mes"].state = SinkState.BUFFERING
-        await sink.update_gateway(status)
+        assert await sink.write_health([GatewayHealth.of(status)]) == Delivered()
         assert value_of(await read("FilesProcessed")) == 4
         assert value_of(await read("MesConnected")) is False
 
@@ -365,7 +386,7 @@ async def test_without_anonymous_no_none_policy_and_no_anonymous_token(
 ) -> None:
     # A real non-loopback bind is not possible here: treat 127.0.0.1 as if it were not loopback.
     monkeypatch.setattr(
-        opcua, "anonymous_allowed", lambda endpoint, allow: (False, f"endpoint {endpoint} is not loopback")
+        opcua_security, "anonymous_allowed", lambda endpoint, allow: (False, f"endpoint {endpoint} is not loopback")
     )
     settings = OpcUaSettings(
         endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path, username="op", password="pw"
@@ -403,9 +424,49 @@ async def test_port_in_use(tmp_path: Path) -> None:
             await sink.close()
             await sink.close()
     message = str(err.value)
+    assert isinstance(err.value, SinkStartError)  # the runner retries it, logged without a traceback
     assert endpoint in message
     assert "\n" not in message
-    assert sink._server is None
+    assert sink._space is None
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+@pytest.mark.parametrize("probe", [True, False], ids=["probed", "bound-by-asyncua"])
+async def test_open_succeeds_once_the_port_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: bool
+) -> None:
+    # The runner calls `open` again after a failure, on the same sink. Without the probe, the bind
+    # fails inside asyncua, after the address space is built and the internal server started.
+    if not probe:
+
+        async def no_probe(self: OpcUaSink, endpoint: str) -> None:
+            return None
+
+        monkeypatch.setattr(OpcUaSink, "_check_bindable", no_probe)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    sink = OpcUaSink(OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{port}/cmm-twin/", state_dir=tmp_path))
+    async with asyncio.timeout(TIMEOUT_S):
+        try:
+            with pytest.raises(SinkStartError) as err:
+                await sink.open()
+        finally:
+            holder.close()
+        assert f"127.0.0.1:{port}" in str(err.value)
+        assert sink._space is None
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+        await sink.open()
+        try:
+            assert await sink.write(make_batch([("CMM-07", T0_NS, 100.007, "PASS")])) == Delivered()
+            async with connected(sink.endpoint_url) as client:
+                ns = await client.get_namespace_index(NAMESPACE_URI)
+                assert ns == sink.namespace_index
+                assert await client.get_node(f"ns={ns};s=CMM/CMM-07/CompensatedLength").read_value() == 100.007
+        finally:
+            await sink.close()
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
 
 
@@ -425,5 +486,5 @@ async def test_large_batches_set_the_last_value_of_each_machine(tmp_path: Path) 
         per_batch = (time.perf_counter() - started) / 5
         logging.getLogger(__name__).info("write of %d rows: %.2f ms (%.0f rows/s)", n, per_batch * 1e3, n / per_batch)
         server = sink._require_server()
-        last = server.read_attribute_value(opcua.machine_node_id(sink.namespace_index, "CMM-03", "CompensatedLength"))
+        last = server.read_attribute_value(machine_node_id(sink.namespace_index, "CMM-03", "CompensatedLength"))
         assert value_of(last) == 100.0 + (n - 2) * 1e-9  # row 99998 is the last of CMM-03

@@ -3,6 +3,11 @@
 On unless the configuration turns it off (`opcua_enabled`); the endpoint, anonymous access and
 the trust list come from `--opcua-endpoint`, `--opcua-allow-anonymous` and `--opcua-trust-dir`,
 the user and password from OPCUA_USER / OPCUA_PASSWORD. asyncua is imported only when built.
+
+Modules: `settings` (configuration and credential checks), `security` (policies, logins, the
+login throttle, the trust list), `certificates` (the server's own certificate), `address_space`
+(node ids, the machine and Gateway objects) and `sink` (`OpcUaSink`: open, write, write_health,
+close).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
     """The OPC UA sink, or None when OPC UA is off."""
     if not config.opcua_enabled:
         return None
-    from cmm_twin.gateway.sinks.opcua.sink import OpcUaSettings, OpcUaSink  # noqa: PLC0415 (asyncua is heavy)
+    from cmm_twin.gateway.sinks.opcua.settings import OpcUaSettings  # noqa: PLC0415
+    from cmm_twin.gateway.sinks.opcua.sink import OpcUaSink  # noqa: PLC0415 (asyncua is heavy)
 
     settings = OpcUaSettings.from_env(
         config.opcua_endpoint,
