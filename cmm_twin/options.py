@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 from cmm_twin.envfile import load_env_file
 from cmm_twin.errors import ConfigError
@@ -231,3 +232,36 @@ def parse_path(value: str) -> Path:
     if not value.strip():
         raise ValueError("must not be empty")
     return Path(value).expanduser()
+
+
+def parse_text(value: str) -> str:
+    """A non-empty text, stripped."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def parse_url(value: str) -> str:
+    """An http(s)://host[:port]/... URL."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s)://host[:port]/... URL, got {value!r}")
+    return value.strip()
+
+
+def parse_switch(value: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (empty: false)."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def parse_positive(value: str) -> float:
+    """A finite number > 0."""
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return number

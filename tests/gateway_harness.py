@@ -81,11 +81,23 @@ class RecordingSink(Sink):
 
 def gateway_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
     """A config for in-process tests: loopback, HTTP port 0, no OPC UA and no historian unless
-    asked (so a test's buffer depth is that of the sinks it is about)."""
+    asked (so a test's buffer depth is that of the sinks it is about). `overrides` name config
+    fields or options (a plugin's, like `mes_url` or `historian`)."""
     base = GatewayConfig(
-        data_dir=data_dir, http=("127.0.0.1", 0), opcua_enabled=False, settle_ms=50.0, historian="none"
+        data_dir=data_dir,
+        http=("127.0.0.1", 0),
+        sinks_off=frozenset({"opcua"}),
+        settle_ms=50.0,
+        options={"historian": "none"},
     )
-    return replace(base, **overrides)
+    return with_overrides(base, **overrides)
+
+
+def with_overrides(config: GatewayConfig, **overrides: Any) -> GatewayConfig:
+    """`config` with some fields or option values replaced."""
+    typed = {k: v for k, v in overrides.items() if k in GatewayConfig.__dataclass_fields__}
+    options = {k: v for k, v in overrides.items() if k not in typed}
+    return replace(config, **typed, options={**config.options, **options})
 
 
 @contextlib.asynccontextmanager

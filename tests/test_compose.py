@@ -34,6 +34,7 @@ from cmm_twin.gateway.sinks.historian.lineprotocol import (
     MEASUREMENT,
     TAG_KEYS,
 )
+from cmm_twin.gateway.sinks.historian.settings import HistorianSettings
 from cmm_twin.mes.cli import load_config as load_mes_config
 from cmm_twin.simulator.cli import parse_settings
 
@@ -698,13 +699,14 @@ def test_the_command_lines_parse_with_the_programs_own_parsers() -> None:
     assert gateway[:2] == ["python", "cmm_edge_gateway.py"]
     config = load_gateway_config(gateway[2:], environ={})
     assert str(config.data_dir) == "/data"
-    assert config.mes_url == "http://mes:8000"
+    assert config.options["mes_url"] == "http://mes:8000"
     assert config.http == ("0.0.0.0", 8080)
-    assert config.opcua_endpoint == "opc.tcp://0.0.0.0:4840/cmm-twin/"
-    assert config.historian == "influx"
-    assert config.influx_url == "http://influxdb:8086"
-    assert config.influx_org == example["DOCKER_INFLUXDB_INIT_ORG"]
-    assert config.influx_bucket == example["DOCKER_INFLUXDB_INIT_BUCKET"]
+    assert config.options["opcua_endpoint"] == "opc.tcp://0.0.0.0:4840/cmm-twin/"
+    historian = HistorianSettings.from_config(config)
+    assert historian is not None and historian.influx is not None and historian.kind == "influx"
+    assert historian.influx.url == "http://influxdb:8086"
+    assert historian.influx.org == example["DOCKER_INFLUXDB_INIT_ORG"]
+    assert historian.influx.bucket == example["DOCKER_INFLUXDB_INIT_BUCKET"]
     assert config.once is False
 
     simulator = commands["simulator"]

@@ -7,25 +7,33 @@ from pathlib import Path
 import pytest
 
 from cmm_twin.errors import ConfigError
-from cmm_twin.gateway.config import load_config
+from cmm_twin.gateway.config import GatewayConfig, load_config
+from cmm_twin.gateway.sinks.historian.settings import HistorianSettings
 from cmm_twin.physics import DecisionRule
+
+
+def historian_of(config: GatewayConfig) -> HistorianSettings | None:
+    return HistorianSettings.from_config(config)
 
 
 def test_defaults_bind_to_loopback() -> None:
     config = load_config([], environ={})
     assert config.http == ("127.0.0.1", 8080)
-    assert config.opcua_endpoint == "opc.tcp://127.0.0.1:4840/cmm-twin/"
-    assert config.historian == "sqlite", "the embedded historian when no InfluxDB is configured"
-    assert not config.opcua_allow_anonymous
+    assert config.options["opcua_endpoint"] == "opc.tcp://127.0.0.1:4840/cmm-twin/"
+    historian = historian_of(config)
+    assert historian is not None and historian.kind == "sqlite", "the embedded historian without InfluxDB"
+    assert not config.options["opcua_allow_anonymous"]
 
 
 def test_historian_choice_and_influx_flags() -> None:
     influx = ["--influx-url", "http://127.0.0.1:8086", "--influx-org", "plant", "--influx-bucket", "cmm"]
     config = load_config(influx, environ={})
-    assert (config.historian, config.influx_org, config.influx_bucket) == ("influx", "plant", "cmm")
-    assert config.influx_precision == "ns" and config.historian_batch_size == 5000
-    assert load_config(["--historian", "none"], environ={}).historian == "none"
-    assert load_config([], environ={"CMM_INFLUX_PRECISION": "MS"}).influx_precision == "ms"
+    settings = historian_of(config)
+    assert settings is not None and settings.influx is not None
+    assert (settings.kind, settings.influx.org, settings.influx.bucket) == ("influx", "plant", "cmm")
+    assert settings.influx.precision == "ns" and settings.batch_size == 5000
+    assert historian_of(load_config(["--historian", "none"], environ={})) is None
+    assert load_config([], environ={"CMM_INFLUX_PRECISION": "MS"}).options["influx_precision"] == "ms"
     with pytest.raises(ConfigError, match="--influx-bucket: required with --historian influx"):
         load_config(influx[:4], environ={})
     with pytest.raises(ConfigError, match="--influx-url: only used with --historian influx"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,7 +131,7 @@ def test_health_metrics_and_clean_sigterm(tmp_path: Path) -> None:
     [
         (["--http", "nonsense"], {}, "--http: expected HOST:PORT"),
         (["--historian", "mongo"], {}, "--historian: expected one of sqlite, influx, none"),
-        (["--opcua-endpoint", "http://x"], {}, "--opcua-endpoint: expected opc.tcp://host:port/path"),
+        (["--opcua-endpoint", "http://x"], {}, "--opcua-endpoint: 'http://x' must use the opc.tcp scheme"),
         ([], {"CMM_SETTLE_MS": "-5"}, "CMM_SETTLE_MS: must be >= 0"),
         (["--config", "/nonexistent.toml"], {}, "--config: no such file"),
         (["--bogus"], {}, "unrecognized arguments: --bogus"),
@@ -276,24 +277,32 @@ def test_once_processes_the_inbox_and_exits_0(tmp_path: Path) -> None:
     assert "gateway stopped: 5 files, 5 rows in, 0 rejected, 0 buffered" in done.stderr
 
 
-def test_health_is_503_when_a_sink_cannot_start(tmp_path: Path) -> None:
-    with socket.socket() as taken:  # hold the OPC UA port so the server cannot bind it
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        gateway = GatewayProcess(gateway_args(tmp_path, port), tmp_path / "gateway.log")
-        try:
-            gateway.wait_ready()
-            health = gateway.get_json("/health")
-            assert health["status"] == "failed"
-            assert health["sinks"]["opcua"]["state"] == "failed"
-            assert f"127.0.0.1:{port}" in health["sinks"]["opcua"]["last_error"]
-            drop_file(tmp_path / "inbox", "still.csv", HEADER + csv_row("P1"))  # the inbox still works
-            deadline = time.monotonic() + 60
-            while not (tmp_path / "archive" / "still.csv").exists():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        finally:
-            assert gateway.stop() == 0
+def test_health_is_503_while_a_sink_cannot_start_and_the_sink_is_retried(tmp_path: Path) -> None:
+    taken = socket.socket()  # hold the OPC UA port so the server cannot bind it
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    gateway = GatewayProcess(gateway_args(tmp_path, port), tmp_path / "gateway.log")
+    try:
+        gateway.wait_ready()
+        health = gateway.get_json("/health")
+        assert health["status"] == "failed"
+        assert health["sinks"]["opcua"]["state"] == "failed"
+        assert f"127.0.0.1:{port}" in health["sinks"]["opcua"]["last_error"]
+        drop_file(tmp_path / "inbox", "still.csv", HEADER + csv_row("P1"))  # the inbox still works
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "archive" / "still.csv").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        taken.close()  # the port is free again: the runner's next attempt opens the server
+        deadline = time.monotonic() + 90  # the retry backs off up to 30 s
+        while (health := gateway.get_json("/health"))["sinks"]["opcua"]["state"] != "connected":
+            assert time.monotonic() < deadline, health
+            time.sleep(0.2)
+        assert health["status"] == "ok" and health["sinks"]["opcua"]["last_error"] is None
+    finally:
+        taken.close()
+        assert gateway.stop() == 0
     assert "sink opcua could not start" in gateway.log_text()
+    assert re.search(r"sink opcua started \(attempt \d+\)", gateway.log_text())
     assert "Traceback" not in gateway.log_text()

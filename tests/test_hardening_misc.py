@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,16 @@ from cmm_twin.mes.cli import load_config
 from cmm_twin.mes.server import MEASUREMENTS_PATH, create_app
 from cmm_twin.simulator.cli import main as simulator_main
 from cmm_twin.simulator.writer import temp_name
-from tests.gateway_harness import HEADER, csv_row, drop_file, gateway_config, running_gateway, serving, wait_for
+from tests.gateway_harness import (
+    HEADER,
+    csv_row,
+    drop_file,
+    gateway_config,
+    running_gateway,
+    serving,
+    wait_for,
+    with_overrides,
+)
 from tests.test_mock_mes import make_record
 
 # ----------------------------------------------------------------------------- simulator temp files
@@ -198,7 +206,7 @@ async def test_gateway_keeps_the_first_value_and_dead_letters_a_remeasurement(tm
     config = gateway_config(tmp_path / "data", historian="sqlite", sink_backoff_min_s=0.05, sink_backoff_max_s=0.2)
     dead_letter = config.state_dir / "dead_letter.jsonl"
     async with serving(mes_app(tmp_path)) as url, aiohttp.ClientSession() as session:
-        config = replace(config, mes_url=url)
+        config = with_overrides(config, mes_url=url)
         async with running_gateway(config) as gateway:
             for name, lines in files.items():  # one after the other: "first" is the order of arrival
                 drop_file(config.inbox, name, HEADER + "".join(lines))

@@ -385,7 +385,7 @@ def test_allowed_hosts_and_trust_dir_options(tmp_path: Path) -> None:
     assert load_config([], environ={}).http_allowed_hosts is None
     with pytest.raises(ConfigError, match="--opcua-trust-dir"):
         load_config(["--opcua-trust-dir", str(tmp_path / "missing")], environ={})
-    assert load_config([], environ={"CMM_OPCUA_TRUST_DIR": str(tmp_path)}).opcua_trust_dir == tmp_path
+    assert load_config([], environ={"CMM_OPCUA_TRUST_DIR": str(tmp_path)}).options["opcua_trust_dir"] == tmp_path
 
 
 # --------------------------------------------------------------------------- history under load

@@ -175,8 +175,10 @@ def test_settings_validation(tmp_path: Path) -> None:
 
 def test_plugin_builds_the_sink_from_the_configuration(tmp_path: Path) -> None:
     assert opcua_plugin.PLUGIN.name == "opcua"
-    assert opcua_plugin.build(GatewayConfig(data_dir=tmp_path, opcua_enabled=False), {}) is None
-    config = GatewayConfig(data_dir=tmp_path, opcua_endpoint="opc.tcp://10.0.0.5:4841/x", opcua_trust_dir=tmp_path)
+    assert opcua_plugin.build(GatewayConfig(data_dir=tmp_path, sinks_off=frozenset({"opcua"})), {}) is None
+    config = GatewayConfig(
+        data_dir=tmp_path, options={"opcua_endpoint": "opc.tcp://10.0.0.5:4841/x", "opcua_trust_dir": tmp_path}
+    )
     sink = opcua_plugin.build(config, {"OPCUA_USER": "op", "OPCUA_PASSWORD": "pw"})
     assert isinstance(sink, OpcUaSink)
     assert sink.settings.endpoint == "opc.tcp://10.0.0.5:4841/x"

@@ -12,6 +12,8 @@ import pytest
 from cmm_twin import launcher
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway import config as gateway_config
+from cmm_twin.gateway.sinks.plugin import SinkPlugin
+from cmm_twin.gateway.sinks.registry import SINK_PLUGINS
 from cmm_twin.launcher.settings import child_environment, load_settings
 from cmm_twin.mes import cli as mes_cli
 from cmm_twin.options import ConfigErrorParser, Option, option_table, parse_number, parse_whole, resolve
@@ -54,7 +56,7 @@ def test_an_empty_variable_counts_as_unset(empty: str) -> None:
 
 def test_the_rule_is_the_same_in_every_program(tmp_path: Path) -> None:
     gateway = gateway_config.load_config([], environ={"CMM_MES_URL": "", "CMM_ONCE": "", "CMM_SETTLE_MS": " "})
-    assert (gateway.mes_url, gateway.once, gateway.settle_ms) == (None, False, 2000.0)
+    assert (gateway.options["mes_url"], gateway.once, gateway.settle_ms) == (None, False, 2000.0)
     mes = mes_cli.load_config(["--db", "x.db"], {"CMM_MES_PORT": "", "CMM_MES_SEED": ""})
     assert (mes.port, mes.seed) == (8000, 0)
     simulator = simulator_cli.parse_settings(["--outdir", str(tmp_path)], {"CMM_SIM_RATE": "", "CMM_SIM_COUNT": ""})
@@ -134,12 +136,9 @@ def test_gateway_options_hold_every_option_by_dest() -> None:
 
 
 def test_a_plugin_option_is_resolved_and_readable_without_a_typed_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    plugin = Option("--stdout-pretty", str, "no", "a plugin's option", "YESNO")
-    monkeypatch.setattr(
-        gateway_config,
-        "gateway_options",
-        lambda: gateway_config.CORE_OPTIONS + option_table("CMM_", (plugin,)),
-    )
+    option = Option("--stdout-pretty", str, "no", "a plugin's option", "YESNO")
+    plugin = SinkPlugin(name="pretty", build=lambda config, environ: None, options=(option,))
+    monkeypatch.setattr(gateway_config, "sink_plugins", lambda: (*SINK_PLUGINS, plugin))
     assert gateway_config.load_config([], environ={"CMM_STDOUT_PRETTY": "yes"}).options["stdout_pretty"] == "yes"
     assert gateway_config.load_config(["--stdout-pretty", "x"], environ={}).options["stdout_pretty"] == "x"
     assert gateway_config.GatewayConfig().options["stdout_pretty"] == "no"

@@ -4,7 +4,10 @@ so meanwhile), gateway health delivered through the sink interface, and what a l
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,14 @@ from cmm_twin.gateway.sinks.base import Delivered, Retry, SinkStartError, WriteO
 from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.sinks.registry import SINK_PLUGINS
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
-from cmm_twin.records import RecordBatch
+from cmm_twin.records import RESULT_FIELDS, RecordBatch
 from tests.gateway_harness import (
     HEADER,
+    ROOT,
     RecordingSink,
     csv_row,
     drop_file,
+    free_port,
     gateway_config,
     running_gateway,
     wait_for,
@@ -32,16 +37,26 @@ from tests.gateway_harness import (
 
 
 def test_registry_builds_each_plugin_only_when_configured(tmp_path: Path) -> None:
-    assert [p.name for p in SINK_PLUGINS] == ["opcua", "page", "mes", "historian"]
-    off = GatewayConfig(data_dir=tmp_path, opcua_enabled=False, historian="none")
+    assert [p.name for p in SINK_PLUGINS] == ["opcua", "page", "mes", "historian", "stdout"]
+    off = GatewayConfig(data_dir=tmp_path, sinks_off=frozenset({"opcua"}), options={"historian": "none"})
     built = {p.name: p.build(off, {}) for p in SINK_PLUGINS}
     assert built["opcua"] is None and built["mes"] is None and built["historian"] is None
+    assert built["stdout"] is None, "off unless --stdout-sink"
     assert isinstance(built["page"], PageFeed), "the page is always on"
-    on = GatewayConfig(data_dir=tmp_path, mes_url="http://127.0.0.1:9/", historian="sqlite", historian_batch_size=77)
+    on = GatewayConfig(
+        data_dir=tmp_path,
+        historian_batch_size=77,
+        options={
+            "mes_url": "http://127.0.0.1:9/",
+            "historian": "sqlite",
+            "health_interval_s": 2.5,
+            "stdout_sink": True,
+        },
+    )
     sinks = {p.name: p.build(on, {"MES_TOKEN": "t0ken"}) for p in SINK_PLUGINS}
     assert all(sink is not None and sink.name == name for name, sink in sinks.items())
     assert sinks["historian"] is not None and sinks["historian"].batch_size == 77
-    assert sinks["historian"].health_interval_s == on.health_interval_s
+    assert sinks["historian"].health_interval_s == 2.5
 
 
 class FlakyStartSink(RecordingSink):
@@ -161,3 +176,22 @@ async def test_live_runner_hands_what_it_drops_to_the_sink_and_writes_the_newest
     await asyncio.wait_for(task, 60)
     assert feed.counts == {"A": {"PASS": 2, "FAIL": 1, "UNCERTAIN": 1}}, "dropped batches still counted"
     assert [h["buffer_depth"] for h in feed.health] == [3], "only the newest health sample"
+
+
+def test_stdout_sink_prints_every_record_as_one_json_line(tmp_path: Path) -> None:
+    """The worked example of docs/architecture.md, run as a user would: `--stdout-sink --once`."""
+    inbox = tmp_path / "inbox"
+    for k in range(5):
+        drop_file(inbox, f"f{k}.csv", HEADER + csv_row(f"P{k}", measured_mm="99.9990", part_temp_c="19.0"))
+    command = [sys.executable, str(ROOT / "cmm_edge_gateway.py"), "--data-dir", str(tmp_path)]
+    command += ["--http", "127.0.0.1:0", "--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/"]
+    command += ["--settle-ms", "50", "--historian", "none", "--once", "--stdout-sink"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["part_id"] for r in records) == [f"P{k}" for k in range(5)], "every record once, nothing else"
+    for record in records:
+        assert set(record) >= set(RESULT_FIELDS)
+        # 99.9990 mm at 19 degC, aluminium: L20 = 99.999 / (1 - 23.6e-6)
+        assert record["compensated_mm"] == pytest.approx(99.999 / (1 - 23.6e-6), abs=1e-9)
+    assert "gateway ready" in done.stderr and "stdout=" in done.stderr, "the logs stay on stderr"

@@ -55,6 +55,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self.status)
         sinks: list[Sink] = []
         for plugin in SINK_PLUGINS:
+            if plugin.name in config.sinks_off:
+                continue
             sink = plugin.build(config, self.environ)
             if sink is not None:
                 sinks.append(sink)

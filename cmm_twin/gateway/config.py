@@ -21,11 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from cmm_twin.errors import ConfigError
-from cmm_twin.gateway.sinks.historian.lineprotocol import Precision
 from cmm_twin.options import (
     ENV_PREFIX,
     ConfigErrorParser,
@@ -33,37 +31,18 @@ from cmm_twin.options import (
     option_table,
     parse_host,
     parse_log_level,
+    parse_positive,
+    parse_switch,
+    parse_text,
     resolve,
 )
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
 
+if TYPE_CHECKING:
+    from cmm_twin.gateway.sinks.plugin import SinkPlugin
+
 PROG = "cmm_edge_gateway.py"
-HISTORIANS = ("sqlite", "influx", "none")
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
-
-
-def _url(value: str) -> str:
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s)://host[:port]/... URL, got {value!r}")
-    return value.strip()
-
-
-def _opcua_endpoint(value: str) -> str:
-    parts = urlsplit(value.strip())
-    if parts.scheme != "opc.tcp" or not parts.hostname:
-        raise ValueError(f"expected opc.tcp://host:port/path, got {value!r}")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ValueError(f"bad port in {value!r}") from None
-    return value.strip()
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -74,36 +53,6 @@ def _host_port(value: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port must be 0..65535, got {port_text!r}")
     return host, int(port_text)
-
-
-def _historian(value: str) -> str:
-    value = value.strip().lower()
-    if value not in (*HISTORIANS, "auto"):
-        raise ValueError(f"expected one of {', '.join(HISTORIANS)} or auto, got {value!r}")
-    return value
-
-
-def _precision(value: str) -> Precision:
-    try:
-        return Precision(value.strip().lower())
-    except ValueError:
-        raise ValueError(f"expected ns or ms, got {value!r}") from None
-
-
-def _switch(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true/false, got {value!r}")
-
-
-def _positive(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
-    return number
 
 
 def _non_negative(value: str) -> float:
@@ -121,13 +70,6 @@ def _host_names(value: str) -> tuple[str, ...]:
     return names
 
 
-def _trust_dir(value: str) -> Path:
-    path = Path(value.strip())
-    if not path.is_dir():
-        raise ValueError(f"no such directory: {value!r}")
-    return path
-
-
 CORE_OPTIONS: tuple[Option, ...] = option_table(
     ENV_PREFIX,
     (
@@ -139,59 +81,11 @@ CORE_OPTIONS: tuple[Option, ...] = option_table(
             metavar="DIR",
         ),
         Option(
-            "--mes-url",
-            _url,
-            None,
-            "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off",
-            metavar="URL",
-        ),
-        Option(
-            "--opcua-endpoint",
-            _opcua_endpoint,
-            "opc.tcp://127.0.0.1:4840/cmm-twin/",
-            "OPC UA server endpoint",
-            metavar="URL",
-        ),
-        Option(
             "--http",
             _host_port,
             ("127.0.0.1", 8080),
             "HOST:PORT of /health, /metrics and the page",
             metavar="HOST:PORT",
-        ),
-        Option(
-            "--historian",
-            _historian,
-            "auto",
-            f"historian: {', '.join(HISTORIANS)}; auto = influx when --influx-url is given, else sqlite",
-            metavar="KIND",
-        ),
-        Option("--influx-url", _url, None, "InfluxDB v2 URL (token from INFLUX_TOKEN)", metavar="URL"),
-        Option("--influx-org", _text, None, "InfluxDB organisation (required with influx)", metavar="ORG"),
-        Option("--influx-bucket", _text, None, "InfluxDB bucket (required with influx)", metavar="BUCKET"),
-        Option(
-            "--influx-precision",
-            _precision,
-            Precision.NS,
-            "timestamp precision written to InfluxDB: ns or ms",
-            metavar="P",
-        ),
-        Option(
-            "--history-retention-days",
-            _positive,
-            30.0,
-            "days the embedded (sqlite) historian keeps points",
-            metavar="DAYS",
-        ),
-        Option(
-            "--health-interval-s", _positive, 5.0, "seconds between gateway_health points in the historian", metavar="S"
-        ),
-        Option(
-            "--opcua-allow-anonymous",
-            _switch,
-            False,
-            "offer anonymous login and the None policy off loopback too",
-            is_switch=True,
         ),
         Option(
             "--http-allowed-hosts",
@@ -202,15 +96,8 @@ CORE_OPTIONS: tuple[Option, ...] = option_table(
             metavar="NAMES",
         ),
         Option(
-            "--opcua-trust-dir",
-            _trust_dir,
-            None,
-            "directory of trusted OPC UA client certificates (DER or PEM): when given, only these are accepted",
-            metavar="DIR",
-        ),
-        Option(
             "--once",
-            _switch,
+            parse_switch,
             False,
             "process what is in the inbox, deliver it, exit: 0 when everything was delivered; 1 when a"
             " file was quarantined or refused, a row rejected, a record dead-lettered or a sink refused the gateway",
@@ -225,9 +112,13 @@ CORE_OPTIONS: tuple[Option, ...] = option_table(
             metavar="MS",
         ),
         Option(
-            "--spool-limit-mb", _positive, 1024.0, "stop taking new files while the spool holds this much", metavar="MB"
+            "--spool-limit-mb",
+            parse_positive,
+            1024.0,
+            "stop taking new files while the spool holds this much",
+            metavar="MB",
         ),
-        Option("--default-material", _text, "AL6061", "material of rows without a material column", metavar="KEY"),
+        Option("--default-material", parse_text, "AL6061", "material of rows without a material column", metavar="KEY"),
         Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL"),
     ),
 )
@@ -264,19 +155,8 @@ class GatewayConfig:
     """The validated configuration of one gateway run."""
 
     data_dir: Path = Path("data")
-    mes_url: str | None = None
-    opcua_endpoint: str = "opc.tcp://127.0.0.1:4840/cmm-twin/"
     http: tuple[str, int] = ("127.0.0.1", 8080)
-    historian: str = "sqlite"
-    influx_url: str | None = None
-    influx_org: str | None = None
-    influx_bucket: str | None = None
-    influx_precision: Precision = Precision.NS
-    history_retention_days: float = 30.0
-    health_interval_s: float = 5.0
-    opcua_allow_anonymous: bool = False
     http_allowed_hosts: tuple[str, ...] | None = None
-    opcua_trust_dir: Path | None = None
     once: bool = False
     settle_ms: float = 2000.0
     spool_limit_mb: float = 1024.0
@@ -286,7 +166,8 @@ class GatewayConfig:
     materials: Mapping[str, Material] = field(default_factory=lambda: dict(MATERIALS))
     chunk_rows: int = 1_000
     files_per_commit: int = 200
-    opcua_enabled: bool = True
+    sinks_off: frozenset[str] = frozenset()
+    """Sink plugins not to build even when configured (for embedding and tests; no option)."""
     sink_batch_size: int = 500
     historian_batch_size: int = 5_000
     sink_backoff_min_s: float = 0.5
@@ -334,8 +215,15 @@ _TYPED_FIELDS = frozenset(o.dest for o in CORE_OPTIONS) & {f.name for f in field
 def gateway_options() -> tuple[Option, ...]:
     """The gateway's option table: the core options, then the options the sink plugins declare
     (appended here, each reading its variable under the gateway's prefix)."""
-    extra: tuple[Option, ...] = ()
+    extra = tuple(option for plugin in sink_plugins() for option in plugin.options)
     return CORE_OPTIONS + option_table(ENV_PREFIX, extra)
+
+
+def sink_plugins() -> tuple[SinkPlugin, ...]:
+    """The registered sink plugins (imported here, not at module level: plugins import this module)."""
+    from cmm_twin.gateway.sinks.registry import SINK_PLUGINS  # noqa: PLC0415
+
+    return SINK_PLUGINS
 
 
 def build_parser(options: Sequence[Option] | None = None) -> argparse.ArgumentParser:
@@ -354,12 +242,12 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     config_path = resolve((CONFIG_OPTION,), args, environ).values[CONFIG_OPTION.dest]
     toml_data = _read_toml(Path(config_path), options) if config_path else {}
     values = resolve(options, args, environ, toml_data, str(config_path)).values
-    if values["historian"] == "auto":
-        values["historian"] = "influx" if values["influx_url"] is not None else "sqlite"
     sections = {k: v for k, v in toml_data.items() if k in TOML_SECTIONS}
     typed = {k: v for k, v in values.items() if k in _TYPED_FIELDS}
     config = GatewayConfig(**typed, options=values, **_sections(sections, str(config_path)))
     _check_combinations(config)
+    for plugin in sink_plugins():  # each plugin validates its own settings now, not at first use
+        plugin.validate(config)
     return config
 
 
@@ -443,16 +331,6 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _check_combinations(config: GatewayConfig) -> None:
     if config.default_material.upper() not in config.materials:
         raise ConfigError("--default-material", f"unknown material {config.default_material!r}")
-    influx_flags = (
-        ("--influx-url", config.influx_url),
-        ("--influx-org", config.influx_org),
-        ("--influx-bucket", config.influx_bucket),
-    )
-    for flag, value in influx_flags:
-        if config.historian != "influx" and value is not None:
-            raise ConfigError(flag, "only used with --historian influx")
-        if config.historian == "influx" and value is None:
-            raise ConfigError(flag, "required with --historian influx")
     try:
         parse_host(config.http[0])
     except ValueError as exc:

@@ -53,6 +53,9 @@ class SinkOpener:
         except Exception as exc:
             return self._failed(str(exc) or repr(exc), exc_info=True)
         self.is_open = True
+        if self.status.state is SinkState.FAILED:  # its runner says what it does from here
+            self.status.state = SinkState.STARTING
+            self.status.last_error = None
         if self.attempts > 1:
             log.info("sink %s started (attempt %d)", self.sink.name, self.attempts)
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from cmm_twin.gateway.sinks.historian.settings import OPTIONS, HistorianSettings
 from cmm_twin.gateway.sinks.plugin import SinkPlugin
 
 if TYPE_CHECKING:
@@ -19,24 +20,23 @@ if TYPE_CHECKING:
 
 def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
     """The configured historian sink, or None with `--historian none`."""
+    settings = HistorianSettings.from_config(config, environ)
+    if settings is None:
+        return None
     sink: Sink
-    if config.historian == "sqlite":
-        from cmm_twin.gateway.sinks.historian.sqlite import SqliteHistorianSink  # noqa: PLC0415
-
-        sink = SqliteHistorianSink(config.history_path, config.history_retention_days)
-    elif config.historian == "influx":
+    if settings.influx is not None:
         # Imported only when used: influxdb-client costs about 16 MB of RSS.
         from cmm_twin.gateway.sinks.historian.influx import InfluxSink  # noqa: PLC0415
 
-        assert config.influx_url and config.influx_org and config.influx_bucket  # checked by load_config
-        sink = InfluxSink.from_env(
-            config.influx_url, config.influx_org, config.influx_bucket, config.influx_precision, environ
-        )
+        influx = settings.influx
+        sink = InfluxSink(influx.url, influx.org, influx.bucket, influx.token, influx.precision)
     else:
-        return None
-    sink.batch_size = config.historian_batch_size
-    sink.health_interval_s = config.health_interval_s
+        from cmm_twin.gateway.sinks.historian.sqlite import SqliteHistorianSink  # noqa: PLC0415
+
+        sink = SqliteHistorianSink(settings.history_path, settings.retention_days)
+    sink.batch_size = settings.batch_size
+    sink.health_interval_s = settings.health_interval_s
     return sink
 
 
-PLUGIN = SinkPlugin(name="historian", build=build)
+PLUGIN = SinkPlugin(name="historian", build=build, options=OPTIONS, validate=HistorianSettings.from_config)

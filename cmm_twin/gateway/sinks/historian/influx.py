@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import aiohttp
@@ -26,12 +26,12 @@ from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Delivered, Retry, WriteOutcome
 from cmm_twin.gateway.sinks.historian.base import HistorianSink, health_points
 from cmm_twin.gateway.sinks.historian.lineprotocol import Precision, health_line, measurement_body
+from cmm_twin.gateway.sinks.historian.settings import TOKEN_ENV
 from cmm_twin.gateway.sinks.http import classify_answer, parse_retry_after, short_text
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "INFLUX_TOKEN"
 _WRITE_PRECISION = {
     Precision.NS: cast(WritePrecision, WritePrecision.NS),
     Precision.MS: cast(WritePrecision, WritePrecision.MS),
@@ -67,11 +67,6 @@ class InfluxSink(HistorianSink):
         self.timeout_s = timeout_s
         self._client: InfluxDBClientAsync | None = None
         self._write_api: WriteApiAsync | None = None
-
-    @classmethod
-    def from_env(cls, url: str, org: str, bucket: str, precision: Precision, environ: Mapping[str, str]) -> InfluxSink:
-        """A sink whose token comes from INFLUX_TOKEN (empty counts as unset)."""
-        return cls(url, org, bucket, environ.get(TOKEN_ENV) or None, precision)
 
     async def open(self) -> None:
         """Create the client; InfluxDB need not be up (the runner buffers until it is)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from cmm_twin.gateway.sinks.mes.settings import OPTIONS, MesSettings
 from cmm_twin.gateway.sinks.plugin import SinkPlugin
 
 if TYPE_CHECKING:
@@ -17,11 +18,12 @@ if TYPE_CHECKING:
 
 def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
     """The MES sink, or None without `--mes-url`."""
-    if config.mes_url is None:
+    settings = MesSettings.from_config(config, environ)
+    if settings is None:
         return None
     from cmm_twin.gateway.sinks.mes.sink import MesSink  # noqa: PLC0415
 
-    return MesSink.from_env(config.mes_url, environ)
+    return MesSink(settings.base_url, settings.token)
 
 
-PLUGIN = SinkPlugin(name="mes", build=build)
+PLUGIN = SinkPlugin(name="mes", build=build, options=OPTIONS, validate=MesSettings.from_config)

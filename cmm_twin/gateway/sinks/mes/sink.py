@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -31,13 +30,13 @@ import orjson
 
 from cmm_twin.gateway.sinks.base import Retry, Sink, WriteOutcome
 from cmm_twin.gateway.sinks.http import classify_answer, parse_retry_after
+from cmm_twin.gateway.sinks.mes.settings import TOKEN_ENV
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
 
 MEASUREMENTS_PATH = "/api/v1/measurements"
 HEALTH_PATH = "/health"
-TOKEN_ENV = "MES_TOKEN"
 
 
 class MesSink(Sink):
@@ -51,11 +50,6 @@ class MesSink(Sink):
         self.token = token
         self.timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
-
-    @classmethod
-    def from_env(cls, base_url: str, environ: Mapping[str, str]) -> MesSink:
-        """A sink whose bearer token comes from MES_TOKEN (empty counts as unset)."""
-        return cls(base_url, environ.get(TOKEN_ENV) or None)
 
     async def open(self) -> None:
         """Create the HTTP session; the MES need not be up (the runner buffers until it is)."""

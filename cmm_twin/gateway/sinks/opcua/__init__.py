@@ -1,6 +1,6 @@
 """The OPC UA sink plugin: live tags for SCADA from the gateway's own OPC UA server (asyncua).
 
-On unless the configuration turns it off (`opcua_enabled`); the endpoint, anonymous access and
+Always on (unless embedded with `sinks_off`); the endpoint, anonymous access and
 the trust list come from `--opcua-endpoint`, `--opcua-allow-anonymous` and `--opcua-trust-dir`,
 the user and password from OPCUA_USER / OPCUA_PASSWORD. asyncua is imported only when built.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from cmm_twin.gateway.sinks.opcua.settings import OPTIONS, OpcUaSettings
 from cmm_twin.gateway.sinks.plugin import SinkPlugin
 
 if TYPE_CHECKING:
@@ -24,19 +25,12 @@ if TYPE_CHECKING:
 
 def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
     """The OPC UA sink, or None when OPC UA is off."""
-    if not config.opcua_enabled:
+    settings = OpcUaSettings.from_config(config, environ)
+    if settings is None:
         return None
-    from cmm_twin.gateway.sinks.opcua.settings import OpcUaSettings  # noqa: PLC0415
     from cmm_twin.gateway.sinks.opcua.sink import OpcUaSink  # noqa: PLC0415 (asyncua is heavy)
 
-    settings = OpcUaSettings.from_env(
-        config.opcua_endpoint,
-        config.opcua_allow_anonymous,
-        config.state_dir,
-        environ,
-        trust_dir=config.opcua_trust_dir,
-    )
     return OpcUaSink(settings)
 
 
-PLUGIN = SinkPlugin(name="opcua", build=build)
+PLUGIN = SinkPlugin(name="opcua", build=build, options=OPTIONS, validate=OpcUaSettings.from_config)

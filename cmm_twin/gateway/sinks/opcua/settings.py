@@ -1,7 +1,9 @@
-"""Settings of the OPC UA sink: the endpoint, anonymous access, the trust list and the credentials.
+"""Settings of the OPC UA sink: the endpoint, anonymous access, the trust list and the credentials
+(`--opcua-endpoint`, `--opcua-allow-anonymous`, `--opcua-trust-dir`).
 
 The user name and password come only from the environment (OPCUA_USER / OPCUA_PASSWORD), never
-from the command line; both or neither must be set. Pure: no asyncua, no I/O.
+from the command line; both or neither must be set. No asyncua here: the registry imports this
+module at every start.
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.options import Option, parse_switch
+
+if TYPE_CHECKING:
+    from cmm_twin.gateway.config import GatewayConfig
 
 DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/cmm-twin/"
 USER_ENV = "OPCUA_USER"
@@ -63,6 +70,20 @@ class OpcUaSettings:
             trust_dir=trust_dir,
         )
 
+    @classmethod
+    def from_config(cls, config: GatewayConfig, environ: Mapping[str, str] | None = None) -> OpcUaSettings | None:
+        """The settings from the gateway's configuration, or None when OPC UA is off."""
+        if "opcua" in config.sinks_off:
+            return None
+        trust_dir = config.options["opcua_trust_dir"]
+        return cls.from_env(
+            str(config.options["opcua_endpoint"]),
+            bool(config.options["opcua_allow_anonymous"]),
+            config.state_dir,
+            {} if environ is None else environ,
+            trust_dir=None if trust_dir is None else Path(trust_dir),
+        )
+
     @property
     def has_credentials(self) -> bool:
         """True when a user name and password are configured."""
@@ -103,3 +124,37 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _endpoint_option(value: str) -> str:
+    try:
+        parse_endpoint(value.strip())
+    except ConfigError as exc:
+        raise ValueError(exc.reason) from None
+    return value.strip()
+
+
+def _trust_dir(value: str) -> Path:
+    path = Path(value.strip())
+    if not path.is_dir():
+        raise ValueError(f"no such directory: {value!r}")
+    return path
+
+
+OPTIONS = (
+    Option(ENDPOINT_FLAG, _endpoint_option, DEFAULT_ENDPOINT, "OPC UA server endpoint", metavar="URL"),
+    Option(
+        "--opcua-allow-anonymous",
+        parse_switch,
+        False,
+        "offer anonymous login and the None policy off loopback too",
+        is_switch=True,
+    ),
+    Option(
+        "--opcua-trust-dir",
+        _trust_dir,
+        None,
+        "directory of trusted OPC UA client certificates (DER or PEM): when given, only these are accepted",
+        metavar="DIR",
+    ),
+)
