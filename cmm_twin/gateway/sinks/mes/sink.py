@@ -1,7 +1,7 @@
 """The MES sink: POSTs result records to the plant MES over HTTP (aiohttp), in order.
 
-It only sends a batch and classifies the answer (DESIGN.md sections 5 and 6); the runner owns the
-spool, batching, backoff and acknowledgement:
+It only sends a batch and classifies the answer (README, "The MES path"); the runner owns the
+spool, batching, backoff and acknowledgement (docs/architecture.md, "Delivery guarantees"):
 
 | answer | outcome |
 |---|---|
