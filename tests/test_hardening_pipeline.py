@@ -92,6 +92,8 @@ async def test_long_name_with_rejected_rows_and_a_name_taken_twice(tmp_path: Pat
         for round_ in range(2):  # the second one needs another shortened name
             drop_file(config.inbox, LONG_NAME, HEADER + csv_row(f"G{round_}") + csv_row("B", measured_mm="x"))
             await wait_for(lambda: not names(config.inbox), DEADLINE_S, "the inbox to empty")
+        # leaving the inbox means spooled; the sink gets the rows a moment later
+        await wait_for(lambda: len(sink.records) == 2, DEADLINE_S, "both valid rows at the sink")
     stored = [n for n in names(config.quarantine) if not n.endswith(".errors.json")]
     assert len(stored) == 2
     for name in stored:
