@@ -78,37 +78,42 @@ class Numbers:
         value converted on its own.
         """
         optional = name in OPTIONAL_COLUMNS
-        temperature = name.endswith("_temp_c")
         reasons: dict[int, str] = {}
-        values: NDArray[np.float64] | None = None
+        found = _at_once(column, optional)
+        if isinstance(found, float):
+            return np.full(len(column), found)  # an optional column left empty
+        per_value = found is None
         empty: list[int] = []
-        joined = "\x00".join(column)
-        if joined.isascii() and "_" not in joined:
-            try:
-                values = np.array(column, dtype=np.float64)
-            except ValueError:
-                values = None
-            if values is None and optional:
-                if not joined.replace("\x00", "").strip():
-                    return np.full(len(column), np.nan)  # an optional column left empty
-                filled = [value if value and not value.isspace() else _EMPTY for value in column]
-                empty = [i for i, value in enumerate(filled) if value is _EMPTY]
-                try:
-                    values = np.array(filled, dtype=np.float64)
-                except ValueError:
-                    values = None
-        per_value = values is None
-        if values is None:  # slow path: malformed values, found one by one
+        if found is None:  # slow path: malformed values, found one by one
             values = np.empty(len(column), dtype=np.float64)
             for i, raw in enumerate(column):
                 number, reason, given = parse_number(raw)
                 values[i] = number
                 if reason is not None and (given or not optional):
                     reasons[i] = reason
-        elif empty:
-            values[empty] = np.nan
+        else:
+            values, empty = found
+            if empty:
+                values[empty] = np.nan
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(values)
+        if not per_value:
+            nonfinite = ~finite
+            nonfinite[empty] = False
+            for i in np.flatnonzero(nonfinite).tolist():
+                reasons[i] = f"not a finite number: {column[i].strip()!r}"
+        self._range_reasons(name, values, finite, reasons)
+        for i in sorted(reasons):
+            if i not in bad:
+                bad[i] = RowError(int(lines[i]), name, reasons[i])
+        return values
+
+    def _range_reasons(
+        self, name: str, values: NDArray[np.float64], finite: NDArray[np.bool_], reasons: dict[int, str]
+    ) -> None:
+        """The reason of each finite value of column `name` out of its range, into `reasons`."""
+        temperature = name.endswith("_temp_c")
+        with np.errstate(invalid="ignore"):
             if temperature:
                 out_of_range = finite & (
                     (values < self._settings.plausible_min_c) | (values > self._settings.plausible_max_c)
@@ -116,11 +121,6 @@ class Numbers:
             else:
                 too_long = finite & (values > self._settings.max_length_mm)
                 out_of_range = (finite & (values <= 0.0)) | too_long
-        if not per_value:
-            nonfinite = ~finite
-            nonfinite[empty] = False
-            for i in np.flatnonzero(nonfinite).tolist():
-                reasons[i] = f"not a finite number: {column[i].strip()!r}"
         for i in np.flatnonzero(out_of_range).tolist():
             got = float(values[i])
             if temperature:
@@ -129,10 +129,28 @@ class Numbers:
                 reasons[i] = f"must be <= {self._settings.max_length_mm:g} mm (limits.max_length_mm), got {got!r}"
             else:
                 reasons[i] = f"must be > 0, got {got!r}"
-        for i in sorted(reasons):
-            if i not in bad:
-                bad[i] = RowError(int(lines[i]), name, reasons[i])
-        return values
+
+
+def _at_once(column: list[str], optional: bool) -> tuple[NDArray[np.float64], list[int]] | float | None:
+    """The column converted by NumPy at once and the positions of its empty optional values (NaN
+    for now); NaN itself for an optional column left empty; None when a value is malformed."""
+    joined = "\x00".join(column)
+    if not joined.isascii() or "_" in joined:
+        return None
+    try:
+        return np.array(column, dtype=np.float64), []
+    except ValueError:
+        pass
+    if not optional:
+        return None
+    if not joined.replace("\x00", "").strip():
+        return math.nan
+    filled = [value if value and not value.isspace() else _EMPTY for value in column]
+    try:
+        values = np.array(filled, dtype=np.float64)
+    except ValueError:
+        return None
+    return values, [i for i, value in enumerate(filled) if value is _EMPTY]
 
 
 def parse_number(raw: str) -> tuple[float, str | None, bool]:
