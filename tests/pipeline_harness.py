@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class NumbersSource(Source):
     """Toy format: `*.txt`, one measured length (mm) per line, everything else fixed."""
 
     name = "numbers"
-    patterns = ("*.txt",)
+    patterns: ClassVar[tuple[str, ...]] = ("*.txt",)
 
     def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:
         data = path.read_bytes()
@@ -69,7 +70,29 @@ class NumbersSource(Source):
         return ParsedChunk(rows, errors, len(data), len(lines))
 
 
+class PairSource(NumbersSource):
+    """Toy format of two files: `x.pair` leads, `x.vals` holds the numbers (as `NumbersSource`)."""
+
+    name = "pair"
+    patterns = ("*.pair", "*.vals")
+    companion_wait_s = 0.5
+
+    @classmethod
+    def leader(cls, name: str) -> str:
+        return name[: -len(".vals")] + ".pair" if name.endswith(".vals") else name
+
+    @classmethod
+    def companions(cls, name: str) -> tuple[str, ...]:
+        return (name[: -len(".pair")] + ".vals",)
+
+    def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:
+        chunk = super().read(path.with_suffix(".vals"))
+        assert chunk is not None
+        return ParsedChunk(chunk.rows, chunk.errors, path.stat().st_size, 1)
+
+
 WITH_NUMBERS: tuple[type[Source], ...] = (*SOURCES, NumbersSource)
+WITH_PAIRS: tuple[type[Source], ...] = (*SOURCES, PairSource)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import HEADER, csv_row, drop_file, gateway_config
-from tests.pipeline_harness import WITH_NUMBERS, running_pipeline, wait_for
+from tests.pipeline_harness import WITH_NUMBERS, WITH_PAIRS, running_pipeline, wait_for
 
 
 def names(directory: Path) -> list[str]:
@@ -72,3 +72,27 @@ async def test_a_name_no_source_claims_stays_in_the_inbox(tmp_path: Path) -> Non
         await wait_for(lambda: names(config.archive) == ["rows.csv"], "the archive")
         await wait_for(run.pipeline.idle.is_set, "the pipeline to idle")
     assert names(config.inbox) == ["lengths.txt"]
+
+
+async def test_a_unit_of_two_files_leaves_the_inbox_together(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    async with running_pipeline(config, WITH_PAIRS) as run:
+        drop_file(config.inbox, "m1.vals", "100.0118\n100.0120\n")  # the companion comes first
+        await wait_for(lambda: names(config.inbox) == ["m1.vals"], "the companion to be seen")
+        drop_file(config.inbox, "m1.pair", "header\n")
+        await wait_for(lambda: names(config.archive) == ["m1.pair", "m1.vals"], "the unit in the archive")
+    assert run.part_ids() == ["m1-1", "m1-2"]
+    assert names(config.inbox) == []
+
+
+async def test_a_lone_half_is_quarantined_with_a_reason_after_the_wait(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    async with running_pipeline(config, WITH_PAIRS) as run:
+        drop_file(config.inbox, "lone.vals", "100.0\n")
+        drop_file(config.inbox, "alone.pair", "header\n")
+        await wait_for(lambda: len(names(config.quarantine)) == 4, "both halves in quarantine")
+    assert run.part_ids() == []
+    vals = json.loads((config.quarantine / "lone.vals.errors.json").read_text())
+    assert vals["file_error"] == "incomplete pair unit: lone.pair did not come with it within 0.5 s"
+    pair = json.loads((config.quarantine / "alone.pair.errors.json").read_text())
+    assert pair["file_error"] == "incomplete pair unit: alone.vals did not come with it within 0.5 s"

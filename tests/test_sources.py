@@ -18,7 +18,7 @@ def test_claims_are_case_insensitive_and_never_dot_or_temporary_files() -> None:
     for name in (".a.csv", "a.csv.tmp", "a.csv~", "a.csv.part", "a.txt", "a.csvx"):
         assert source_for(name, SOURCES) is None, name
     assert source_for("a.txt", WITH_NUMBERS) is NumbersSource
-    assert CsvSource.unit_key("a.csv") == "a.csv" and CsvSource.companions("a.csv") == ()
+    assert CsvSource.leader("a.csv") == "a.csv" and CsvSource.companions("a.csv") == ()
 
 
 def test_capabilities_are_offered_or_not() -> None:

@@ -323,6 +323,7 @@ class FileCommitter:
                 if report is not None:
                     report.unlink(missing_ok=True)
                 raise
+            _move_companions(job, target_dir)
             if fsync:
                 fsync_directory(target_dir)
                 fsync_directory(job.path.parent)
@@ -358,8 +359,8 @@ class FileCommitter:
         written again, complete, when the file is finished."""
         p = job.progress
         assert p is not None
-        if p.file_error is not None:
-            return None  # rejected as a whole: nothing more is taken from it
+        if p.file_error is not None or job.companions:
+            return None  # rejected as a whole, or a unit of several files: nothing more is taken from it
         try:
             size = moved.stat().st_size
         except OSError:
@@ -423,15 +424,24 @@ def _read_fresh(jobs: Sequence[Job]) -> list[ParsedChunk | Exception | object | 
     out: list[ParsedChunk | Exception | object | None] = [_UNREAD] * len(jobs)
     by_source: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
-        if isinstance(job.source, BatchReading):
-            by_source.setdefault(id(job.source), []).append(i)
+        by_source.setdefault(id(job.source), []).append(i)
     for members in by_source.values():
         source = jobs[members[0]].source
-        assert isinstance(source, BatchReading)
+        if not isinstance(source, BatchReading):
+            continue
         read = source.read_many([jobs[i].path for i in members], [jobs[i].complete_at for i in members])
         for i, result in zip(members, read, strict=True):
             out[i] = result
     return out
+
+
+def _move_companions(job: Job, target_dir: Path) -> None:
+    """Move the other files of `job`'s unit next to it (each under a free name; one gone is skipped)."""
+    for companion in job.companions:
+        try:
+            reports.move(companion, reports.free_name(target_dir, companion.name)[0])
+        except FileNotFoundError:
+            log.warning("%s disappeared from the inbox before it could be moved", safe_name(companion.name))
 
 
 def _ms_since(started: float) -> float:

@@ -52,10 +52,15 @@ class Job:
     continued_as: Path | None = None
     source: Source | None = None
     """The source (format) that reads the file (None: moved unread)."""
+    companions: tuple[Path, ...] = ()
+    """The other files of its unit (`Source.companions`), moved out of the inbox with it."""
 
 
 @dataclass(frozen=True)
 class Step:
+    """One hop of a file through the state thread: the records it committed, their row errors,
+    and what became of the file when it is finished."""
+
     records: RecordBatch | None
     errors: list[StoredRowError]
     outcome: FileOutcome | None

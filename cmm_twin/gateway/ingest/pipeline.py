@@ -49,6 +49,8 @@ files and about this many bytes together (a few thousand rows)."""
 DISK_RETRY_MIN_S = 0.5
 DISK_RETRY_MAX_S = 5.0
 """Backoff of the intake while the disk is full."""
+COMPANION_RECHECK_S = 1.0
+"""How often a unit that lacks a file (or whose companion is not yet ready) is looked at again."""
 HELD_LINE_RECHECK_S = 0.25
 """How often a file whose last unit waits (e.g. a last line without line end, not yet stable) is
 looked at again: it is finished as soon as the writer finishes it, or once the settle time has
@@ -94,6 +96,8 @@ class Pipeline:
         """How long each inbox file has kept its size and mtime as this process saw it: stability
         also when its mtime cannot be trusted (a clock ahead of ours)."""
         self._alone: set[Path] = set()
+        self._lacking_since: dict[str, float] = {}
+        """When each inbox file was first seen lacking a file of its unit (monotonic)."""
         self._disk_retry_s = 0.0
         self._disk_retry_at = 0.0
         """Backoff of the intake while the disk is full (see _guarded and the top of _run)."""
@@ -199,6 +203,13 @@ class Pipeline:
         elif not readiness.ready:
             queue.later(path, readiness.wait_s)
         else:
+            source = self._source_of(queue, path)
+            if source is None:
+                queue.ignore(path)  # no source claims it (any more): left in the inbox
+                return None
+            companions = self._unit_complete(queue, source, path)
+            if companions is None:
+                return None
             stable_s = self._stable_for_s(path, readiness.size, readiness.mtime_ns)
             settle_s = self.config.settle_ms / 1000.0
             return Job(
@@ -208,15 +219,46 @@ class Pipeline:
                 time.perf_counter(),
                 complete_at=readiness.size if stable_s >= settle_s else -1,
                 settle_wait_s=min(max(settle_s - stable_s, 0.0), HELD_LINE_RECHECK_S),
-                source=self._source_of(queue, path),
+                source=source,
+                companions=companions,
             )
         return None
 
-    def _source_of(self, queue: InboxQueue, path: Path) -> Source:
+    def _unit_complete(self, queue: InboxQueue, source: Source, path: Path) -> tuple[Path, ...] | None:
+        """The companions of the unit `path` leads when they are all there and ready; otherwise
+        None, with `path` queued appropriately: a companion is taken along by its leader (off the
+        queue while the leader is there), a unit still lacking a file is looked at again, and
+        quarantined unread once it has lacked it for the source's `companion_wait_s`."""
+        leader = source.leader(path.name)
+        missing = [leader] if leader != path.name else list(source.companions(path.name))
+        missing = [name for name in missing if not (path.parent / name).is_file()]
+        if leader != path.name and not missing:
+            queue.done(path)  # its leader takes it along
+            return None
+        if missing:
+            now = time.monotonic()
+            lacking_s = now - self._lacking_since.setdefault(path.name, now)
+            if lacking_s < source.companion_wait_s:
+                queue.later(path, min(source.companion_wait_s - lacking_s, COMPANION_RECHECK_S))
+            else:
+                queue.done(path)
+                reason = f"{', '.join(missing)} did not come with it within {source.companion_wait_s:g} s"
+                self._refused.append((path, f"incomplete {source.name} unit: {reason}"))
+            return None
+        companions = tuple(path.parent / name for name in source.companions(path.name))
+        for companion in companions:
+            readiness = queue.readiness.check(companion, self.config.settle_ms / 1000.0)
+            if not readiness.ready:
+                queue.later(path, readiness.wait_s or COMPANION_RECHECK_S)
+                return None
+        self._lacking_since.pop(path.name, None)
+        return companions
+
+    def _source_of(self, queue: InboxQueue, path: Path) -> Source | None:
         """The source that reads `path` (the first of the queue's sources that claims its name)."""
         kind = source_for(path.name, queue.sources)
         if kind is None:
-            raise ValueError(f"no source claims {path.name!r}")
+            return None
         source = self._sources.get(kind)
         if source is None:
             source = self._sources[kind] = kind(self.settings)
@@ -231,6 +273,7 @@ class Pipeline:
     def _left_inbox(self, path: Path) -> None:
         self._seen.forget(path)
         self._alone.discard(path)
+        self._lacking_since.pop(path.name, None)
 
     async def _guarded(self, queue: InboxQueue, jobs: list[Job], work: Coroutine[Any, Any, object]) -> None:
         """Run `work`; an unexpected error (e.g. archive/ not writable) keeps the files in the

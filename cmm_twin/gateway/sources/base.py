@@ -10,12 +10,13 @@ Contract of a source:
   name (`*.csv`; next `*.dfq`, `*.dfd` + `*.dfx`, `*_chr.txt` + `*_hdr.txt`, `*.qif`). Dot-files
   and temporary files (`*.tmp`, `*.part`, `*~`) are never claimed, whatever the patterns say.
   A name no source claims is left in the inbox, untouched.
-- Units: the files that belong together form one unit, named by `unit_key` (the stem for a
-  `.dfd` + `.dfx` pair; by default a file is its own unit, its key its name). `companions`
-  names the other files a unit needs besides the one handed to the source (none by default);
-  a unit that still lacks one after `companion_wait_s` is quarantined unread with a reason.
-  Today's pipeline takes units of one file; a multi-file format (issue 12) also moves its
-  companions out of the inbox with the unit.
+- Units: the files that belong together form one unit, named by the file that leads it
+  (`leader`: for a `.dfd` + `.dfx` pair, the `.dfd` of the same stem; by default a file leads
+  its own unit, alone). `companions` names the other files of the unit a leader needs (none by
+  default). The pipeline hands only leaders to the source, once every companion is there and
+  ready; the companions leave the inbox with their leader (to archive/ or quarantine/). A unit
+  that still lacks a file after `companion_wait_s` (a lone half) is quarantined unread, with
+  the reason.
 - Completeness: the inbox hands a file over once it is stable (no writer holds it open, or its
   size and mtime unchanged for the settle time). `waits_for_more` then says whether the bytes
   after those already read are an unfinished unit a writer may still be writing, left for
@@ -78,13 +79,13 @@ class Source(ABC):
         return any(fnmatch.fnmatchcase(lower, pattern.lower()) for pattern in cls.patterns)
 
     @classmethod
-    def unit_key(cls, name: str) -> str:
-        """The key of the unit the file `name` belongs to (by default the file alone: its name)."""
+    def leader(cls, name: str) -> str:
+        """The name of the file that leads the unit of the file `name` (by default `name`)."""
         return name
 
     @classmethod
     def companions(cls, name: str) -> tuple[str, ...]:
-        """Names of the other files the unit of `name` needs (by default none)."""
+        """Names of the other files the unit led by `name` needs (by default none)."""
         return ()
 
     def waits_for_more(self, path: Path, read_to: int, size: int, stable: bool) -> bool:
@@ -95,9 +96,10 @@ class Source(ABC):
 
     @abstractmethod
     def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:
-        """The rows and row errors of the unit of `path`, read whole (None: neither). `complete_at`:
-        the size the file was seen stable at (-1: not stable; None: read to its end).
-        Raises FileRejected or OSError."""
+        """The rows and row errors of the unit `path` leads, read whole (None: neither); the
+        chunk's `end_offset` is the size of `path` read, its `end_line` its last line.
+        `complete_at`: the size the file was seen stable at (-1: not stable; None: read to its
+        end). Raises FileRejected or OSError."""
 
 
 @runtime_checkable
