@@ -63,7 +63,7 @@ class FileCommitter:
             progress = None
         if progress is None:
             progress = FileProgress(job.path.name, job.size, job.mtime_ns, 0, 1, 0, 0, False, None)
-        return progress  # a name still in _forget is dropped before this file's first commit
+        return progress  # a name still in `forget` is dropped before this file's first commit
 
     def _commit(
         self,
@@ -187,8 +187,8 @@ class FileCommitter:
         parsed: ParsedChunk | Exception | object | None = None,
         evaluated: RecordBatch | Exception | None = None,
     ) -> tuple[RecordBatch | None, list[StoredRowError]]:
-        """Take a small file in full (`parsed` by read_small_files, or read here when _UNREAD) and
-        set its progress complete; a file-level error delivers nothing of it. A last line left for
+        """Take a small file in full (`parsed` by its source with the group, or read here when
+        _UNREAD) and set its progress complete; a file-level error delivers nothing of it. A last line left for
         later (`_holds_last_line`) is not taken: the progress then ends before it, not complete.
         Raises _GrewError when the file changed size meanwhile."""
         assert job.progress is not None

@@ -96,14 +96,15 @@ class Pipeline:
         """How long each inbox file has kept its size and mtime as this process saw it: stability
         also when its mtime cannot be trusted (a clock ahead of ours)."""
         self._alone: set[Path] = set()
+        """Files whose group failed: each is tried on its own, so one bad file holds up no other."""
         self._lacking_since: dict[str, float] = {}
         """When each inbox file was first seen lacking a file of its unit (monotonic)."""
         self._disk_retry_s = 0.0
         self._disk_retry_at = 0.0
         """Backoff of the intake while the disk is full (see _guarded and the top of _run)."""
         self._refused: list[tuple[Path, str]] = []
-        """Inbox entries refused unread (symbolic links), quarantined by `_run` with their reason."""
-        """Files whose group failed: each is tried on its own, so one bad file holds up no other."""
+        """Inbox entries refused unread (symbolic links, incomplete units), quarantined by `_run`
+        with their reason."""
 
     async def run(self, queue: InboxQueue, stop: asyncio.Event) -> None:
         """Process queued files, oldest first, until `stop`; a chunk in hand is finished first."""
@@ -122,8 +123,8 @@ class Pipeline:
             await self.state.call(self.state.store.forget_files, stale)
 
     async def _run(self, queue: InboxQueue, stop: asyncio.Event) -> None:
-        """Note: `_forget` is shared with the state thread; only this task touches it, and never
-        while one of its own state calls is in flight."""
+        """Note: `committer.forget` is shared with the state thread; only this task touches it, and
+        never while one of its own state calls is in flight."""
         while not stop.is_set():
             if self.status.disk_full and time.monotonic() < self._disk_retry_at:
                 await wait_or_stop(stop, min(SPOOL_RECHECK_S, self._disk_retry_at - time.monotonic()))
