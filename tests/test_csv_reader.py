@@ -1,13 +1,14 @@
-"""The inbox CSV reader and validator against the contract of DESIGN.md section 2."""
+"""The CSV source (reader and validator) against the CSV contract: README, 'The CSV format (inbox)'."""
 
 from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,23 +17,19 @@ from hypothesis import strategies as st
 from numpy.typing import ArrayLike
 
 from cmm_twin.errors import ConfigError, PhysicsInputError
-from cmm_twin.gateway.ingest import csv_reader
-from cmm_twin.gateway.ingest.csv_reader import (
-    MAX_LINE_BYTES,
-    READ_BLOCK_BYTES,
+from cmm_twin.gateway.ingest.records import to_records
+from cmm_twin.gateway.sources.csv import CsvSource
+from cmm_twin.gateway.sources.csv.lines import MAX_LINE_BYTES, PARSE_BLOCK_LINES, READ_BLOCK_BYTES
+from cmm_twin.gateway.sources.csv.numbers import Numbers
+from cmm_twin.gateway.sources.csv.timestamps import Timestamps, check_timestamp, check_timestamps
+from cmm_twin.gateway.sources.ids import MeasurementIds
+from cmm_twin.gateway.sources.rows import (
     FileRejected,
     IngestSettings,
     ParsedChunk,
     RowError,
     ValidRows,
-    _check_timestamp,
-    _check_timestamps,
-    _fast_timestamps,
     concat_rows,
-    measurement_ids,
-    read_chunks,
-    read_small_files,
-    to_records,
 )
 from cmm_twin.physics.materials import MATERIALS
 from cmm_twin.physics.thermal import Evaluation, PhysicsConfig, ThermalLimits, evaluate
@@ -41,6 +38,23 @@ from cmm_twin.records import RecordBatch, canonical_timestamp, measurement_id
 HEADER = "timestamp,machine_id,part_id,feature,material,nominal_mm,tolerance_mm,measured_mm,part_temp_c,air_temp_c"
 GOOD_ROW = "2024-05-01T08:00:00.250Z,CMM-01,P0001,length_x,AL6061,100.0000,0.0500,100.01180,25.000,21.000"
 DEFAULTS = IngestSettings()
+_SOURCES: dict[str, CsvSource] = {}
+measurement_ids = MeasurementIds()
+
+
+def source(settings: IngestSettings) -> CsvSource:
+    """One CsvSource per settings for the whole module: its caches live across files, as in the gateway."""
+    return _SOURCES.setdefault(repr(settings), CsvSource(settings))
+
+
+def read_chunks(path: Path, settings: IngestSettings, *args: Any, **kwargs: Any) -> Iterator[ParsedChunk]:
+    return source(settings).read_chunks(path, *args, **kwargs)
+
+
+def read_small_files(
+    paths: list[Path], settings: IngestSettings, complete_at: list[int | None] | None = None
+) -> list[ParsedChunk | Exception | None]:
+    return source(settings).read_many(paths, complete_at)
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "in.csv") -> Path:
@@ -516,7 +530,7 @@ def test_any_chunk_size_gives_the_same_rows_and_resumes(
     path = write(tmp_path, end.join([HEADER, *lines]) + (end if final_newline else ""), "prop.csv")
     whole = list(read_chunks(path, IngestSettings(chunk_rows=1000)))
     with pytest.MonkeyPatch.context() as patch:  # parse blocks inside a chunk, as small as a line
-        patch.setattr(csv_reader, "PARSE_BLOCK_LINES", block_lines)
+        patch.setattr(CsvSource, "parse_block_lines", block_lines)
         split = list(read_chunks(path, IngestSettings(chunk_rows=chunk_rows)))
     assert [c.end_line for c in split] == sorted({c.end_line for c in split})
     assert len(whole) <= 1
@@ -579,8 +593,8 @@ def test_vectorised_timestamps_equal_the_exact_path(
         if moment.utcoffset() == timedelta(0):
             text = text[:-6] + utc_spelling
         texts.append(text)
-    checked = _check_timestamps([*texts, *invalid])
-    assert checked == [_check_timestamp(t) for t in [*texts, *invalid]]
+    checked = check_timestamps([*texts, *invalid])
+    assert checked == [check_timestamp(t) for t in [*texts, *invalid]]
     assert all(reason is not None for _, reason in checked[len(texts) :])
     for text, (value, reason) in zip(texts, checked, strict=False):
         assert reason is None
@@ -616,8 +630,8 @@ def test_fast_timestamps_equal_the_exact_path(
     if one_day:  # the times of the first moment's day (the shorter fast path)
         moments = [datetime.combine(moments[0].date(), m.timetz()) for m in moments]
     texts = [spelled(m, digits, utc_spelling) for m in moments]
-    exact = [_check_timestamp(t) for t in texts]
-    fast = _fast_timestamps(texts)
+    exact = [check_timestamp(t) for t in texts]
+    fast = Timestamps().fast(texts)
     if all(1678 <= m.year <= 2261 for m in moments):
         assert fast is not None
     if fast is not None:
@@ -657,8 +671,8 @@ def test_fast_timestamps_leave_any_bad_value_to_the_exact_path(odd: str) -> None
     good = ["2024-05-01T08:00:00.000Z", "2024-05-01T23:59:59.999Z"]
     for position in range(len(good) + 1):
         texts = [*good[:position], odd, *good[position:]]
-        exact = [_check_timestamp(t) for t in texts]
-        fast = _fast_timestamps(texts)
+        exact = [check_timestamp(t) for t in texts]
+        fast = Timestamps().fast(texts)
         if any(reason is not None for _, reason in exact):
             assert fast is None
         if fast is not None:
@@ -683,16 +697,16 @@ def test_numbers_at_once_equal_the_checks_column_by_column(
 ) -> None:
     names = ["nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c", "scale_temp_c"]
     names = names if scale_column else names[:-1]
-    parser = csv_reader._ChunkParser(HEADER.split(",") + names[5:], 1, DEFAULTS)
+    numbers = Numbers(DEFAULTS)
     columns = {name: [row[i] for row in rows] for i, name in enumerate(names)}
     for row, column, text in odd:  # a few odd values (errors, or valid at the edge)
         columns[names[column % len(names)]][row % len(rows)] = text
     lines = np.arange(2, 2 + len(rows), dtype=np.int64)
     at_once: dict[int, RowError] = {}
     one_by_one: dict[int, RowError] = {}
-    got = parser._all_numbers(columns, lines, at_once)
+    got = numbers.convert_all(columns, lines, at_once)
     for name in names:
-        assert got[name].tobytes() == parser._numbers(name, columns[name], lines, one_by_one).tobytes()
+        assert got[name].tobytes() == numbers.convert(name, columns[name], lines, one_by_one).tobytes()
     assert at_once == one_by_one
 
 
@@ -712,7 +726,7 @@ def test_small_file_read_at_once_equals_the_general_path(tmp_path: Path) -> None
         at_once = list(read_chunks(path, DEFAULTS))
         assert len(at_once) <= 1
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(csv_reader, "_WHOLE_READ_BYTES", 0)
+            patch.setattr(CsvSource, "whole_read_bytes", 0)
             general = list(read_chunks(path, DEFAULTS))
         assert [rows_as_tuples(c.rows) for c in at_once] == [rows_as_tuples(c.rows) for c in general]
         assert [(c.errors, c.end_offset, c.end_line) for c in at_once] == [
@@ -742,12 +756,12 @@ def test_remembered_ids_and_headers_still_give_their_errors(tmp_path: Path) -> N
 
 
 def test_measurement_ids_of_more_rows_than_a_parse_block() -> None:
-    count = 2 * csv_reader.PARSE_BLOCK_LINES + 3
+    count = 2 * PARSE_BLOCK_LINES + 3
     moment = datetime(2024, 5, 1, tzinfo=UTC)
     stamp = canonical_timestamp(moment)
     got = measurement_ids(["CMM-01"] * count, [f"P{i}" for i in range(count)], ["f"] * count, [stamp] * count)
     assert len(got) == count
-    for i in (0, 1, csv_reader.PARSE_BLOCK_LINES, count - 1):
+    for i in (0, 1, PARSE_BLOCK_LINES, count - 1):
         assert got[i] == measurement_id("CMM-01", f"P{i}", "f", moment)
     assert measurement_ids(["A"], ["B"], ["C"], [stamp]) == [measurement_id("A", "B", "C", moment)]
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from cmm_twin.gateway.app import Gateway
-from cmm_twin.gateway.ingest import csv_reader
-from cmm_twin.gateway.ingest import pipeline as pipeline_module
+from cmm_twin.gateway.ingest import reports
+from cmm_twin.gateway.sources.csv import CsvSource
 from tests.gateway_harness import (
     HEADER,
     RecordingSink,
@@ -108,14 +108,14 @@ async def test_a_failing_group_falls_back_to_file_by_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A fault the reader cannot turn into a report (here: injected) costs only its own file."""
-    real = csv_reader.read_small_files
+    real = CsvSource.read_many
 
-    def poisoned(paths: list[Path], *args: Any) -> Any:
+    def poisoned(source: CsvSource, paths: list[Path], *args: Any) -> Any:
         if any(p.name == "poison.csv" for p in paths):
             raise RuntimeError("injected fault")
-        return real(paths, *args)
+        return real(source, paths, *args)
 
-    monkeypatch.setattr(pipeline_module, "read_small_files", poisoned)
+    monkeypatch.setattr(CsvSource, "read_many", poisoned)
     sink = RecordingSink()
     config = gateway_config(tmp_path)
     for i, name in enumerate(["a.csv", "poison.csv", "b.csv", "c.csv"]):
@@ -202,7 +202,7 @@ async def test_once_reads_an_unterminated_last_line_after_the_settle_time(tmp_pa
 
 
 async def test_rows_appended_before_the_move_are_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_move = pipeline_module._move
+    real_move = reports.move
     appended: list[Path] = []
 
     def move_while_a_writer_appends(source: Path, target: Path) -> None:
@@ -212,7 +212,7 @@ async def test_rows_appended_before_the_move_are_not_lost(tmp_path: Path, monkey
             appended.append(source)
         real_move(source, target)
 
-    monkeypatch.setattr(pipeline_module, "_move", move_while_a_writer_appends)
+    monkeypatch.setattr(reports, "move", move_while_a_writer_appends)
     sink = RecordingSink()
     config = gateway_config(tmp_path)
     content = HEADER + csv_row("EARLY1") + csv_row("EARLY2")

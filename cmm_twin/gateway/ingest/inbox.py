@@ -2,7 +2,8 @@
 
 Files are found two ways: a scan (at start-up, oldest first, and every few seconds as a safety net
 against missed events) and watchfiles events (tuned `debounce`/`step` so a renamed file is seen in
-about a millisecond). Only `*.csv`, never dot-files (DESIGN.md section 2). The queue knows a file
+about a millisecond). Only names a source claims (`cmm_twin.gateway.sources`: `*.csv` today),
+never dot-files nor temporary files; others stay in the inbox untouched. The queue knows a file
 by its name in the inbox, and the inbox by its absolute, resolved path (fixed once, when the queue
 is made), so a scan and an event always name a file the same way.
 
@@ -30,13 +31,15 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from watchfiles import Change, awatch
 
 from cmm_twin.gateway.runner import wait_or_stop
+from cmm_twin.gateway.sources import Source, source_for
+from cmm_twin.gateway.sources.registry import SOURCES
 from cmm_twin.logs import safe_name
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,9 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
 
 
-def is_inbox_name(name: str) -> bool:
-    """True for names the gateway takes: `*.csv`, not a dot-file."""
-    return name.endswith(".csv") and not name.startswith(".")
+def is_inbox_name(name: str, sources: Sequence[type[Source]] = SOURCES) -> bool:
+    """True for names the gateway takes: those one of `sources` claims."""
+    return source_for(name, sources) is not None
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,9 @@ class ProcWriters:
     O_RDWR in /proc/PID/fdinfo). Processes whose fd table is not readable (another user without
     privileges, another PID namespace) are not seen: the stability rule covers them."""
 
-    def __init__(self, proc: Path = Path("/proc")) -> None:
+    def __init__(self, proc: Path = Path("/proc"), sources: Sequence[type[Source]] = SOURCES) -> None:
         self.proc = proc
+        self.sources = sources
         self._scanned_at = -math.inf
         self._open: frozenset[tuple[int, int]] = frozenset()
 
@@ -151,7 +155,7 @@ class ProcWriters:
                 continue
             for fd in fds:
                 try:
-                    if not is_inbox_name(os.path.basename(os.readlink(f"{fd_dir}/{fd}"))):
+                    if not is_inbox_name(os.path.basename(os.readlink(f"{fd_dir}/{fd}")), self.sources):
                         continue
                     target = os.stat(f"{fd_dir}/{fd}")
                     with open(f"{self.proc}/{pid}/fdinfo/{fd}", encoding="ascii") as info:
@@ -163,8 +167,17 @@ class ProcWriters:
         return frozenset(found)
 
 
-_OBSERVED = FileObservations()
-_PROC_WRITERS = ProcWriters()
+class ReadinessChecker:
+    """Decides whether inbox files can be read now; remembers what it saw of files it cannot
+    lease (stability) and which files visible processes hold open for writing."""
+
+    def __init__(self, sources: Sequence[type[Source]] = SOURCES) -> None:
+        self.observed = FileObservations()
+        self.proc_writers = ProcWriters(sources=sources)
+
+    def check(self, path: Path, settle_s: float) -> Readiness:
+        """See `check_ready`."""
+        return check_ready(path, settle_s, self.observed, self.proc_writers)
 
 
 def check_ready(
@@ -173,8 +186,10 @@ def check_ready(
     observed: FileObservations | None = None,
     proc_writers: ProcWriters | None = None,
 ) -> Readiness:
-    """Decide whether `path` can be read now (see the module docstring). Never follows a link."""
-    observed = _OBSERVED if observed is None else observed
+    """Decide whether `path` can be read now (see the module docstring). Never follows a link.
+    `observed` and `proc_writers` carry what was seen before (`ReadinessChecker`); without them
+    a file that cannot be leased is seen for the first time."""
+    observed = FileObservations() if observed is None else observed
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -194,7 +209,7 @@ def check_ready(
         steady_s = observed.unchanged_for_s(path, st.st_size, st.st_mtime_ns, time.monotonic())
         if steady_s < settle_s:
             return Readiness(wait_s=settle_s - steady_s)
-        if (_PROC_WRITERS if proc_writers is None else proc_writers).holds_open(st):
+        if (ProcWriters() if proc_writers is None else proc_writers).holds_open(st):
             return Readiness(wait_s=PROC_WRITER_RECHECK_S)
         observed.forget(path)
     return Readiness(ready=True, size=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -209,13 +224,13 @@ def link_reason(path: Path) -> str:
     return f"a symbolic link (to {target}): links in the inbox are never followed"
 
 
-def scan_inbox(inbox: Path) -> list[Path]:
-    """Entries waiting in the inbox with inbox names (links too, never followed), oldest first
-    (by modification time, then name)."""
+def scan_inbox(inbox: Path, sources: Sequence[type[Source]] = SOURCES) -> list[Path]:
+    """Entries waiting in the inbox with names `sources` claim (links too, never followed), oldest
+    first (by modification time, then name)."""
     found: list[tuple[int, str, Path]] = []
     with contextlib.suppress(FileNotFoundError), os.scandir(inbox) as entries:
         for entry in entries:
-            if is_inbox_name(entry.name):
+            if is_inbox_name(entry.name, sources):
                 with contextlib.suppress(FileNotFoundError):
                     found.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name, Path(entry.path)))
     return [p for _, _, p in sorted(found)]
@@ -257,11 +272,15 @@ class InboxQueue:
     """Ordered set of inbox files to look at, fed by scans and watchfiles events.
 
     Files are known by name; paths handed out are `self.inbox / name` with `self.inbox` absolute
-    and resolved. Symbolic links are queued like files: `check_ready` answers
-    `Readiness(refused=...)` for them, and the pipeline quarantines them unread."""
+    and resolved. Only names one of `sources` claims are queued by scans and events. Symbolic
+    links are queued like files: `readiness` answers `Readiness(refused=...)` for them, and the
+    pipeline quarantines them unread."""
 
-    def __init__(self, inbox: Path) -> None:
+    def __init__(self, inbox: Path, sources: Sequence[type[Source]] = SOURCES) -> None:
         self.inbox = Path(inbox).resolve()
+        self.sources = tuple(sources)
+        self.readiness = ReadinessChecker(self.sources)
+        """Whether a queued file can be read now (what it saw of files is kept across calls)."""
         self._pending: dict[str, None] = {}
         self._not_before: dict[str, float] = {}
         self._ignored: set[str] = set()
@@ -321,7 +340,7 @@ class InboxQueue:
         """Queue whatever the inbox holds; forget ignored names that have gone. False when the
         inbox could not be read (logged once per spell; e.g. EMFILE, EACCES)."""
         try:
-            present = scan_inbox(self.inbox)
+            present = scan_inbox(self.inbox, self.sources)
         except Exception as exc:  # an intake fault must never end the gateway
             self._retry_s = self._scan_retry.failed(exc)
             return False
@@ -346,7 +365,7 @@ class InboxQueue:
 
     async def _watch_events(self, stop: asyncio.Event) -> None:
         def wanted(change: Change, path: str) -> bool:
-            return change != Change.deleted and is_inbox_name(os.path.basename(path))
+            return change != Change.deleted and is_inbox_name(os.path.basename(path), self.sources)
 
         while not stop.is_set():
             try:
