@@ -41,13 +41,27 @@ RETRY_AFTER_S: Final = 1
 JSON_TYPE: Final = "application/json"
 
 
-def _error_schema(example: str) -> dict[str, Any]:
+def _closed_object(properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema with only `properties`, all of them required."""
     return {
         "type": "object",
-        "required": ["error"],
+        "required": list(properties),
         "additionalProperties": False,
-        "properties": {"error": {"type": "string", "examples": [example]}},
+        "properties": properties,
     }
+
+
+def _list_of_one_or_more(name: str, item: dict[str, Any]) -> dict[str, Any]:
+    """`{name: [item, ...]}` with at least one item."""
+    return _closed_object({name: {"type": "array", "minItems": 1, "items": item}})
+
+
+_COUNT: Final = {"type": "integer", "minimum": 0}
+_INDEX: Final = {**_COUNT, "description": "position of the record in the batch (0 for a single object)"}
+
+
+def _error_schema(example: str) -> dict[str, Any]:
+    return _closed_object({"error": {"type": "string", "examples": [example]}})
 
 
 def record_schema() -> dict[str, Any]:
@@ -77,12 +91,7 @@ def record_schema() -> dict[str, Any]:
         properties[name] = {"type": ["number", "null"], **finite, "description": "finite, or null when not measured"}
     properties["verdict"] = {"type": "string", "enum": list(VERDICTS)}
     properties["flags"] = {"type": "array", "items": {"type": "string", "enum": list(FLAGS)}}
-    return {
-        "type": "object",
-        "required": list(RESULT_FIELDS),
-        "additionalProperties": False,
-        "properties": {name: properties[name] for name in RESULT_FIELDS},
-    }
+    return _closed_object({name: properties[name] for name in RESULT_FIELDS})
 
 
 def stored_record_schema() -> dict[str, Any]:
@@ -261,95 +270,48 @@ def openapi_document(config: MesConfig) -> dict[str, Any]:
             "schemas": {
                 "Record": record_schema(),
                 "StoredRecord": stored_record_schema(),
-                "Accepted": {
-                    "type": "object",
-                    "required": ["accepted", "duplicates"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "accepted": {"type": "integer", "minimum": 0},
-                        "duplicates": {"type": "integer", "minimum": 0},
-                    },
-                },
-                "ValidationErrors": {
-                    "type": "object",
-                    "required": ["errors"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "errors": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "required": ["index", "field", "message"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "index": {
-                                        "type": "integer",
-                                        "minimum": 0,
-                                        "description": "position of the record in the batch (0 for a single object)",
-                                    },
-                                    "field": {
-                                        "type": "string",
-                                        "description": f"the field, or `{RECORD_FIELD}` for the record as a whole",
-                                    },
-                                    "message": {"type": "string"},
-                                },
+                "Accepted": _closed_object({"accepted": _COUNT, "duplicates": _COUNT}),
+                "ValidationErrors": _list_of_one_or_more(
+                    "errors",
+                    _closed_object(
+                        {
+                            "index": _INDEX,
+                            "field": {
+                                "type": "string",
+                                "description": f"the field, or `{RECORD_FIELD}` for the record as a whole",
                             },
+                            "message": {"type": "string"},
                         }
-                    },
-                },
-                "Conflicts": {
-                    "type": "object",
-                    "required": ["conflicts"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "conflicts": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "required": ["index", "measurement_id", "field", "stored", "received"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "index": {
-                                        "type": "integer",
-                                        "minimum": 0,
-                                        "description": "position of the record in the batch (0 for a single object)",
-                                    },
-                                    "measurement_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
-                                    "field": {
-                                        "type": "string",
-                                        "enum": list(COMPARED_FIELDS),
-                                        "description": "the first field (in record order) whose values differ",
-                                    },
-                                    "stored": {"description": "the value of the record held (any JSON value)"},
-                                    "received": {"description": "the value of the record received"},
-                                },
+                    ),
+                ),
+                "Conflicts": _list_of_one_or_more(
+                    "conflicts",
+                    _closed_object(
+                        {
+                            "index": _INDEX,
+                            "measurement_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+                            "field": {
+                                "type": "string",
+                                "enum": list(COMPARED_FIELDS),
+                                "description": "the first field (in record order) whose values differ",
                             },
+                            "stored": {"description": "the value of the record held (any JSON value)"},
+                            "received": {"description": "the value of the record received"},
                         }
-                    },
-                },
+                    ),
+                ),
                 "Error": _error_schema("malformed JSON: Expecting value: line 1 column 1 (char 0)"),
-                "Stats": {
-                    "type": "object",
-                    "required": ["count", "duplicates", "conflicts"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "count": {"type": "integer", "minimum": 0},
-                        "duplicates": {"type": "integer", "minimum": 0},
+                "Stats": _closed_object(
+                    {
+                        "count": _COUNT,
+                        "duplicates": _COUNT,
                         "conflicts": {
-                            "type": "integer",
-                            "minimum": 0,
+                            **_COUNT,
                             "description": "records received with a stored measurement_id but other values",
                         },
-                    },
-                },
-                "Health": {
-                    "type": "object",
-                    "required": ["status", "count"],
-                    "additionalProperties": False,
-                    "properties": {"status": {"type": "string", "const": "ok"}, "count": {"type": "integer"}},
-                },
+                    }
+                ),
+                "Health": _closed_object({"status": {"type": "string", "const": "ok"}, "count": {"type": "integer"}}),
             },
         },
     }
