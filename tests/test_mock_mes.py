@@ -159,33 +159,56 @@ def schema_errors(value: Any, schema: dict[str, Any], doc: dict[str, Any], path:
     if "const" in schema and value != schema["const"]:
         errors.append(f"{path}: {value!r} != {schema['const']!r}")
     if isinstance(value, str):
-        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", math.inf):
-            errors.append(f"{path}: length {len(value)}")
-        if "pattern" in schema and re.search(schema["pattern"], value) is None:
-            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
-        if schema.get("format") == "date-time":
-            try:
-                assert datetime.fromisoformat(value).tzinfo is not None
-            except (ValueError, AssertionError):
-                errors.append(f"{path}: not a date-time with offset")
+        errors += _string_errors(value, schema, path)
     if _is_type(value, "number"):
-        if value < schema.get("minimum", -math.inf) or value > schema.get("maximum", math.inf):
-            errors.append(f"{path}: {value} out of range")
-        if "exclusiveMinimum" in schema and not value > schema["exclusiveMinimum"]:
-            errors.append(f"{path}: {value} <= {schema['exclusiveMinimum']}")
+        errors += _number_errors(value, schema, path)
     if isinstance(value, list):
-        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
-            errors.append(f"{path}: {len(value)} items")
-        for i, item in enumerate(value):
-            errors += schema_errors(item, schema.get("items", {}), doc, f"{path}[{i}]")
+        errors += _array_errors(value, schema, doc, path)
     if isinstance(value, dict):
-        errors += [f"{path}: missing {name}" for name in schema.get("required", []) if name not in value]
-        properties = schema.get("properties", {})
-        for name, item in value.items():
-            if name in properties:
-                errors += schema_errors(item, properties[name], doc, f"{path}.{name}")
-            elif schema.get("additionalProperties", True) is False:
-                errors.append(f"{path}: unexpected {name}")
+        errors += _object_errors(value, schema, doc, path)
+    return errors
+
+
+def _string_errors(value: str, schema: dict[str, Any], path: str) -> list[str]:
+    errors: list[str] = []
+    if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", math.inf):
+        errors.append(f"{path}: length {len(value)}")
+    if "pattern" in schema and re.search(schema["pattern"], value) is None:
+        errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
+    if schema.get("format") == "date-time":
+        try:
+            assert datetime.fromisoformat(value).tzinfo is not None
+        except (ValueError, AssertionError):
+            errors.append(f"{path}: not a date-time with offset")
+    return errors
+
+
+def _number_errors(value: float, schema: dict[str, Any], path: str) -> list[str]:
+    errors: list[str] = []
+    if value < schema.get("minimum", -math.inf) or value > schema.get("maximum", math.inf):
+        errors.append(f"{path}: {value} out of range")
+    if "exclusiveMinimum" in schema and not value > schema["exclusiveMinimum"]:
+        errors.append(f"{path}: {value} <= {schema['exclusiveMinimum']}")
+    return errors
+
+
+def _array_errors(value: list[Any], schema: dict[str, Any], doc: dict[str, Any], path: str) -> list[str]:
+    errors: list[str] = []
+    if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
+        errors.append(f"{path}: {len(value)} items")
+    for i, item in enumerate(value):
+        errors += schema_errors(item, schema.get("items", {}), doc, f"{path}[{i}]")
+    return errors
+
+
+def _object_errors(value: dict[str, Any], schema: dict[str, Any], doc: dict[str, Any], path: str) -> list[str]:
+    errors = [f"{path}: missing {name}" for name in schema.get("required", []) if name not in value]
+    properties = schema.get("properties", {})
+    for name, item in value.items():
+        if name in properties:
+            errors += schema_errors(item, properties[name], doc, f"{path}.{name}")
+        elif schema.get("additionalProperties", True) is False:
+            errors.append(f"{path}: unexpected {name}")
     return errors
 
 

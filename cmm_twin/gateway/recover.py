@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmm_twin.durable_io import fsync_directory
-from cmm_twin.gateway.state import MARKER_NAME, SpoolMarker, SpoolResetError, StateStore, StateUnavailableError
+from cmm_twin.gateway.spool import MARKER_NAME, SpoolMarker, SpoolResetError
+from cmm_twin.gateway.state import StateStore
+from cmm_twin.sqlite_worker import StateUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The mock MES as an aiohttp application: routes, auth, fault injection, JSON errors, OpenAPI document.
+"""The mock MES as an aiohttp application: routes, auth, fault injection, JSON errors.
 
-Contract (DESIGN.md section 6; `GET /openapi.json` describes it exactly):
+Contract (README, 'The MES path'; `GET /openapi.json`, built in `openapi.py`, describes it exactly):
 - `POST /api/v1/measurements`: a JSON array of result records, or one record object, sent as
   `Content-Type: application/json` (else 415: a browser cannot send that type cross-site without
   a CORS preflight, which this server never grants). 200 `{"accepted": a, "duplicates": d}` only
@@ -34,43 +34,47 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cmm_twin.mes.store import COMPARED_FIELDS, MeasurementStore
+from cmm_twin.mes.fields import MAX_BATCH_RECORDS
+from cmm_twin.mes.openapi import (
+    DEFAULT_PAGE_LIMIT,
+    HEALTH_PATH,
+    JSON_TYPE,
+    MAX_PAGE_LIMIT,
+    MAX_SEQ,
+    MEASUREMENTS_PATH,
+    OPENAPI_PATH,
+    RETRY_AFTER_S,
+    STATS_PATH,
+    openapi_document,
+)
+from cmm_twin.mes.store import MeasurementStore
 from cmm_twin.mes.validation import (
-    FLAGS,
-    FLOAT_MAX,
-    ID_FIELDS,
-    ID_PATTERN,
-    MAX_BATCH_RECORDS,
-    MAX_TEXT_CHARS,
-    NON_NEGATIVE_FIELDS,
-    NULLABLE_FIELDS,
-    NUMBER_FIELDS,
-    POSITIVE_FIELDS,
-    RECORD_FIELD,
-    TEXT_FIELDS,
-    TIMESTAMP_PATTERN,
-    UUID_PATTERN,
-    VERDICTS,
     MalformedBodyError,
     ensure_unique_keys,
     parse_body,
     record_texts,
     validate_records,
 )
-from cmm_twin.records import RESULT_FIELDS
+
+__all__ = [
+    "CONFIG",
+    "FAULTS",
+    "MEASUREMENTS_PATH",
+    "STORE",
+    "MesConfig",
+    "create_app",
+    "error_response",
+    "get_health",
+    "get_measurements",
+    "get_openapi",
+    "get_stats",
+    "post_measurements",
+    "unknown_machines",
+]
 
 log = logging.getLogger(__name__)
 
-MEASUREMENTS_PATH: Final = "/api/v1/measurements"
-STATS_PATH: Final = "/api/v1/stats"
-HEALTH_PATH: Final = "/health"
-OPENAPI_PATH: Final = "/openapi.json"
-DEFAULT_PAGE_LIMIT: Final = 1000
-MAX_PAGE_LIMIT: Final = 10_000
-MAX_SEQ: Final = 2**63 - 1
-RETRY_AFTER_S: Final = 1
 _DIGITS: Final = re.compile(r"[0-9]{1,19}").fullmatch
-JSON_TYPE: Final = "application/json"
 _ID_OF: Final = operator.itemgetter("measurement_id")
 
 
@@ -282,317 +286,3 @@ async def get_health(request: web.Request) -> web.Response:
 async def get_openapi(request: web.Request) -> web.Response:
     """The OpenAPI document of this server."""
     return web.json_response(openapi_document(request.app[CONFIG]))
-
-
-def _error_schema(example: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["error"],
-        "additionalProperties": False,
-        "properties": {"error": {"type": "string", "examples": [example]}},
-    }
-
-
-def record_schema() -> dict[str, Any]:
-    """JSON Schema of one result record as POSTed (DESIGN.md section 3)."""
-    finite = {"minimum": -FLOAT_MAX, "maximum": FLOAT_MAX}
-    number: dict[str, Any] = {"type": "number", **finite, "description": "finite (NaN and Infinity are rejected)"}
-    properties: dict[str, Any] = {
-        "measurement_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
-        "timestamp": {"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN},
-    }
-    for name in ID_FIELDS:
-        properties[name] = {"type": "string", "pattern": ID_PATTERN}
-    for name in TEXT_FIELDS:
-        properties[name] = {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_TEXT_CHARS,
-            "description": "printable characters only",
-        }
-    for name in POSITIVE_FIELDS:
-        properties[name] = {"type": "number", "exclusiveMinimum": 0, "maximum": FLOAT_MAX, "description": "finite"}
-    for name in NON_NEGATIVE_FIELDS:
-        properties[name] = {**number, "minimum": 0}
-    for name in NUMBER_FIELDS:
-        properties[name] = dict(number)
-    for name in NULLABLE_FIELDS:
-        properties[name] = {"type": ["number", "null"], **finite, "description": "finite, or null when not measured"}
-    properties["verdict"] = {"type": "string", "enum": list(VERDICTS)}
-    properties["flags"] = {"type": "array", "items": {"type": "string", "enum": list(FLAGS)}}
-    return {
-        "type": "object",
-        "required": list(RESULT_FIELDS),
-        "additionalProperties": False,
-        "properties": {name: properties[name] for name in RESULT_FIELDS},
-    }
-
-
-def stored_record_schema() -> dict[str, Any]:
-    """JSON Schema of a record as GET returns it: the record as stored plus its `seq`."""
-    schema = record_schema()
-    schema["required"] = ["seq", *schema["required"]]
-    schema["properties"] = {
-        "seq": {"type": "integer", "minimum": 1, "description": "arrival order"},
-        **schema["properties"],
-    }
-    return schema
-
-
-def openapi_document(config: MesConfig) -> dict[str, Any]:
-    """OpenAPI 3.1 description of exactly what this server does."""
-
-    def ref(name: str) -> dict[str, str]:
-        return {"$ref": f"#/components/schemas/{name}"}
-
-    def response(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"description": description, "content": {JSON_TYPE: {"schema": ref(schema)}}}
-        if headers:
-            out["headers"] = headers
-        return out
-
-    unauthorized = response(
-        "MES_TOKEN is set and the request lacks `Authorization: Bearer <token>` (or the token is wrong)",
-        "Error",
-        {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
-    )
-    other = response("any other error: 404 unknown path, 405 wrong method (with `Allow`), 500 unexpected", "Error")
-    bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-    latency = f" Every /api/ request waits --latency-ms first (now {config.latency_ms:g} ms)."
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "cmm-twin mock MES",
-            "version": "1.0.0",
-            "description": (
-                "Receives, validates, de-duplicates (on measurement_id) and durably stores result records. "
-                'Every error body is JSON `{"error": ...}` except 422 (`{"errors": [...]}`) and 409 '
-                '(`{"conflicts": [...]}`).' + latency
-            ),
-        },
-        "paths": {
-            MEASUREMENTS_PATH: {
-                "post": {
-                    "operationId": "postMeasurements",
-                    "summary": "store a batch of result records (all or nothing)",
-                    "security": bearer,
-                    "requestBody": {
-                        "required": True,
-                        "description": (
-                            "A JSON array of records, or one record object, sent as `Content-Type: application/json` "
-                            "(parameters such as charset are allowed). Strict JSON: UTF-8, no NaN/Infinity, "
-                            "no duplicate keys."
-                        ),
-                        "content": {
-                            JSON_TYPE: {
-                                "schema": {
-                                    "oneOf": [
-                                        {"type": "array", "maxItems": MAX_BATCH_RECORDS, "items": ref("Record")},
-                                        ref("Record"),
-                                    ]
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": response(
-                            "committed durably: `accepted` records stored, `duplicates` already stored (or repeated "
-                            "in the batch) and not stored again",
-                            "Accepted",
-                        ),
-                        "400": response("the body is not well-formed strict JSON (`malformed JSON: ...`)", "Error"),
-                        "401": unauthorized,
-                        "413": response(
-                            f"body over --max-body-mb (now {config.max_body_bytes} bytes) or more than "
-                            f"{MAX_BATCH_RECORDS} records: split the batch",
-                            "Error",
-                        ),
-                        "409": response(
-                            "re-measurement: some records have a stored measurement_id (or one earlier in the "
-                            "batch) with other values; the first value received is the record. Each conflicting "
-                            "record is listed with its first differing field and both values, both records are "
-                            "kept in the conflicts table, and nothing of the batch was stored. An exact repeat is "
-                            "a duplicate, not a conflict",
-                            "Conflicts",
-                        ),
-                        "415": response(f"the request's Content-Type is not {JSON_TYPE}; nothing was stored", "Error"),
-                        "422": response(
-                            "some records are invalid: every invalid record is listed by its index in the batch; "
-                            "nothing of the batch was stored",
-                            "ValidationErrors",
-                        ),
-                        "503": response(
-                            f"injected failure (--fail-rate, now {config.fail_rate:g}); nothing was stored, retry",
-                            "Error",
-                            {"Retry-After": {"schema": {"type": "string", "const": str(RETRY_AFTER_S)}}},
-                        ),
-                        "default": other,
-                    },
-                },
-                "get": {
-                    "operationId": "listMeasurements",
-                    "summary": "stored records in arrival order",
-                    "security": bearer,
-                    "parameters": [
-                        {
-                            "name": "after",
-                            "in": "query",
-                            "description": "only records with seq greater than this",
-                            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "description": "at most this many records",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": MAX_PAGE_LIMIT,
-                                "default": DEFAULT_PAGE_LIMIT,
-                            },
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "records with their seq (ascending)",
-                            "content": {JSON_TYPE: {"schema": {"type": "array", "items": ref("StoredRecord")}}},
-                        },
-                        "400": response("after or limit is not a whole number in range", "Error"),
-                        "401": unauthorized,
-                        "default": other,
-                    },
-                },
-            },
-            STATS_PATH: {
-                "get": {
-                    "operationId": "getStats",
-                    "summary": (
-                        "stored records, and duplicate and conflicting records received since the database was created"
-                    ),
-                    "security": bearer,
-                    "responses": {"200": response("counters", "Stats"), "401": unauthorized, "default": other},
-                }
-            },
-            HEALTH_PATH: {
-                "get": {
-                    "operationId": "getHealth",
-                    "summary": "liveness (no token needed)",
-                    "security": [],
-                    "responses": {"200": response("the server is up", "Health"), "default": other},
-                }
-            },
-            OPENAPI_PATH: {
-                "get": {
-                    "operationId": "getOpenApi",
-                    "summary": "this document (no token needed)",
-                    "security": [],
-                    "responses": {
-                        "200": {"description": "OpenAPI 3.1 document", "content": {JSON_TYPE: {"schema": {}}}},
-                        "default": other,
-                    },
-                }
-            },
-        },
-        "components": {
-            "securitySchemes": {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "required only when the MES runs with MES_TOKEN set",
-                }
-            },
-            "schemas": {
-                "Record": record_schema(),
-                "StoredRecord": stored_record_schema(),
-                "Accepted": {
-                    "type": "object",
-                    "required": ["accepted", "duplicates"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "accepted": {"type": "integer", "minimum": 0},
-                        "duplicates": {"type": "integer", "minimum": 0},
-                    },
-                },
-                "ValidationErrors": {
-                    "type": "object",
-                    "required": ["errors"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "errors": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "required": ["index", "field", "message"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "index": {
-                                        "type": "integer",
-                                        "minimum": 0,
-                                        "description": "position of the record in the batch (0 for a single object)",
-                                    },
-                                    "field": {
-                                        "type": "string",
-                                        "description": f"the field, or `{RECORD_FIELD}` for the record as a whole",
-                                    },
-                                    "message": {"type": "string"},
-                                },
-                            },
-                        }
-                    },
-                },
-                "Conflicts": {
-                    "type": "object",
-                    "required": ["conflicts"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "conflicts": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "required": ["index", "measurement_id", "field", "stored", "received"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "index": {
-                                        "type": "integer",
-                                        "minimum": 0,
-                                        "description": "position of the record in the batch (0 for a single object)",
-                                    },
-                                    "measurement_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
-                                    "field": {
-                                        "type": "string",
-                                        "enum": list(COMPARED_FIELDS),
-                                        "description": "the first field (in record order) whose values differ",
-                                    },
-                                    "stored": {"description": "the value of the record held (any JSON value)"},
-                                    "received": {"description": "the value of the record received"},
-                                },
-                            },
-                        }
-                    },
-                },
-                "Error": _error_schema("malformed JSON: Expecting value: line 1 column 1 (char 0)"),
-                "Stats": {
-                    "type": "object",
-                    "required": ["count", "duplicates", "conflicts"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "count": {"type": "integer", "minimum": 0},
-                        "duplicates": {"type": "integer", "minimum": 0},
-                        "conflicts": {
-                            "type": "integer",
-                            "minimum": 0,
-                            "description": "records received with a stored measurement_id but other values",
-                        },
-                    },
-                },
-                "Health": {
-                    "type": "object",
-                    "required": ["status", "count"],
-                    "additionalProperties": False,
-                    "properties": {"status": {"type": "string", "const": "ok"}, "count": {"type": "integer"}},
-                },
-            },
-        },
-    }

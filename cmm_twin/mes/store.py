@@ -1,8 +1,8 @@
 """The mock MES's durable store: SQLite in WAL mode with synchronous=FULL, run off the event loop.
 
-Every SQLite call runs on one dedicated thread (a single-thread executor owning the connection),
-so the event loop keeps answering (e.g. /health, served from in-memory counters) while a batch
-commits. A batch is one transaction: its records are all stored, or none are.
+Every SQLite call runs on one dedicated thread (a `SqliteWorker` owning the connection), so the
+event loop keeps answering (e.g. /health, served from in-memory counters) while a batch commits. A
+batch is one transaction: its records are all stored, or none are.
 
 Schema: `measurements(seq INTEGER PRIMARY KEY, measurement_id TEXT NOT NULL, record TEXT NOT NULL)`
 where `seq` is the arrival order and `record` the record's JSON text, `counters(name, value)`
@@ -27,12 +27,10 @@ conflicts is kept (once) in `conflicts` with both records, and the batch is answ
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any, Final, Self, TypeVar
 
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.records import RESULT_FIELDS
+from cmm_twin.sqlite_worker import SqliteWorker, rollback, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class MeasurementStore:
         self.count = 0
         self.duplicates = 0
         self.conflicts = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._worker: SqliteWorker | None = None
         self._conn: sqlite3.Connection | None = None
         # owned by the store's thread:
         self._ids: dict[str, int] = {}
@@ -173,12 +172,12 @@ class MeasurementStore:
         await self.close()
 
     async def _run(self, func: Callable[[], T]) -> T:
-        assert self._executor is not None, "store used before open() or after close()"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+        assert self._worker is not None, "store used before open() or after close()"
+        return await self._worker.call(func)
 
     async def open(self) -> None:
         """Open (creating if needed) the database; raises StoreError."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mes-sqlite")
+        self._worker = SqliteWorker("mes-sqlite", self._close)
         try:
             self.count, self.duplicates, self.conflicts = await self._run(self._open)
             log.debug(
@@ -208,11 +207,10 @@ class MeasurementStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            with write_transaction(conn):
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._conn = conn
             self._load()
         except sqlite3.Error as exc:
@@ -236,17 +234,16 @@ class MeasurementStore:
 
     async def close(self) -> None:
         """Close the database and stop its thread; safe to call twice."""
-        if self._executor is None:
+        if self._worker is None:
             return
-        if self._conn is not None:
-            await self._run(self._close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        worker, self._worker = self._worker, None
+        await worker.aclose()
 
     def _close(self) -> None:
-        assert self._conn is not None
-        self._conn.close()
-        self._conn = None
+        """Close the connection, if open (on the store's thread, after the calls in flight)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def insert(self, rows: Sequence[tuple[str, str]]) -> InsertResult:
         """Store `(measurement_id, record_json)` rows in one transaction, or none of them.
@@ -297,8 +294,7 @@ class MeasurementStore:
                 conn.execute(_COUNT_DUPLICATES, (len(repeats),))
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         self._duplicates_total += len(repeats)
         if consecutive:

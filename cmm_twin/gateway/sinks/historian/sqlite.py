@@ -20,7 +20,6 @@ import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +41,7 @@ from cmm_twin.gateway.sinks.historian.lineprotocol import (
 from cmm_twin.gateway.state import DiskFullError, StateUnavailableError, is_disk_full, translated
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
+from cmm_twin.sqlite_worker import SqliteWorker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -325,11 +325,11 @@ class StreamSlots:
         self.active = 0
         self.peak = 0
         self._free = asyncio.Semaphore(limit)
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-read")
+        self._reader = SqliteWorker("history-read")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the reading thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+        return await self._reader.call(fn, *args)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -374,12 +374,12 @@ class SqliteHistorianSink(HistorianSink):
         self.path = path
         self.retention_days = retention_days
         self._store: HistoryStore | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        self._worker = SqliteWorker("history")
         self._last_purge = -math.inf
         self.streams = StreamSlots(MAX_STREAMS)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._worker.call(fn, *args)
 
     async def open(self) -> None:
         """Open (or create) the store and apply the retention once."""
@@ -394,7 +394,7 @@ class SqliteHistorianSink(HistorianSink):
                 await self._call(store.close)
         except Exception:  # closing must not fail a shutdown
             log.debug("closing the history store failed", exc_info=True)
-        self._executor.shutdown(wait=False)
+        await self._worker.aclose()
 
     async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
         """Store `batch`; Delivered once committed. Raises DiskFullError when there is no space
