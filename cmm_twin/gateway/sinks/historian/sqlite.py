@@ -38,10 +38,10 @@ from cmm_twin.gateway.sinks.historian.lineprotocol import (
     TAG_KEYS,
     HealthSample,
 )
-from cmm_twin.gateway.state import DiskFullError, StateUnavailableError, is_disk_full, translated
+from cmm_twin.gateway.state import DiskFullError, is_disk_full, translated
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
-from cmm_twin.sqlite_worker import SqliteWorker
+from cmm_twin.sqlite_worker import SqliteWorker, connect, rollback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,14 +88,9 @@ class HistoryStore:
     def __init__(self, path: Path, retention_days: float = 30.0) -> None:
         """Open (or create) the store; StateUnavailableError when the file is corrupt or cannot be
         written, DiskFullError when there is no space to create it."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.retention_ns = int(retention_days * NS_PER_DAY)
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            message = f"cannot be opened ({exc}); check that {path.parent} is writable"
-            raise StateUnavailableError(path, message) from exc
+        self._db = connect(path)
         remedy = (
             f"move it aside (e.g. `mv {path} {path}.corrupt`) and start again: the gateway creates a new "
             "history; the MES and the spool are not affected"
@@ -147,8 +142,7 @@ class HistoryStore:
                     db.executemany(self._insert_health, [(s.timestamp_ns, *s.values()) for s in health])
                 db.execute("COMMIT")
             except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (e.g. after SQLITE_FULL)
-                    db.execute("ROLLBACK")
+                rollback(db)
                 raise
         except sqlite3.Error as exc:
             if is_disk_full(exc):
