@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway_harness import ROOT, free_port
+from tests.gateway_harness import ROOT, free_ports
 
 PREFIXES = ("mes       | ", "gateway   | ", "simulator | ", "launcher  | ")
 STARTED_RE = re.compile(r"^launcher  \| .* started (mes|gateway|simulator) pid (\d+):", re.MULTILINE)
@@ -42,7 +42,7 @@ class Twin:
     """The launcher as a subprocess on free loopback ports, its output (stdout and stderr) in a file."""
 
     def __init__(self, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.http_port, self.mes_port, self.opcua_port = free_port(), free_port(), free_port()
+        self.http_port, self.mes_port, self.opcua_port = free_ports(3)
         self.data = tmp_path / "data"
         self.out_path = tmp_path / "launcher.out"
         self._out = self.out_path.open("wb")
