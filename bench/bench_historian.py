@@ -25,12 +25,15 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from numpy.typing import NDArray
 
 from bench.bench_mes import wait_health
 from bench.figures import Figure, add_common_arguments, emit, progress
+from cmm_twin.gateway.ingest.records import to_records
 from cmm_twin.gateway.sinks.historian.lineprotocol import measurement_body
+from cmm_twin.gateway.sources.rows import ValidRows
 from cmm_twin.physics.materials import MATERIALS
-from cmm_twin.physics.thermal import evaluate
+from cmm_twin.physics.thermal import PhysicsConfig
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import HEADER, GatewayProcess, free_port
 from tests.victoria import VictoriaMetrics
@@ -41,35 +44,36 @@ DRAIN_OF_RAW = 0.5
 
 def make_rows(rows: int) -> RecordBatch:
     """`rows` measurements 1 ms apart ending an hour ago, on three machines, as the gateway computes them."""
+    stamps = (time.time_ns() // 1_000_000 - 3_600_000 - rows + np.arange(rows)) * 1_000_000
+    return synthetic_records(stamps.astype(np.int64), np.full(rows, 21.5))
+
+
+def synthetic_records(stamps_ns: NDArray[np.int64], air_temp_c: NDArray[np.float64]) -> RecordBatch:
+    """One record per time stamp, on three machines in turn, aluminium parts of 100 mm measured
+    warm, through the gateway's own bridge from rows to records (physics included)."""
+    rows = len(stamps_ns)
     i = np.arange(rows)
-    stamps = (time.time_ns() // 1_000_000 - 3_600_000 - rows + i) * 1_000_000
-    measured = (100.0118 + (i % 97) * 1e-4).astype(np.float64)
-    part_temp = (20.0 + (i % 80) * 0.1).astype(np.float64)
     al = MATERIALS["AL6061"]
-    result = evaluate(measured, part_temp, 100.0, 0.010, al.cte_per_k, al.cte_u_per_k, 21.5)
-    iso = np.datetime_as_string(stamps.astype("datetime64[ns]"), unit="ms")
-    return RecordBatch(
+    iso = np.datetime_as_string(stamps_ns.astype("datetime64[ns]"), unit="ms")
+    valid = ValidRows(
+        line=i + 2,
         measurement_id=[""] * rows,
         timestamp=[f"{t}Z" for t in iso.tolist()],
-        timestamp_ns=stamps.astype(np.int64),
+        timestamp_ns=stamps_ns,
         machine_id=[f"CMM-0{k % 3 + 1}" for k in range(rows)],
         part_id=[f"P{k:09d}" for k in range(rows)],
         feature=["length_x"] * rows,
         material=["AL6061"] * rows,
         cte_per_k=np.full(rows, al.cte_per_k),
+        cte_u_per_k=np.full(rows, al.cte_u_per_k),
         nominal_mm=np.full(rows, 100.0),
         tolerance_mm=np.full(rows, 0.010),
-        measured_mm=measured,
-        part_temp_c=part_temp,
-        air_temp_c=np.full(rows, 21.5),
+        measured_mm=(100.0118 + (i % 97) * 1e-4).astype(np.float64),
+        part_temp_c=(20.0 + (i % 80) * 0.1).astype(np.float64),
+        air_temp_c=air_temp_c,
         scale_temp_c=np.full(rows, np.nan),
-        compensated_mm=result.compensated_mm,
-        correction_um=result.correction_um,
-        deviation_um=result.deviation_um,
-        uncertainty_um=result.uncertainty_um,
-        verdict=result.verdict,
-        flags=result.flags,
     )
+    return to_records(valid, PhysicsConfig())
 
 
 def write_inbox(batch: RecordBatch, inbox: Path, staging: Path, per_file: int = 20_000) -> None:

@@ -32,6 +32,7 @@ from asyncua.ua.uaerrors import BadCertificateUntrusted, BadUserAccessDenied, Ua
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from bench.bench_historian import synthetic_records
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway import web
 from cmm_twin.gateway.config import load_config
@@ -43,8 +44,6 @@ from cmm_twin.gateway.sinks.historian.sqlite import MAX_STREAMS, PAGE_ROWS, Hist
 from cmm_twin.gateway.sinks.opcua.sink import LoginThrottle, OpcUaSettings, OpcUaSink, TrustList
 from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.status import GatewayStatus
-from cmm_twin.physics.materials import MATERIALS
-from cmm_twin.physics.thermal import evaluate
 from cmm_twin.records import RecordBatch
 from tests.gateway_harness import (
     HEADER,
@@ -392,35 +391,11 @@ def test_allowed_hosts_and_trust_dir_options(tmp_path: Path) -> None:
 
 
 def history_batch(rows: int, base_ns: int) -> RecordBatch:
-    """`rows` points, three machines sharing each timestamp (ties on the time key)."""
+    """`rows` points, three machines sharing each timestamp (ties on the time key); every fifth
+    without an air temperature."""
     i = np.arange(rows)
     stamps = (base_ns + (i // 3) * 1_000_000).astype(np.int64)
-    measured = (100.0118 + (i % 97) * 1e-4).astype(np.float64)
-    temps = (20.0 + (i % 80) * 0.1).astype(np.float64)
-    al = MATERIALS["AL6061"]
-    result = evaluate(measured, temps, 100.0, 0.010, al.cte_per_k, al.cte_u_per_k, 21.5)
-    return RecordBatch(
-        measurement_id=[""] * rows,
-        timestamp=[""] * rows,
-        timestamp_ns=stamps,
-        machine_id=[f"CMM-0{k % 3 + 1}" for k in range(rows)],
-        part_id=[f"P{k}" for k in range(rows)],
-        feature=["length_x"] * rows,
-        material=["AL6061"] * rows,
-        cte_per_k=np.full(rows, al.cte_per_k),
-        nominal_mm=np.full(rows, 100.0),
-        tolerance_mm=np.full(rows, 0.010),
-        measured_mm=measured,
-        part_temp_c=temps,
-        air_temp_c=np.where(i % 5 == 0, np.nan, 21.5),
-        scale_temp_c=np.full(rows, np.nan),
-        compensated_mm=result.compensated_mm,
-        correction_um=result.correction_um,
-        deviation_um=result.deviation_um,
-        uncertainty_um=result.uncertainty_um,
-        verdict=result.verdict,
-        flags=result.flags,
-    )
+    return synthetic_records(stamps, np.where(i % 5 == 0, np.nan, 21.5))
 
 
 async def test_concurrent_history_answers_are_streamed_complete_and_capped(tmp_path: Path) -> None:
