@@ -53,6 +53,17 @@ def run_gateway(args: list[str], timeout_s: float = 120.0) -> subprocess.Complet
     )
 
 
+def run_recover(data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cmm_twin.gateway.recover", "--data-dir", str(data)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def wait_until(predicate: object, what: str, timeout_s: float = DEADLINE_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
@@ -264,14 +275,7 @@ def test_reset_spool_is_refused_and_recovered(tmp_path: Path, reset: str) -> Non
         assert command in lines[0]
         assert mes.get_json("/api/v1/stats")["count"] == 0
 
-        recovered = subprocess.run(
-            [sys.executable, "-m", "cmm_twin.gateway.recover", "--data-dir", str(data)],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        recovered = run_recover(data)
         assert recovered.returncode == 0, recovered.stderr
         assert "8 files put back" in recovered.stdout
         assert len(list(inbox.glob("*.csv"))) == 8
@@ -316,14 +320,7 @@ def test_corrupt_database_is_one_line_and_exit_2(tmp_path: Path, name: str, advi
     assert str(path) in lines[0] and advice in lines[0]
     assert "Traceback" not in done.stderr
     if name == "gateway.sqlite":  # the advice works: the database is set aside, the file re-read
-        recovered = subprocess.run(
-            [sys.executable, "-m", "cmm_twin.gateway.recover", "--data-dir", str(data)],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        recovered = run_recover(data)
         assert recovered.returncode == 0, recovered.stderr
         assert list((data / "state").glob("gateway.sqlite.unreadable-*"))
         assert (data / "inbox" / "a.csv").exists()

@@ -23,12 +23,13 @@ from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.live_runner import LiveRunner
 from cmm_twin.gateway.metrics import GatewayMetrics
-from cmm_twin.gateway.runner import DurableRunner, RunnerSettings, wait_or_stop
+from cmm_twin.gateway.runner import DurableRunner, RunnerSettings
 from cmm_twin.gateway.sink_lifecycle import SinkOpener
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.registry import SINK_PLUGINS
 from cmm_twin.gateway.state import AsyncState, DiskFullError, StateStore, StateUnavailableError
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
+from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.gateway.web import HttpServer, build_app
 from cmm_twin.records import RecordBatch
 

@@ -11,7 +11,6 @@ buffer during an outage of the receiver itself is written when it comes back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cmm_twin.gateway.status import GatewayStatus, SinkState
+from cmm_twin.gateway.waits import wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -94,5 +94,4 @@ class HealthSource:
         """Tick every `TICK_S` until `stop` is set."""
         while not stop.is_set():
             self.tick()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+            await wait_or_stop(stop, TICK_S)

@@ -17,6 +17,7 @@ from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sink_lifecycle import SinkOpener
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.status import SinkState, SinkStatus
+from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class LiveRunner:
         while not (stop.is_set() and self.queue.empty()):
             if self.queue.empty() and self._health is None:
                 self._wake.clear()
-                await _wait_any(stop, self._wake)
+                await wait_or_stop(stop, None, self._wake)
                 continue
             if not self.queue.empty():
                 await self._write(self.queue.get_nowait())
@@ -109,12 +110,3 @@ class LiveRunner:
         """Stopping before the sink ever opened: what is queued is superseded, not lost silently."""
         while not self.queue.empty():
             self._superseded(self.queue.get_nowait())
-
-
-async def _wait_any(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

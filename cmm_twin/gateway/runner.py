@@ -40,9 +40,10 @@ from cmm_twin.gateway.sink_lifecycle import SinkOpener
 from cmm_twin.gateway.sinks.base import Delivered, Refused, Rejected, Retry, Sink, Split, WriteOutcome
 from cmm_twin.gateway.state import AsyncState, DiskFullError, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
+from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.records import RecordBatch
 
-__all__ = ["DurableRunner", "LiveRunner", "RunnerSettings", "wait_or_stop"]
+__all__ = ["DurableRunner", "LiveRunner", "RunnerSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,6 @@ class RunnerSettings:
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     dead_letter_path: Path | None = None
-
-
-async def wait_or_stop(stop: asyncio.Event, timeout_s: float, *others: asyncio.Event) -> None:
-    """Sleep up to `timeout_s`, returning early when `stop` or any of `others` is set."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in (stop, *others)]
-    try:
-        await asyncio.wait(waiters, timeout=max(0.0, timeout_s), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 class DurableRunner:

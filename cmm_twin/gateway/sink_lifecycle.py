@@ -10,6 +10,7 @@ import random
 from cmm_twin.gateway.sinks.base import Sink, SinkStartError
 from cmm_twin.gateway.state import DiskFullError, StateUnavailableError
 from cmm_twin.gateway.status import SinkState, SinkStatus
+from cmm_twin.gateway.waits import wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ class SinkOpener:
         """Open the sink, retrying with backoff until it opens (True) or `stop` is set (False)."""
         delay_s = self.retry_min_s
         while not self.is_open:
-            if self.attempts and not await _sleep_or_stop(stop, random.uniform(delay_s / 2, delay_s)):
-                return False
+            if self.attempts:
+                await wait_or_stop(stop, random.uniform(delay_s / 2, delay_s))
+                if stop.is_set():
+                    return False
             delay_s = min(self.retry_max_s, delay_s * 2)
             if await self.try_open():
                 return True
@@ -93,12 +96,3 @@ class SinkOpener:
             except Exception:  # the contract says close never raises; a bug must not stop a shutdown
                 log.exception("sink %s: unexpected error in close", self.sink.name)
             self.status.state = SinkState.CLOSED
-
-
-async def _sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
-    """Wait `delay_s` unless `stop` is set first; True when the wait ran out (not stopping)."""
-    try:
-        await asyncio.wait_for(stop.wait(), delay_s)
-    except TimeoutError:
-        return True
-    return False

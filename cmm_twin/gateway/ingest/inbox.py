@@ -37,9 +37,9 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from cmm_twin.gateway.runner import wait_or_stop
 from cmm_twin.gateway.sources import Source, source_for
 from cmm_twin.gateway.sources.registry import SOURCES
+from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.logs import safe_name
 
 log = logging.getLogger(__name__)

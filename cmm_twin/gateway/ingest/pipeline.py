@@ -31,10 +31,10 @@ from cmm_twin.gateway.ingest.committer import RETRY_FAILED_FILE_S, FileCommitter
 from cmm_twin.gateway.ingest.inbox import FileObservations, InboxQueue
 from cmm_twin.gateway.ingest.jobs import FileOutcome, Job, Step
 from cmm_twin.gateway.metrics import GatewayMetrics
-from cmm_twin.gateway.runner import wait_or_stop
 from cmm_twin.gateway.sources import IngestSettings, Source, source_for
 from cmm_twin.gateway.state import AsyncState, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus
+from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.logs import safe_name
 from cmm_twin.records import RecordBatch
 

@@ -33,8 +33,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cmm_twin.gateway.runner import wait_or_stop
 from cmm_twin.gateway.sinks.page.feed import PageFeed
+from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.gateway.web import HEALTH_DOC_KEY, HISTORY_KEY
 
 log = logging.getLogger(__name__)
