@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from cmm_twin.physics.compensation import COMPENSATION_NAMES
 from cmm_twin.physics.decision import VERDICT_NAMES
 from cmm_twin.physics.thermal import flag_names
 
@@ -25,6 +26,8 @@ RESULT_FIELDS: tuple[str, ...] = (
     "cte_per_k",
     "nominal_mm",
     "tolerance_mm",
+    "lower_tol_mm",
+    "upper_tol_mm",
     "measured_mm",
     "part_temp_c",
     "air_temp_c",
@@ -35,8 +38,21 @@ RESULT_FIELDS: tuple[str, ...] = (
     "uncertainty_um",
     "verdict",
     "flags",
+    "unit",
+    "compensation",
+    "source_format",
+    "source_file",
 )
-"""Field names of a result record, in the order the MES payload and the docs list them."""
+"""Field names of a result record, in the order the MES payload and the docs list them.
+
+`tolerance_mm` is null for an asymmetric or one-sided specification; `lower_tol_mm` and
+`upper_tol_mm` are signed and relative to the nominal (null: no limit on that side). For
+`unit: "deg"` (an angle) the `_mm` fields hold degrees and the `_um` fields thousandths of a
+degree."""
+UNITS = ("mm", "deg")
+"""Units a record's values are in."""
+SOURCE_FORMATS = ("csv", "qdas", "calypso", "qif")
+"""Formats a record can come from (`source_format`)."""
 
 MEASUREMENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cmm-twin:measurement")
 
@@ -84,8 +100,10 @@ class RecordBatch:
 
     Columns keep the hot path vectorised: sinks turn them into what they send (JSON objects, line
     protocol, OPC UA values) without building a Python object per row unless they must.
-    `timestamp_ns` is the measurement time as Unix nanoseconds; `verdict` holds Verdict codes and
-    `flags` bit masks of the physics `Flag`.
+    `timestamp_ns` is the measurement time as Unix nanoseconds; `verdict` holds Verdict codes,
+    `compensation` Compensation codes and `flags` bit masks of the physics `Flag`. `file_end` is 1
+    on the last record of an input file (set where the file's reading completes; not a result
+    field): a sink that writes one output per input file (the outbox) knows it has them all.
     """
 
     measurement_id: list[str]
@@ -98,6 +116,8 @@ class RecordBatch:
     cte_per_k: NDArray[np.float64]
     nominal_mm: NDArray[np.float64]
     tolerance_mm: NDArray[np.float64]
+    lower_tol_mm: NDArray[np.float64]
+    upper_tol_mm: NDArray[np.float64]
     measured_mm: NDArray[np.float64]
     part_temp_c: NDArray[np.float64]
     air_temp_c: NDArray[np.float64]
@@ -108,6 +128,11 @@ class RecordBatch:
     uncertainty_um: NDArray[np.float64]
     verdict: NDArray[np.int8]
     flags: NDArray[np.int32]
+    unit: list[str]
+    compensation: NDArray[np.int8]
+    source_format: list[str]
+    source_file: list[str]
+    file_end: NDArray[np.int8]
 
     def __len__(self) -> int:
         return len(self.measurement_id)
@@ -119,7 +144,8 @@ class RecordBatch:
 
     @staticmethod
     def with_blanks(rows: int, columns: Mapping[str, Any]) -> RecordBatch:
-        """A batch of `rows` records from `columns`; columns not given are blank ("" / NaN / 0).
+        """A batch of `rows` records from `columns`; columns not given are blank ("" / NaN / 0;
+        `unit` "mm", `source_format` "csv": what records spooled before those columns were).
 
         For sinks that send only some columns (see `Sink.columns`)."""
         values: dict[str, Any] = {}
@@ -127,7 +153,7 @@ class RecordBatch:
             if name in columns:
                 values[name] = columns[name]
             elif name in TEXT_COLUMNS:
-                values[name] = [""] * rows
+                values[name] = [TEXT_DEFAULTS.get(name, "")] * rows
             elif name in INT_COLUMNS:
                 values[name] = np.zeros(rows, dtype=INT_COLUMNS[name])
             else:
@@ -162,6 +188,10 @@ class RecordBatch:
             *(_nullable(getattr(self, name)) for name in FLOAT_COLUMNS),
             VERDICT_NAMES[self.verdict].tolist(),
             flags,
+            self.unit,
+            COMPENSATION_NAMES[self.compensation].tolist(),
+            self.source_format,
+            self.source_file,
         ]
         return [dict(zip(RESULT_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
 
@@ -180,8 +210,18 @@ class RecordBatch:
 
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RecordBatch))
 """The column names of a RecordBatch, in order."""
-TEXT_COLUMNS = frozenset({"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"})
-INT_COLUMNS: dict[str, type[np.integer[Any]]] = {"timestamp_ns": np.int64, "verdict": np.int8, "flags": np.int32}
+TEXT_COLUMNS = frozenset(
+    {"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"}
+    | {"unit", "source_format", "source_file"}
+)
+TEXT_DEFAULTS: dict[str, str] = {"unit": "mm", "source_format": "csv"}
+INT_COLUMNS: dict[str, type[np.integer[Any]]] = {
+    "timestamp_ns": np.int64,
+    "verdict": np.int8,
+    "flags": np.int32,
+    "compensation": np.int8,
+    "file_end": np.int8,
+}
 """Integer columns and their dtypes; every other non-text column is float64."""
 
 

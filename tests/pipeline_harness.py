@@ -8,23 +8,23 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
-
-import numpy as np
 
 from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.metrics import GatewayMetrics
-from cmm_twin.gateway.sources import FileRejected, ParsedChunk, RowError, Source, ValidRows
-from cmm_twin.gateway.sources.ids import MeasurementIds
+from cmm_twin.gateway.sources import FileRejected, ParsedChunk, RowError, Source
+from cmm_twin.gateway.sources.characteristics import Characteristic, Part, Reading, RowBuilder
 from cmm_twin.gateway.sources.registry import SOURCES
 from cmm_twin.gateway.state import AsyncState, StateStore
 from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.records import RecordBatch
 
 DEADLINE_S = 60.0
+_START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 
 
 class NumbersSource(Source):
@@ -45,29 +45,23 @@ class NumbersSource(Source):
                 good.append((number, float(text)))
             except ValueError:
                 errors.append(RowError(number, "measured_mm", f"not a number: {text!r}"))
-        n = len(good)
-        stamps = [f"2026-01-05T06:00:{line % 60:02d}.000000Z" for line, _ in good]
-        parts = [f"{path.stem}-{line}" for line, _ in good]
-        full = np.full(n, 1.0)
-        rows = ValidRows(
-            line=np.array([line for line, _ in good], dtype=np.int64),
-            measurement_id=MeasurementIds()(["CMM-T"] * n, parts, ["len"] * n, stamps),
-            timestamp=stamps,
-            timestamp_ns=np.zeros(n, dtype=np.int64),
-            machine_id=["CMM-T"] * n,
-            part_id=parts,
-            feature=["len"] * n,
-            material=["AL6061"] * n,
-            cte_per_k=full * 23.6e-6,
-            cte_u_per_k=full * 1e-6,
-            nominal_mm=full * 100.0,
-            tolerance_mm=full * 0.05,
-            measured_mm=np.array([value for _, value in good], dtype=np.float64),
-            part_temp_c=full * 20.0,
-            air_temp_c=full * np.nan,
-            scale_temp_c=full * np.nan,
-        )
-        return ParsedChunk(rows, errors, len(data), len(lines))
+        # The neutral model every real format uses: one characteristic, one part per line.
+        length = Characteristic("1", "len", "mm", 100.0, -0.05, 0.05, 1)
+        readings = [
+            Reading(
+                length,
+                Part(
+                    f"{path.stem}-{line}",
+                    machine_id="CMM-T",
+                    timestamp=_START + timedelta(seconds=line % 60),
+                    part_temp_c=20.0,
+                ),
+                value,
+                line,
+            )
+            for line, value in good
+        ]
+        return RowBuilder(self.settings, "csv").build(readings, errors, path.name, len(data), len(lines))
 
 
 class PairSource(NumbersSource):

@@ -164,9 +164,8 @@ def test_evaluate_vectorised_matches_row_by_row() -> None:
     [
         ({"measured_mm": [100.0, math.nan]}, "measured_mm", 1),
         ({"measured_mm": [math.inf, 100.0]}, "measured_mm", 0),
-        ({"measured_mm": [100.0, -1.0]}, "measured_mm", 1),
-        ({"measured_mm": [0.0, 100.0]}, "measured_mm", 0),
-        ({"nominal_mm": [100.0, 0.0]}, "nominal_mm", 1),
+        ({"measured_mm": [100.0, -1e5]}, "measured_mm", 1),
+        ({"nominal_mm": [100.0, math.nan]}, "nominal_mm", 1),
         ({"tolerance_mm": [-0.01, 0.01]}, "tolerance_mm", 0),
         ({"part_temp_c": [20.0, 150.0]}, "part_temp_c", 1),
         ({"part_temp_c": [-40.0, 20.0]}, "part_temp_c", 0),
@@ -266,7 +265,7 @@ def test_lengths_above_the_limit_are_input_errors_and_results_are_checked() -> N
     """Hand-computed: 9999.9 mm of AL6061 at -20 degC is 9999.9 / (1 - 23.6e-6 * 40)
     = 9999.9 / 0.999056 = 10009.3488 mm at 20 degC, above the 10 m limit; 100.0118 mm at 25 degC
     is 100.0118 / 1.000118 = 100.0000 mm."""
-    with pytest.raises(PhysicsInputError, match=r"measured_mm\[1\]: must be <= 10000 mm") as caught:
+    with pytest.raises(PhysicsInputError, match=r"measured_mm\[1\]: must be within \+-10000 mm") as caught:
         evaluate([100.0, 1.7e308], 19.0, 100.0, 0.01, AL6061, 0.0)
     assert caught.value.index == 1
     with pytest.raises(PhysicsInputError, match="nominal_mm"):

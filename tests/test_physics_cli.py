@@ -71,7 +71,7 @@ def test_scale_and_simple_rule_options() -> None:
     ("override", "expected"),
     [
         (("--measured", "nan"), "--measured: must be a finite number"),
-        (("--measured", "-5"), "--measured: must be > 0"),
+        (("--measured", "1e5"), "--measured: must be within +-10000 mm"),
         (("--temp", "250"), "--temp: outside the plausible range"),
         (("--tol", "0"), "--tol: must be > 0"),
         (("--material", "unobtainium"), "--material: unknown material 'unobtainium'"),

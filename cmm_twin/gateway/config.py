@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.gateway.sources.inputs import InputSettings, input_settings
 from cmm_twin.options import (
     ENV_PREFIX,
     ConfigErrorParser,
@@ -138,7 +139,7 @@ CONFIG_OPTION = option_table(
         ),
     ),
 )[0]
-TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks")
+TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs")
 SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
     ("ingest", "chunk_rows"): ("chunk_rows", int, 1_000_000),
     ("ingest", "files_per_commit"): ("files_per_commit", int, 10_000),
@@ -172,6 +173,8 @@ class GatewayConfig:
     historian_batch_size: int = 5_000
     sink_backoff_min_s: float = 0.5
     sink_backoff_max_s: float = 30.0
+    inputs: InputSettings = field(default_factory=InputSettings)
+    """The `[inputs]` table: what every source settles the same way."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Every option's value by dest, those of plugins' options too (a plugin reads the options it
     declared here); always agrees with the typed fields above."""
@@ -241,9 +244,13 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     args = build_parser(options).parse_args(argv)
     config_path = resolve((CONFIG_OPTION,), args, environ).values[CONFIG_OPTION.dest]
     toml_data = _read_toml(Path(config_path), options) if config_path else {}
+    inputs_table = toml_data.get("inputs")
+    if isinstance(inputs_table, dict) and "material" in inputs_table:  # --default-material's other TOML key
+        toml_data.setdefault("default_material", inputs_table["material"])
     values = resolve(options, args, environ, toml_data, str(config_path)).values
     sections = {k: v for k, v in toml_data.items() if k in TOML_SECTIONS}
     typed = {k: v for k, v in values.items() if k in _TYPED_FIELDS}
+
     config = GatewayConfig(**typed, options=values, **_sections(sections, str(config_path)))
     _check_combinations(config)
     for plugin in sink_plugins():  # each plugin validates its own settings now, not at first use
@@ -308,6 +315,7 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: physics", str(exc)) from None
     out["materials"] = materials
+    out["inputs"] = input_settings(_table(sections, "inputs", where), where, materials)
     for section in ("ingest", "sinks"):
         table = _table(sections, section, where)
         for key, value in table.items():

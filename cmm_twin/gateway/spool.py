@@ -133,6 +133,10 @@ class SpoolPage:
     records: RecordBatch
 
 
+ADDED_COLUMNS = ("lower_tol_mm", "upper_tol_mm", "unit", "compensation", "source_format", "source_file", "file_end")
+"""Record columns added after the spool's first chunked version: nullable in a migrated table, and
+blank (`RecordBatch.with_blanks`, limits from `tolerance_mm`) in chunks spooled before them."""
+_FIRST_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ADDED_COLUMNS)
 _BLOBS = ", ".join(f"{c} BLOB NOT NULL" for c in RECORD_COLUMNS)
 SPOOL_SCHEMA = f"""
     CREATE TABLE IF NOT EXISTS spool_chunks (last_seq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, {_BLOBS});
@@ -292,6 +296,17 @@ class Spool:
         self._db.execute("DELETE FROM spool_chunks WHERE last_seq <= ?", (floor,))
         return int(deleted)
 
+    def add_missing_columns(self) -> None:
+        """Add the record columns a spool of an earlier version lacks (nullable: its chunks decode
+        them blank)."""
+        present = {str(row[1]) for row in self._db.execute("PRAGMA table_info(spool_chunks)")}
+        missing = [c for c in RECORD_COLUMNS if c not in present]
+        if missing:
+            with write_transaction(self._db):
+                for name in missing:
+                    self._db.execute(f"ALTER TABLE spool_chunks ADD COLUMN {name} BLOB")
+            log.info("spool: added the record columns %s", ", ".join(missing))
+
     def migrate_row_spool(self) -> None:
         """Move records from the spool of earlier versions (one row per record) into chunks."""
         db = self._db
@@ -300,15 +315,15 @@ class Spool:
         with write_transaction(db):
             after = 0
             while rows := db.execute(
-                f"SELECT seq, {', '.join(RECORD_COLUMNS)} FROM spool WHERE seq > ? ORDER BY seq LIMIT 10000", (after,)
+                f"SELECT seq, {', '.join(_FIRST_COLUMNS)} FROM spool WHERE seq > ? ORDER BY seq LIMIT 10000", (after,)
             ).fetchall():
                 after = rows[-1][0]
                 columns = list(zip(*rows, strict=True))
                 values: dict[str, Any] = {
                     name: list(col) if name in TEXT_COLUMNS else np.array(col, dtype=_dtype(name))
-                    for name, col in zip(RECORD_COLUMNS, columns[1:], strict=True)
+                    for name, col in zip(_FIRST_COLUMNS, columns[1:], strict=True)
                 }
-                db.execute(_INSERT_CHUNK, _chunk_row(int(rows[0][0]), RecordBatch(**values)))
+                db.execute(_INSERT_CHUNK, _chunk_row(int(rows[0][0]), _with_added_blank(len(rows), values)))
             counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone()
             db.execute(
                 "UPDATE spool_meta SET next_seq = MAX(next_seq, ?)", (max(after, counter[0] if counter else 0) + 1,)
@@ -421,12 +436,24 @@ def _chunk_row(first_seq: int, records: RecordBatch) -> tuple[Any, ...]:
     return (first_seq + len(records) - 1, first_seq, *blobs)
 
 
-def _decode(blobs: Sequence[bytes], names: Sequence[str], rows: int) -> RecordBatch:
-    """A chunk's records from its column BLOBs (columns not in `names` blank)."""
+def _decode(blobs: Sequence[bytes | None], names: Sequence[str], rows: int) -> RecordBatch:
+    """A chunk's records from its column BLOBs (columns not in `names`, or NULL, blank)."""
     values: dict[str, Any] = {}
     for name, blob in zip(names, blobs, strict=True):
+        if blob is None:  # spooled before the column existed
+            continue
         if name in TEXT_COLUMNS:
             values[name] = orjson.loads(blob)
         else:
             values[name] = np.frombuffer(blob, dtype=_wire(name)).astype(_dtype(name))
+    if "lower_tol_mm" not in values and "lower_tol_mm" in names:
+        return _with_added_blank(rows, values)
+    return RecordBatch.with_blanks(rows, values)
+
+
+def _with_added_blank(rows: int, values: dict[str, Any]) -> RecordBatch:
+    """Records spooled before `ADDED_COLUMNS`: blank, their limits the symmetric tolerance's."""
+    if "tolerance_mm" in values:
+        tolerance = values["tolerance_mm"]
+        values = {**values, "lower_tol_mm": -tolerance, "upper_tol_mm": tolerance.copy()}
     return RecordBatch.with_blanks(rows, values)

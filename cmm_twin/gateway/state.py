@@ -103,6 +103,7 @@ class StateStore:
                 new = self._open_schema()
                 self.spool = Spool(self._database, self.db_id, self.marker_path)
                 self.progress = IngestProgress(self._database)
+                self.spool.add_missing_columns()
                 self.spool.migrate_row_spool()
                 self.spool.check_marker(new, check_marker)
         except BaseException:

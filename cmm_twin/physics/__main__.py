@@ -45,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temp", type=float, required=True, metavar="DEGC", help="part temperature, degC")
     parser.add_argument("--material", default="AL6061", help=f"one of {', '.join(MATERIALS)} (default AL6061)")
     parser.add_argument("--nominal", type=float, required=True, metavar="MM", help="nominal size, mm")
-    parser.add_argument("--tol", type=float, required=True, metavar="MM", help="symmetric tolerance +-, mm")
+    parser.add_argument("--tol", type=float, metavar="MM", help="symmetric tolerance +-, mm")
+    parser.add_argument(
+        "--lower-tol",
+        type=float,
+        metavar="MM",
+        help="lower limit relative to the nominal, signed mm (instead of --tol; omit for an upper limit only)",
+    )
+    parser.add_argument(
+        "--upper-tol",
+        type=float,
+        metavar="MM",
+        help="upper limit relative to the nominal, signed mm (instead of --tol; omit for a lower limit only)",
+    )
     parser.add_argument("--air-temp", type=float, metavar="DEGC", help="air temperature near the part, degC")
     parser.add_argument("--scale-temp", type=float, metavar="DEGC", help="CMM scale temperature, degC")
     parser.add_argument("--scale-material", metavar="KEY", help="material of the CMM scale (enables scale expansion)")
@@ -103,17 +115,24 @@ def compute_record(args: argparse.Namespace) -> dict[str, Any]:
         scale_cte_per_k=scale.cte_per_k if scale else 0.0,
         scale_cte_u_per_k=scale.cte_u_per_k if scale else 0.0,
     )
+    zone: dict[str, float] = {}
+    if args.tol is None:  # an asymmetric or one-sided zone (main() checks that one side is given)
+        zone["lower_tol_mm"] = math.nan if args.lower_tol is None else args.lower_tol
+        zone["upper_tol_mm"] = math.nan if args.upper_tol is None else args.upper_tol
     result = evaluate(
         args.measured,
         args.temp,
         args.nominal,
-        args.tol,
+        math.nan if args.tol is None else args.tol,
         material.cte_per_k,
         material.cte_u_per_k,
         air_temp_c=math.nan if args.air_temp is None else args.air_temp,
         scale_temp_c=math.nan if args.scale_temp is None else args.scale_temp,
         config=config,
+        **zone,
     )
+    lower = -args.tol if args.tol is not None else args.lower_tol
+    upper = args.tol if args.tol is not None else args.upper_tol
     identity = (args.machine_id, args.part_id, args.feature, args.timestamp)
     record_id = timestamp = None
     if all(v is not None for v in identity):
@@ -130,6 +149,8 @@ def compute_record(args: argparse.Namespace) -> dict[str, Any]:
         "cte_per_k": material.cte_per_k,
         "nominal_mm": args.nominal,
         "tolerance_mm": args.tol,
+        "lower_tol_mm": lower,
+        "upper_tol_mm": upper,
         "measured_mm": args.measured,
         "part_temp_c": args.temp,
         "air_temp_c": args.air_temp,
@@ -140,9 +161,25 @@ def compute_record(args: argparse.Namespace) -> dict[str, Any]:
         "uncertainty_um": _rounded(result.uncertainty_um, 4),
         "verdict": str(VERDICT_NAMES[int(result.verdict)]),
         "flags": flag_names(int(result.flags)),
+        "unit": "mm",
+        "compensation": "gateway",
+        "source_format": None,
+        "source_file": None,
     }
     assert tuple(record) == RESULT_FIELDS
     return record
+
+
+def _zone_text(record: dict[str, Any]) -> str:
+    """The specification as the text output states it, in um."""
+    if record["tolerance_mm"] is not None:
+        return f"+-{record['tolerance_mm'] * 1000:.1f} um"
+    sides = [
+        f"{name} {value * 1000:+.1f} um"
+        for name, value in (("lower", record["lower_tol_mm"]), ("upper", record["upper_tol_mm"]))
+        if value is not None
+    ]
+    return ", ".join(sides)
 
 
 def _rounded(value: np.floating[Any] | np.ndarray[Any, Any], digits: int) -> float:
@@ -163,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.tol is not None and (args.lower_tol is not None or args.upper_tol is not None):
+        parser.error("--tol: give either --tol or --lower-tol/--upper-tol")
+    if args.tol is None and args.lower_tol is None and args.upper_tol is None:
+        parser.error("--tol: required (or --lower-tol and/or --upper-tol)")
     if args.machine_id is not None or args.part_id is not None or args.feature is not None or args.timestamp:
         missing = [f for f in ("machine_id", "part_id", "feature", "timestamp") if getattr(args, f) is None]
         if missing:
@@ -179,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"measured        {record['measured_mm']:.5f} mm at {record['part_temp_c']:.2f} degC")
     print(f"compensated     {record['compensated_mm']:.5f} mm at 20 degC")
     print(f"correction      {record['correction_um']:+.2f} um")
-    print(f"deviation       {record['deviation_um']:+.2f} um (tolerance +-{record['tolerance_mm'] * 1000:.1f} um)")
+    print(f"deviation       {record['deviation_um']:+.2f} um (tolerance {_zone_text(record)})")
     print(f"uncertainty     U = {record['uncertainty_um']:.2f} um (k = 2)")
     print(f"verdict         {record['verdict']} ({args.rule})")
     if record["flags"]:
@@ -192,6 +233,8 @@ _FIELD_TO_FLAG = {
     "part_temp_c": "--temp",
     "nominal_mm": "--nominal",
     "tolerance_mm": "--tol",
+    "lower_tol_mm": "--lower-tol",
+    "upper_tol_mm": "--upper-tol",
     "air_temp_c": "--air-temp",
     "scale_temp_c": "--scale-temp",
     "material": "--material",

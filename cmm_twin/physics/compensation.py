@@ -6,6 +6,8 @@ specification); ISO/TR 16015:2003 (exact and differential expansion model).
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -82,3 +84,20 @@ def compensate_part(measured: FloatArray, part_temp: FloatArray, cte: FloatArray
     L * 1 / f is L / f to the last bit, one NumPy step fewer."""
     part_factor = 1.0 + cte * (part_temp - REFERENCE_TEMP_C)
     return np.asarray(measured / part_factor, dtype=np.float64)
+
+
+class Compensation(enum.IntEnum):
+    """Who corrects a value to 20 degC; the integer is the code stored in compensation arrays.
+
+    GATEWAY: the gateway (a length read at the part temperature). SOURCE: the CMM software already
+    did; the value is not corrected twice, but its uncertainty still carries the thermal terms at
+    the recorded temperature. NONE: nothing to correct (an angle: thermal expansion does not change
+    it; no thermal terms either)."""
+
+    GATEWAY = 0
+    SOURCE = 1
+    NONE = 2
+
+
+COMPENSATION_NAMES: NDArray[np.str_] = np.array([c.name.lower() for c in Compensation])
+"""COMPENSATION_NAMES[code] is the name a record carries (`gateway`, `source`, `none`)."""

@@ -19,12 +19,26 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from cmm_twin.physics.checks import ThermalLimits, checked_input, implausible_results, require_finite, valid_inputs
-from cmm_twin.physics.compensation import REFERENCE_TEMP_C, UM_PER_MM, FloatArray, compensate_part, compensate_to_20c
-from cmm_twin.physics.decision import VERDICT_NAMES, DecisionRule, Verdict, decide
+from cmm_twin.physics.checks import (
+    ThermalLimits,
+    checked_input,
+    checked_zone,
+    implausible_results,
+    require_finite,
+    valid_inputs,
+)
+from cmm_twin.physics.compensation import (
+    REFERENCE_TEMP_C,
+    UM_PER_MM,
+    Compensation,
+    FloatArray,
+    compensate_part,
+    compensate_to_20c,
+)
+from cmm_twin.physics.decision import VERDICT_NAMES, DecisionRule, Verdict, decide_zones
 from cmm_twin.physics.uncertainty import UncertaintyInputs, standard_uncertainty_um
 
-__all__ = ["FLAG_NAMES", "Evaluation", "Flag", "PhysicsConfig", "evaluate", "flag_names"]
+__all__ = ["FLAG_NAMES", "Compensation", "Evaluation", "Flag", "PhysicsConfig", "evaluate", "flag_names"]
 __all__ += ["VERDICT_NAMES", "DecisionRule", "ThermalLimits", "UncertaintyInputs", "Verdict", "implausible_results"]
 """This module's names, then those callers imported from here before the split (re-exported)."""
 
@@ -35,6 +49,11 @@ class Flag(enum.IntFlag):
     PART_TEMP_OUT_OF_RATED_RANGE = 1
     PART_NOT_SOAKED = 2
     SCALE_TEMP_ASSUMED_20C = 4
+    TEMPERATURE_ASSUMED = 8
+    """The file gave no part temperature: the configured assumed one was used, with the
+    uncertainty of the assumption (set by the source, not by `evaluate`)."""
+    TIMESTAMP_FROM_FILE = 16
+    """The file gave no measurement time: the file's modification time was used (set by the source)."""
 
 
 FLAG_NAMES: dict[Flag, str] = {f: str(f.name).lower() for f in Flag}
@@ -87,38 +106,60 @@ def evaluate(
     air_temp_c: ArrayLike = math.nan,
     scale_temp_c: ArrayLike = math.nan,
     config: PhysicsConfig | None = None,
+    *,
+    lower_tol_mm: ArrayLike | None = None,
+    upper_tol_mm: ArrayLike | None = None,
+    part_temp_u_k: ArrayLike | None = None,
+    compensation: ArrayLike | None = None,
 ) -> Evaluation:
     """Compensate, state the uncertainty, decide and flag a batch of rows.
 
+    The specification is the symmetric `tolerance_mm` (+-tol, > 0), or, when `lower_tol_mm` and
+    `upper_tol_mm` are given, the zone [nominal + lower, nominal + upper] (signed, NaN: no limit
+    on that side; `tolerance_mm` is then not used). `part_temp_u_k`: u(T) per row (NaN: the
+    configured thermometer's). `compensation`: Compensation codes per row (default GATEWAY);
+    SOURCE rows are not corrected but keep the thermal uncertainty, NONE rows (angles, in
+    degrees) are neither corrected nor given thermal or length terms: their u_c is
+    `angle_u_deg`, and their `_um` results are thousandths of a degree.
+
     Optional temperatures use NaN for "not given". Raises PhysicsInputError naming the field and
-    the first offending row for a non-finite, non-positive or implausible input (a temperature
-    outside the plausible range, a length above `limits.max_length_mm`): no number is ever
-    produced from such a row. Results of valid inputs can still be implausible (e.g. a
-    compensated length just above the limit): see `implausible_results`.
+    the first offending row for a non-finite or implausible input (a temperature outside the
+    plausible range, a length beyond +-`limits.max_length_mm`): no number is ever produced from
+    such a row. Results of valid inputs can still be implausible (e.g. a compensated length just
+    above the limit): see `implausible_results`.
     """
     config = config or PhysicsConfig()
     limits = config.limits
-    inputs = (measured_mm, part_temp_c, nominal_mm, tolerance_mm, cte_per_k, cte_u_per_k, air_temp_c, scale_temp_c)
+    inputs = (measured_mm, part_temp_c, nominal_mm, cte_per_k, cte_u_per_k, air_temp_c, scale_temp_c)
     valid = valid_inputs(inputs, limits)
     if valid is not None:  # the usual case: columns of one batch, every value valid
         arrays, low, high = valid
-        measured, part_temp, nominal, tolerance, cte, cte_u, air_temp, scale_temp = arrays
+        measured, part_temp, nominal, cte, cte_u, air_temp, scale_temp = arrays
         shape: tuple[int, ...] = measured.shape
         # No flag to compute when the extremes show none (float subtraction is monotonic, so
         # |part - air| <= max(part_max - air_min, air_max - part_min) holds for every row as computed).
         all_rated = low[1] >= limits.rated_min_c and high[1] <= limits.rated_max_c
-        all_soaked = math.isnan(low[6]) or max(high[1] - low[6], high[6] - low[1]) <= limits.soak_max_diff_k
+        all_soaked = math.isnan(low[5]) or max(high[1] - low[5], high[5] - low[1]) <= limits.soak_max_diff_k
     else:  # each input converted and checked on its own: the first bad one raises
-        measured = checked_input("measured_mm", measured_mm, positive=True, max_length_mm=limits.max_length_mm)
-        nominal = checked_input("nominal_mm", nominal_mm, positive=True, max_length_mm=limits.max_length_mm)
-        tolerance = checked_input("tolerance_mm", tolerance_mm, positive=True, max_length_mm=limits.max_length_mm)
+        measured = checked_input("measured_mm", measured_mm, max_length_mm=limits.max_length_mm)
+        nominal = checked_input("nominal_mm", nominal_mm, max_length_mm=limits.max_length_mm)
         cte = checked_input("cte_per_k", cte_per_k, positive=False)
         cte_u = checked_input("cte_u_per_k", cte_u_per_k, positive=False)
         part_temp = checked_input("part_temp_c", part_temp_c, limits=limits)
         air_temp = checked_input("air_temp_c", air_temp_c, limits=limits, optional=True)
         scale_temp = checked_input("scale_temp_c", scale_temp_c, limits=limits, optional=True)
-        shape = np.broadcast(measured, nominal, tolerance, cte, cte_u, part_temp, air_temp, scale_temp).shape
+        shape = np.broadcast(measured, nominal, cte, cte_u, part_temp, air_temp, scale_temp).shape
         all_rated = all_soaked = False
+    if lower_tol_mm is None and upper_tol_mm is None:
+        tolerance = checked_input("tolerance_mm", tolerance_mm, positive=True, max_length_mm=limits.max_length_mm)
+        lower, upper = -tolerance, tolerance
+    else:
+        nan = math.nan
+        lower, upper = checked_zone(
+            nan if lower_tol_mm is None else lower_tol_mm,
+            nan if upper_tol_mm is None else upper_tol_mm,
+            limits.max_length_mm,
+        )
 
     flags = np.zeros(shape, dtype=np.int32)
     if not all_rated:
@@ -147,7 +188,16 @@ def evaluate(
         scale_temp_used,
         config.scale_cte_per_k,
         config.scale_cte_u_per_k,
+        part_temp_u_k,
     )
+    if compensation is not None:
+        codes = np.broadcast_to(np.asarray(compensation, dtype=np.int8), shape)
+        if codes.any():  # some rows are not corrected here: their reading is their result
+            kept = codes != Compensation.GATEWAY
+            compensated = np.where(kept, measured, compensated)
+            angles = codes == Compensation.NONE
+            if angles.any():
+                u_c = np.where(angles, config.uncertainty.angle_u_deg * UM_PER_MM, u_c)
     expanded = config.uncertainty.coverage_factor * u_c
     deviation = (compensated - nominal) * UM_PER_MM
     return Evaluation(
@@ -156,7 +206,9 @@ def evaluate(
         deviation_um=_fresh(deviation, shape, np.float64),
         standard_uncertainty_um=_fresh(u_c, shape, np.float64),
         uncertainty_um=_fresh(expanded, shape, np.float64),
-        verdict=_fresh(decide(deviation, tolerance * UM_PER_MM, expanded, config.rule), shape, np.int8),
+        verdict=_fresh(
+            decide_zones(deviation, lower * UM_PER_MM, upper * UM_PER_MM, expanded, config.rule), shape, np.int8
+        ),
         flags=flags,
     )
 

@@ -32,9 +32,13 @@ class UncertaintyInputs:
     """Standard uncertainty of probing repeatability, um."""
     coverage_factor: float = 2.0
     """k of the expanded uncertainty U = k * u_c."""
+    angle_u_deg: float = 0.005
+    """Standard uncertainty of an angle the CMM reports, degrees. An assumption to set from the
+    machine's own angle test: 0.005 deg is about what a CMM with E0 = 1.5 um achieves on two
+    lines of 20 mm (u ~ sqrt(2) * 1 um / 20 mm = 7e-5 rad). Angles carry no thermal terms."""
 
     def __post_init__(self) -> None:
-        for name in ("part_temp_u_k", "scale_temp_u_k", "cmm_mpe_a_um", "repeatability_um"):
+        for name in ("part_temp_u_k", "scale_temp_u_k", "cmm_mpe_a_um", "repeatability_um", "angle_u_deg"):
             require_finite(name, getattr(self, name), allow_zero=True)
         require_finite("cmm_mpe_k_mm_per_um", self.cmm_mpe_k_mm_per_um, allow_zero=False)
         require_finite("coverage_factor", self.coverage_factor, allow_zero=False)
@@ -54,21 +58,28 @@ def standard_uncertainty_um(
     scale_temp_c: ArrayLike = REFERENCE_TEMP_C,
     scale_cte_per_k: float = 0.0,
     scale_cte_u_per_k: float = 0.0,
+    part_temp_u_k: ArrayLike | None = None,
 ) -> FloatArray:
     """Combined standard uncertainty u_c of the length at 20 degC, um (GUM, first order).
 
     u_c^2 = (L*dT*u(a))^2 + (L*a*u(T))^2 + u_cmm^2 + u_rep^2, with u_cmm = E0/sqrt(3) (MPE taken
     as rectangular); with a scale CTE the two scale terms (L*dT_s*u(a_s))^2 + (L*a_s*u(T_s))^2
-    are added (ISO/TR 16015). Inputs are taken as uncorrelated.
+    are added (ISO/TR 16015). Inputs are taken as uncorrelated. L is taken as |L| (a coordinate
+    can be negative). `part_temp_u_k`: u(T) per row (NaN: `inputs.part_temp_u_k`), e.g. the
+    larger one of an assumed temperature.
     """
-    length = np.asarray(length_mm, dtype=np.float64)
+    length = np.abs(np.asarray(length_mm, dtype=np.float64))
     delta_t = np.asarray(part_temp_c, dtype=np.float64) - REFERENCE_TEMP_C
     cte = np.asarray(cte_per_k, dtype=np.float64)
     u_cte = np.asarray(cte_u_per_k, dtype=np.float64)
     length_um = length * UM_PER_MM
+    u_temp: FloatArray | float = inputs.part_temp_u_k
+    if part_temp_u_k is not None:
+        given = np.asarray(part_temp_u_k, dtype=np.float64)
+        u_temp = np.where(np.isnan(given), inputs.part_temp_u_k, given)
     variance = (
         (length_um * delta_t * u_cte) ** 2
-        + (length_um * cte * inputs.part_temp_u_k) ** 2
+        + (length_um * cte * u_temp) ** 2
         + (cmm_mpe_um(length, inputs) / math.sqrt(3.0)) ** 2
         + inputs.repeatability_um**2
     )

@@ -85,6 +85,7 @@ class Pipeline:
             plausible_max_c=limits.plausible_max_c,
             max_length_mm=limits.max_length_mm,
             chunk_rows=config.chunk_rows,
+            inputs=config.inputs,
         )
         self._spool_checked = -1e9
         self.committer = FileCommitter(config, state, spool_enabled)

@@ -28,6 +28,10 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
         air_temp_c=rows.air_temp_c,
         scale_temp_c=rows.scale_temp_c,
         config=config,
+        lower_tol_mm=rows.lower_tol_mm,
+        upper_tol_mm=rows.upper_tol_mm,
+        part_temp_u_k=rows.part_temp_u_k,
+        compensation=rows.compensation,
     )
     return RecordBatch(
         measurement_id=rows.measurement_id,
@@ -40,6 +44,8 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
         cte_per_k=rows.cte_per_k,
         nominal_mm=rows.nominal_mm,
         tolerance_mm=rows.tolerance_mm,
+        lower_tol_mm=rows.lower_tol_mm,
+        upper_tol_mm=rows.upper_tol_mm,
         measured_mm=rows.measured_mm,
         part_temp_c=rows.part_temp_c,
         air_temp_c=rows.air_temp_c,
@@ -49,7 +55,12 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
         deviation_um=result.deviation_um,
         uncertainty_um=result.uncertainty_um,
         verdict=result.verdict,
-        flags=result.flags,
+        flags=result.flags | rows.flags,
+        unit=rows.unit,
+        compensation=rows.compensation,
+        source_format=rows.source_format,
+        source_file=rows.source_file,
+        file_end=np.zeros(len(rows), dtype=np.int8),
     )
 
 
@@ -70,7 +81,7 @@ def reject_implausible(
             RowError(
                 int(lines[i]),
                 "measured_mm",
-                f"gives a compensated length of {value!r} mm, outside 0 < L <= {limits.max_length_mm:g} mm"
+                f"gives a compensated length of {value!r} mm, outside |L| <= {limits.max_length_mm:g} mm"
                 " (limits.max_length_mm)"
                 if math.isfinite(value)
                 else f"gives a non-finite compensated result ({value!r})",

@@ -64,11 +64,14 @@ class Source(ABC):
     """Short name of the format (logs, docs)."""
     patterns: ClassVar[tuple[str, ...]]
     """Shell patterns of the names claimed, matched case-insensitively."""
-    companion_wait_s: ClassVar[float] = 60.0
-    """How long a unit may lack a companion before it is quarantined."""
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
+
+    @property
+    def companion_wait_s(self) -> float:
+        """How long a unit may lack a companion before it is quarantined (`[inputs] companion_wait_s`)."""
+        return self.settings.inputs.companion_wait_s
 
     @classmethod
     def claims(cls, name: str) -> bool:

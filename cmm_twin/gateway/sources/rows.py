@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from itertools import chain
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmm_twin.errors import CmmTwinError, ConfigError
+from cmm_twin.gateway.sources.inputs import InputSettings
 from cmm_twin.physics.materials import MATERIALS, Material
 
 
@@ -60,6 +61,8 @@ class IngestSettings:
     """Largest accepted nominal, tolerance and measured length (keep equal to the physics' limit)."""
     chunk_rows: int = 10_000
     """Physical lines (data rows and blank lines) per chunk."""
+    inputs: InputSettings = field(default_factory=InputSettings)
+    """What every source settles the same way (the `[inputs]` table)."""
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
@@ -94,10 +97,26 @@ class ValidRows:
     cte_u_per_k: NDArray[np.float64]
     nominal_mm: NDArray[np.float64]
     tolerance_mm: NDArray[np.float64]
+    """Symmetric tolerance +-; NaN for an asymmetric or one-sided specification."""
     measured_mm: NDArray[np.float64]
     part_temp_c: NDArray[np.float64]
     air_temp_c: NDArray[np.float64]
     scale_temp_c: NDArray[np.float64]
+    lower_tol_mm: NDArray[np.float64]
+    """Lower limit relative to the nominal, signed (-tol for a symmetric one); NaN: none."""
+    upper_tol_mm: NDArray[np.float64]
+    """Upper limit relative to the nominal, signed (+tol for a symmetric one); NaN: none."""
+    part_temp_u_k: NDArray[np.float64]
+    """Standard uncertainty of the part temperature, K; NaN: the configured thermometer's."""
+    compensation: NDArray[np.int8]
+    """Compensation codes (physics): GATEWAY, SOURCE (corrected by the CMM software), NONE (angles)."""
+    flags: NDArray[np.int32]
+    """Flags the source sets (physics `Flag`: TEMPERATURE_ASSUMED, TIMESTAMP_FROM_FILE)."""
+    unit: list[str]
+    """`mm`, or `deg` for an angle (its `_mm` values are then degrees)."""
+    source_format: list[str]
+    source_file: list[str]
+    """Name of the inbox file the row was read from (the unit's leader)."""
 
     def __len__(self) -> int:
         return len(self.measurement_id)
@@ -113,6 +132,11 @@ class ParsedChunk:
     """Byte offset just after the last line of this chunk (pass as `start_offset` to resume)."""
     end_line: int
     """Physical line number of the last line of this chunk (pass as `start_line` to resume)."""
+
+
+def with_source_file(chunk: ParsedChunk, name: str) -> ParsedChunk:
+    """`chunk` with every row's `source_file` set to `name` (the inbox name of its unit's leader)."""
+    return replace(chunk, rows=replace(chunk.rows, source_file=[name] * len(chunk.rows)))
 
 
 def concat_rows(parts: list[ValidRows]) -> ValidRows:
@@ -170,4 +194,12 @@ def empty_rows() -> ValidRows:
         part_temp_c=no_floats,
         air_temp_c=no_floats,
         scale_temp_c=no_floats,
+        lower_tol_mm=no_floats,
+        upper_tol_mm=no_floats,
+        part_temp_u_k=no_floats,
+        compensation=np.empty(0, dtype=np.int8),
+        flags=np.empty(0, dtype=np.int32),
+        unit=[],
+        source_format=[],
+        source_file=[],
     )

@@ -12,7 +12,7 @@ import numpy as np
 
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.sources.csv.parser import ChunkParser
-from cmm_twin.gateway.sources.rows import FileRejected, ParsedChunk, RowError, slice_rows
+from cmm_twin.gateway.sources.rows import FileRejected, ParsedChunk, RowError, slice_rows, with_source_file
 
 if TYPE_CHECKING:
     from cmm_twin.gateway.sources.csv.source import CsvSource
@@ -112,7 +112,7 @@ def _parse_together(
             RowError(e.line + shift, e.column, e.reason) for e, f in zip(errors, error_file, strict=True) if f == k
         ]
         if len(file_rows) or file_errors:
-            results[i] = ParsedChunk(file_rows, file_errors, size, header_line + lines)
+            results[i] = with_source_file(ParsedChunk(file_rows, file_errors, size, header_line + lines), paths[i].name)
 
 
 def _read_one(source: CsvSource, path: Path, read_size: int) -> ParsedChunk | Exception | None:

@@ -18,6 +18,7 @@ from cmm_twin.gateway.sources.csv.numbers import Numbers
 from cmm_twin.gateway.sources.csv.timestamps import Timestamps, check_timestamps
 from cmm_twin.gateway.sources.ids import MeasurementIds
 from cmm_twin.gateway.sources.rows import IngestSettings, RowError, ValidRows, empty_rows
+from cmm_twin.physics.compensation import Compensation
 
 Columns = dict[str, Any]
 """Columns of ValidRows by field name, while a chunk is validated."""
@@ -33,9 +34,13 @@ class CsvShared:
     id_columns: IdColumns = field(default_factory=IdColumns)
     measurement_ids: MeasurementIds = field(default_factory=MeasurementIds)
     numbers: Numbers = field(init=False)
+    compensation: int = field(init=False)
+    """Compensation code of every row: SOURCE when the inputs are already compensated."""
 
     def __post_init__(self) -> None:
         self.numbers = Numbers(self.settings)
+        already = self.settings.inputs.already_compensated
+        self.compensation = int(Compensation.SOURCE if already else Compensation.GATEWAY)
 
 
 class ChunkParser:
@@ -76,7 +81,23 @@ class ChunkParser:
         ids = self._shared.measurement_ids(
             values["machine_id"], values["part_id"], values["feature"], values["timestamp"]
         )
-        return ValidRows(measurement_id=ids, **values), errors
+        size = len(ids)
+        tolerance = values["tolerance_mm"]
+        return (
+            ValidRows(
+                measurement_id=ids,
+                **values,
+                lower_tol_mm=-tolerance,
+                upper_tol_mm=tolerance.copy(),
+                part_temp_u_k=np.full(size, np.nan),
+                compensation=np.full(size, self._shared.compensation, dtype=np.int8),
+                flags=np.zeros(size, dtype=np.int32),
+                unit=["mm"] * size,
+                source_format=["csv"] * size,
+                source_file=[""] * size,
+            ),
+            errors,
+        )
 
     def _split_fields(
         self, text: str, line_count: int, first_line: int

@@ -54,6 +54,7 @@ from cmm_twin.gateway.sources.rows import (
     ValidRows,
     concat_rows,
     join_chunks,
+    with_source_file,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ class CsvSource(Source):
         caller saw stable for its settle time; -1: not stable): a writer may still be writing it, so
         it is left unread and reading stops after the last line end (at the size seen on opening).
         """
+        for chunk in self._chunks(path, start_offset, start_line, complete_at):
+            yield with_source_file(chunk, path.name)
+
+    def _chunks(self, path: Path, start_offset: int, start_line: int, complete_at: int | None) -> Iterator[ParsedChunk]:
         with open(path, "rb") as handle:
             size = handle.seek(0, 2)
             if size == 0:
