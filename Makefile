@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 # Three workers (pytest-xdist): most tests wait on real processes and sockets, so three keep two
 # cores busy; every test picks its own ports and folders.
 pytest: $(STAMP) system-deps
-	$(PY) -m pytest -q -n 3
+	QIF_XSD_DIR=$${QIF_XSD_DIR:-tests/data/qif3-xsd} $(PY) -m pytest -q -n 3
 
 test: lint typecheck pytest
 
