@@ -248,6 +248,8 @@ class Pipeline:
                 self._refused.append((path, f"incomplete {source.name} unit: {reason}"))
             return None
         companions = tuple(path.parent / name for name in source.companions(path.name))
+        present = (path.parent / name for name in source.optional_companions(path.name))
+        companions += tuple(p for p in present if p.is_file())
         for companion in companions:
             readiness = queue.readiness.check(companion, self.config.settle_ms / 1000.0)
             if not readiness.ready:

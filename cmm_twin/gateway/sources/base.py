@@ -16,7 +16,7 @@ Contract of a source:
   default). The pipeline hands only leaders to the source, once every companion is there and
   ready; the companions leave the inbox with their leader (to archive/ or quarantine/). A unit
   that still lacks a file after `companion_wait_s` (a lone half) is quarantined unread, with
-  the reason.
+  the reason. `optional_companions` are taken along when present, never waited for.
 - Completeness: the inbox hands a file over once it is stable (no writer holds it open, or its
   size and mtime unchanged for the settle time). `waits_for_more` then says whether the bytes
   after those already read are an unfinished unit a writer may still be writing, left for
@@ -89,6 +89,12 @@ class Source(ABC):
     @classmethod
     def companions(cls, name: str) -> tuple[str, ...]:
         """Names of the other files the unit led by `name` needs (by default none)."""
+        return ()
+
+    @classmethod
+    def optional_companions(cls, name: str) -> tuple[str, ...]:
+        """Names of files the unit led by `name` takes along when they are there (read with it,
+        moved with it) but does not wait for (a Calypso `_hdr.txt`; by default none)."""
         return ()
 
     def waits_for_more(self, path: Path, read_to: int, size: int, stable: bool) -> bool:
