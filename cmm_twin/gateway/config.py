@@ -244,9 +244,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     args = build_parser(options).parse_args(argv)
     config_path = resolve((CONFIG_OPTION,), args, environ).values[CONFIG_OPTION.dest]
     toml_data = _read_toml(Path(config_path), options) if config_path else {}
-    inputs_table = toml_data.get("inputs")
-    if isinstance(inputs_table, dict) and "material" in inputs_table:  # --default-material's other TOML key
-        toml_data.setdefault("default_material", inputs_table["material"])
+    _flatten_tables(toml_data, str(config_path))
     values = resolve(options, args, environ, toml_data, str(config_path)).values
     sections = {k: v for k, v in toml_data.items() if k in TOML_SECTIONS}
     typed = {k: v for k, v in values.items() if k in _TYPED_FIELDS}
@@ -256,6 +254,28 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     for plugin in sink_plugins():  # each plugin validates its own settings now, not at first use
         plugin.validate(config)
     return config
+
+
+def _flatten_tables(toml_data: dict[str, Any], where: str) -> None:
+    """The TOML keys of options that live in a table: `[inputs] material` (--default-material),
+    `[outbox] dir` (--outbox) and `[outbox] formats` (--outbox-formats, a list)."""
+    inputs = toml_data.get("inputs")
+    if isinstance(inputs, dict) and "material" in inputs:
+        toml_data.setdefault("default_material", inputs["material"])
+    outbox = toml_data.get("outbox")
+    if not isinstance(outbox, dict):
+        return  # absent, or the flat key `outbox = "DIR"`
+    del toml_data["outbox"]
+    unknown = set(outbox) - {"dir", "formats"}
+    if unknown:
+        raise ConfigError(f"{where}: outbox.{sorted(unknown)[0]}", "unknown key")
+    if "dir" in outbox:
+        toml_data["outbox"] = outbox["dir"]
+    formats = outbox.get("formats")
+    if formats is not None:
+        if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+            raise ConfigError(f"{where}: outbox.formats", f"expected a list of names, got {formats!r}")
+        toml_data.setdefault("outbox_formats", ",".join(formats))
 
 
 def _read_toml(path: Path, options: Sequence[Option]) -> dict[str, Any]:

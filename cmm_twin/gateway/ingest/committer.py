@@ -98,6 +98,7 @@ class FileCommitter:
         tried again on its own)."""
         results: list[Step | None] = [None] * len(jobs)
         staged: list[tuple[int, Job, RecordBatch | None, list[StoredRowError]]] = []
+        committed_before: set[int] = set()
         for job in jobs:
             job.progress = self._start(job)
         fresh = [
@@ -110,6 +111,7 @@ class FileCommitter:
             assert job.progress is not None
             if job.progress.complete:
                 staged.append((i, job, None, []))
+                committed_before.add(id(job))
                 continue
             try:
                 chunk = parsed.get(id(job), _UNREAD)
@@ -120,6 +122,9 @@ class FileCommitter:
                 results[i] = Step(None, [], None)
                 continue
             staged.append((i, job, records, errors))
+        for _, job, records, _ in staged:
+            if id(job) not in committed_before:
+                self._mark_file_end(job, records)
         batches = [r for _, _, r, _ in staged if r is not None and len(r)]
         self._commit(
             [job.progress for _, job, _, _ in staged if job.progress is not None],
@@ -257,6 +262,7 @@ class FileCommitter:
             if self._holds_last_line(job, p.offset):
                 return Step(None, [], None, retry_in_s=job.settle_wait_s)
             job.progress = replace(p, complete=True)
+            self._mark_file_end(job, None)
             self._commit([job.progress], None, {})
             return Step(None, [], self._finish(job))
         except FileNotFoundError:
@@ -277,8 +283,25 @@ class FileCommitter:
             rows_rejected=p.rows_rejected + len(errors),
             complete=last,
         )
+        self._mark_file_end(job, records)
         self._commit([job.progress], records, {p.name: errors} if errors else {})
         return Step(records, errors, self._finish(job) if last else None)
+
+    def _mark_file_end(self, job: Job, records: RecordBatch | None) -> None:
+        """Mark the last record of a file whose reading this commit completes (`file_end`), so a
+        sink writing one output per input file (the outbox) knows it has all of them. A file whose
+        completing commit holds none of its records (a big CSV ending in rejected or blank lines)
+        cannot be marked: said once, as its outbox file will be missing."""
+        p = job.progress
+        if p is None or not p.complete or p.file_error is not None:
+            return
+        if records is not None and len(records):
+            records.file_end[-1] = 1
+        elif p.rows_ok and self.config.options.get("outbox") is not None:
+            log.warning(
+                "%s: its last lines held no valid row, so the outbox cannot tell it is complete: no outbox file for it",
+                safe_name(p.name),
+            )
 
     def _reject_file(self, job: Job, reason: str) -> Step:
         """Mark the file done with a file-level error (rows committed before stay committed)."""

@@ -57,6 +57,20 @@ looked at again: it is finished as soon as the writer finishes it, or once the s
 passed. Cheap: only the part after the committed rows is read again."""
 
 
+def ingest_settings(config: GatewayConfig) -> IngestSettings:
+    """The sources' settings from the gateway's configuration."""
+    limits = config.physics.limits
+    return IngestSettings(
+        default_material=config.default_material,
+        materials=config.materials,
+        plausible_min_c=limits.plausible_min_c,
+        plausible_max_c=limits.plausible_max_c,
+        max_length_mm=limits.max_length_mm,
+        chunk_rows=config.chunk_rows,
+        inputs=config.inputs,
+    )
+
+
 class Pipeline:
     """Takes files from an InboxQueue and turns them into spooled and published records."""
 
@@ -77,16 +91,7 @@ class Pipeline:
         self.publish = publish
         self.spool_enabled = spool_enabled
         self.spooled = spooled
-        limits = config.physics.limits
-        self.settings = IngestSettings(
-            default_material=config.default_material,
-            materials=config.materials,
-            plausible_min_c=limits.plausible_min_c,
-            plausible_max_c=limits.plausible_max_c,
-            max_length_mm=limits.max_length_mm,
-            chunk_rows=config.chunk_rows,
-            inputs=config.inputs,
-        )
+        self.settings = ingest_settings(config)
         self._spool_checked = -1e9
         self.committer = FileCommitter(config, state, spool_enabled)
         """Reads, commits and moves files: its methods run on the state thread only."""

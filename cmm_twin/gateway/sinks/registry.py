@@ -3,7 +3,7 @@ folder under `cmm_twin/gateway/sinks/` and one line here (docs/architecture.md, 
 
 from __future__ import annotations
 
-from cmm_twin.gateway.sinks import historian, mes, opcua, page, stdout
+from cmm_twin.gateway.sinks import historian, mes, opcua, outbox, page, stdout
 from cmm_twin.gateway.sinks.plugin import SinkPlugin
 
 SINK_PLUGINS: tuple[SinkPlugin, ...] = (
@@ -12,4 +12,5 @@ SINK_PLUGINS: tuple[SinkPlugin, ...] = (
     mes.PLUGIN,
     historian.PLUGIN,
     stdout.PLUGIN,
+    outbox.PLUGIN,
 )
