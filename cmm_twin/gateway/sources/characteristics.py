@@ -195,6 +195,7 @@ class RowBuilder:
             problem = self._add(reading, temps[id(reading.part)], features[id(reading.characteristic)], columns)
             if problem is not None:
                 row_errors.append(problem)
+        row_errors += [t.error for t in temps.values() if t.error is not None]
         row_errors.sort(key=lambda e: e.line)
         if not columns.line and not row_errors:
             return None
