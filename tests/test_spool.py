@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmm_twin.gateway.spool import ADDED_COLUMNS
 from cmm_twin.gateway.state import SPOOL_CHUNK_ROWS, StateStore
 from cmm_twin.records import RecordBatch
 from tests.test_opcua_sink import make_batch
@@ -30,6 +31,14 @@ def same(a: RecordBatch, b: RecordBatch) -> bool:
         elif list(x) != list(y):
             return False
     return True
+
+
+def as_before_added_columns(records: RecordBatch) -> RecordBatch:
+    """`records` as a spool from before ADDED_COLUMNS gives them back: those columns blank, the
+    limits those of the symmetric tolerance."""
+    kept = {f.name: getattr(records, f.name) for f in fields(RecordBatch) if f.name not in ADDED_COLUMNS}
+    tolerance = records.tolerance_mm
+    return RecordBatch.with_blanks(len(records), {**kept, "lower_tol_mm": -tolerance, "upper_tol_mm": tolerance})
 
 
 def test_pages_cross_chunks_in_order_and_respect_the_limit(tmp_path: Path) -> None:
@@ -86,7 +95,7 @@ def test_purge_drops_only_whole_acknowledged_chunks(tmp_path: Path) -> None:
 
 def test_a_row_spool_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "gateway.sqlite"
-    names = [f.name for f in fields(RecordBatch)]
+    names = [f.name for f in fields(RecordBatch) if f.name not in ADDED_COLUMNS]
     text = {"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"}
     ints = {"timestamp_ns", "verdict", "flags"}
     db = sqlite3.connect(path)
@@ -115,9 +124,35 @@ def test_a_row_spool_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
     page = store.read_after(store.acked_seq("mes"), 100)
     assert page is not None
     assert page.seqs.tolist() == list(range(13, 31))
-    assert same(page.records, records.take(slice(12, 30)))
+    assert same(page.records, as_before_added_columns(records).take(slice(12, 30)))
     assert store.pending("mes") == (18, int(records.timestamp_ns[12]))
     store.commit([], batch(2), {})
     assert store.read_after(30, 10) is not None
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "spool" not in tables
+
+
+def test_a_chunk_spool_without_the_added_columns_is_extended(tmp_path: Path) -> None:
+    """A state database of the version before the real CMM formats: its spool_chunks table lacks
+    the added record columns. They are added at start; its chunks read with them blank (limits
+    from the symmetric tolerance), new chunks with them stored."""
+    path = tmp_path / "gateway.sqlite"
+    store = StateStore(path)
+    records = batch(30)
+    store.commit([], records, {})
+    store.close()
+    db = sqlite3.connect(path)
+    old = [f.name for f in fields(RecordBatch) if f.name not in ADDED_COLUMNS]
+    db.executescript(
+        f"CREATE TABLE old AS SELECT last_seq, first_seq, {', '.join(old)} FROM spool_chunks;"
+        "DROP TABLE spool_chunks; ALTER TABLE old RENAME TO spool_chunks;"
+    )
+    db.close()
+    store = StateStore(path)
+    page = store.read_after(0, 100)
+    assert page is not None and page.seqs.tolist() == list(range(1, 31))
+    assert same(page.records, as_before_added_columns(records))
+    assert page.records.unit == ["mm"] * 30 and page.records.source_format == ["csv"] * 30
+    store.commit([], records, {})
+    again = store.read_after(30, 100)
+    assert again is not None and same(again.records, records)

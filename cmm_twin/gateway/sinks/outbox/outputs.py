@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cmm_twin.formats.report import Report, ReportCharacteristic, ReportPart, ReportValue
-from cmm_twin.gateway.sources.rows import IngestSettings
+from cmm_twin.gateway.sources.rows import FileRejected, IngestSettings
 from cmm_twin.logs import safe_name
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,12 @@ def outputs(
         else:
             description, values = found
             compensated = {r["measurement_id"]: r["compensated_mm"] for r in records}
-            out.append(Output(f"{stem}.dfq", compensated_dfq(description, values, compensated, settings)))
+            try:
+                data = compensated_dfq(description, compensated, settings, dfx=values, name=source_file)
+            except FileRejected as exc:  # changed since it was read (a new file under the same name)
+                log.warning("outbox: %s cannot be read again (%s): no DFQ written for it", safe_name(source_file), exc)
+            else:
+                out.append(Output(f"{stem}.dfq", data))
     return out
 
 
