@@ -51,6 +51,9 @@ DISK_RETRY_MAX_S = 5.0
 """Backoff of the intake while the disk is full."""
 COMPANION_RECHECK_S = 1.0
 """How often a unit that lacks a file (or whose companion is not yet ready) is looked at again."""
+UNFINISHED_RECHECK_S = 1.0
+"""How often a stable file its source still calls unfinished (a Calypso chr without END) is
+looked at again."""
 HELD_LINE_RECHECK_S = 0.25
 """How often a file whose last unit waits (e.g. a last line without line end, not yet stable) is
 looked at again: it is finished as soon as the writer finishes it, or once the settle time has
@@ -108,6 +111,10 @@ class Pipeline:
         self._disk_retry_s = 0.0
         self._disk_retry_at = 0.0
         """Backoff of the intake while the disk is full (see _guarded and the top of _run)."""
+        self.unfinished: set[str] = set()
+        """Inbox files stable but unfinished: by their source's rule (a chr without END), or a
+        unit still lacking a companion (a lone .dfd). Left there, looked at again now and then;
+        --once does not wait for them."""
         self._refused: list[tuple[Path, str]] = []
         """Inbox entries refused unread (symbolic links, incomplete units), quarantined by `_run`
         with their reason."""
@@ -225,7 +232,9 @@ class Pipeline:
                 readiness.mtime_ns,
                 time.perf_counter(),
                 complete_at=readiness.size if stable_s >= settle_s else -1,
-                settle_wait_s=min(max(settle_s - stable_s, 0.0), HELD_LINE_RECHECK_S),
+                settle_wait_s=min(settle_s - stable_s, HELD_LINE_RECHECK_S)
+                if stable_s < settle_s
+                else UNFINISHED_RECHECK_S,
                 source=source,
                 companions=companions,
             )
@@ -247,7 +256,9 @@ class Pipeline:
             lacking_s = now - self._lacking_since.setdefault(path.name, now)
             if lacking_s < source.companion_wait_s:
                 queue.later(path, min(source.companion_wait_s - lacking_s, COMPANION_RECHECK_S))
+                self.unfinished.add(path.name)  # --once leaves a lone half in the inbox
             else:
+                self.unfinished.discard(path.name)
                 queue.done(path)
                 reason = f"{', '.join(missing)} did not come with it within {source.companion_wait_s:g} s"
                 self._refused.append((path, f"incomplete {source.name} unit: {reason}"))
@@ -261,6 +272,7 @@ class Pipeline:
                 queue.later(path, readiness.wait_s or COMPANION_RECHECK_S)
                 return None
         self._lacking_since.pop(path.name, None)
+        self.unfinished.discard(path.name)
         return companions
 
     def _source_of(self, queue: InboxQueue, path: Path) -> Source | None:
@@ -280,6 +292,7 @@ class Pipeline:
         return max(seen_s, time.time() - mtime_ns / 1e9)
 
     def _left_inbox(self, path: Path) -> None:
+        self.unfinished.discard(path.name)
         self._seen.forget(path)
         self._alone.discard(path)
         self._lacking_since.pop(path.name, None)
@@ -321,6 +334,10 @@ class Pipeline:
                     queue.add([job.continued_as])
             elif job.retry_in_s is not None:
                 queue.later(job.path, job.retry_in_s)
+            if not job.done and job.complete_at >= 0 and job.retry_in_s == UNFINISHED_RECHECK_S:
+                self.unfinished.add(job.path.name)
+            else:
+                self.unfinished.discard(job.path.name)
 
     async def process_file(self, job: Job, stop: asyncio.Event | None = None) -> FileOutcome | None:
         """Read, commit and move one file chunk by chunk; None when it vanished, or when `stop`
