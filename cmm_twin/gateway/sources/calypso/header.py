@@ -88,23 +88,26 @@ def read_header(path: Path, inputs: InputSettings, low_c: float, high_c: float) 
 
 def _timestamp(day: str | None, clock: str | None, name: str, line: int, inputs: InputSettings) -> datetime | None:
     """The run's time from `date` and `time` (local, in the inputs' zone); None when neither is given."""
-    if day is None and clock is None:
+    parsed_day = parsed_clock = None
+    if day is not None:
+        try:
+            parsed_day = _date(day)
+        except ValueError:
+            raise FileRejected(
+                f"{name}, line {line}, column 'date': not a date (yyyy-mm-dd or dd.mm.yyyy): {day!r}"
+            ) from None
+    if clock is not None:
+        try:
+            parsed_clock = time.fromisoformat(clock) if len(clock) in (5, 8) else None
+        except ValueError:
+            parsed_clock = None
+        if parsed_clock is None:
+            raise FileRejected(f"{name}, line {line}, column 'time': not a time (HH:MM:SS): {clock!r}")
+    if parsed_day is None and parsed_clock is None:
         return None
-    if day is None or clock is None:
-        missing = "date" if day is None else "time"
+    if parsed_day is None or parsed_clock is None:
+        missing = "date" if parsed_day is None else "time"
         raise FileRejected(f"{name}, line {line}, column {missing!r}: empty or missing (date and time go together)")
-    try:
-        parsed_day = _date(day)
-    except ValueError:
-        raise FileRejected(
-            f"{name}, line {line}, column 'date': not a date (yyyy-mm-dd or dd.mm.yyyy): {day!r}"
-        ) from None
-    try:
-        parsed_clock = time.fromisoformat(clock) if len(clock) in (5, 8) else None
-    except ValueError:
-        parsed_clock = None
-    if parsed_clock is None:
-        raise FileRejected(f"{name}, line {line}, column 'time': not a time (HH:MM:SS): {clock!r}")
     return inputs.local(datetime.combine(parsed_day, parsed_clock))
 
 

@@ -71,8 +71,8 @@ class CalypsoSource(Source):
         return (_mirror(name, CHR_SUFFIX, HDR_SUFFIX),) if name.lower().endswith(CHR_SUFFIX) else ()
 
     def waits_for_more(self, path: Path, read_to: int, size: int, stable: bool) -> bool:
-        """A chr file waits until its last non-empty line is `END`, stable or not."""
-        return read_to < size and not ends_with_end(path, size)
+        """A chr file waits until its last non-empty line is `END`, stable or not (an empty one too)."""
+        return not ends_with_end(path, size)
 
     def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:
         """The rows of the chr file `path` (with its hdr file when there is one beside it).
