@@ -4,7 +4,6 @@ inbox with its hdr, a lone hdr is quarantined after the companion wait, a chr wi
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from cmm_twin.gateway.sources.inputs import InputSettings
