@@ -30,6 +30,7 @@ async def test_a_run_leaves_the_inbox_with_its_header_and_a_lone_header_is_quara
         await wait_for(
             lambda: names(config.archive) == ["4711-A_GH-0001_chr.txt", "4711-A_GH-0001_hdr.txt"], "the run archived"
         )
+        await wait_for(lambda: len(run.part_ids()) == 23, "the run published")
         await wait_for(lambda: "orphan_hdr.txt.errors.json" in names(config.quarantine), "the lone hdr quarantined")
     assert names(config.inbox) == []
     assert names(config.quarantine) == ["orphan_hdr.txt", "orphan_hdr.txt.errors.json"]
@@ -47,12 +48,14 @@ async def test_a_chr_without_end_stays_in_the_inbox_until_it_gets_end(tmp_path: 
         drop_fixture(config.inbox, "4711-A_GH-0002_chr.txt")  # no END: the run is not finished
         drop_fixture(config.inbox, "B-220_0007_chr.txt")
         await wait_for(lambda: names(config.archive) == ["B-220_0007_chr.txt"], "the finished run archived")
+        await wait_for(lambda: len(run.part_ids()) == 4, "the finished run published")
         # the unfinished one was looked at meanwhile (it came first) and left alone
         assert names(config.inbox) == ["4711-A_GH-0002_chr.txt"] and names(config.quarantine) == []
         assert set(run.part_ids()) == {"0007"}
         with (config.inbox / "4711-A_GH-0002_chr.txt").open("ab") as f:
             f.write(b"END\r\n")
         await wait_for(lambda: "4711-A_GH-0002_chr.txt" in names(config.archive), "the run archived once finished")
+        await wait_for(lambda: len(run.part_ids()) == 6, "the run published once finished")
     assert run.part_ids() == ["0007"] * 4 + ["GH-0002"] * 2
 
 
