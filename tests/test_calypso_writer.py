@@ -46,8 +46,8 @@ def report() -> Report:
                 "GH-0002",
                 "CMM-07",
                 datetime(2026, 7, 15, 12, 30, tzinfo=UTC),  # CEST: 14:30 local
-                [ReportValue(v) for v in (34.6100, None, 2.0, 44.9, 1.9995, 2.5, 23.0)],
-                part_temp_c=23.0,
+                [ReportValue(v) for v in (34.6100, None, 2.0, 44.9, 1.9995, 2.5, None)],
+                part_temp_c=23.062519,  # written exactly, not rounded
             ),
         ],
     )
@@ -64,7 +64,7 @@ def test_each_part_is_a_hdr_then_a_chr_closed_by_end() -> None:
     hdr = files[0][1].decode()
     assert hdr == (
         "date\ttime\tplanid\tpartnb\tdescription\toperator\tmachine\tpart_temp\tair_temp\r\n"
-        "2026-03-12\t09:41:07\t4711-A\tGH-0001\tGearbox housing\t\tCMM-07\t21.50\t20.80\r\n"
+        "2026-03-12\t09:41:07\t4711-A\tGH-0001\tGearbox housing\t\tCMM-07\t21.5\t20.8\r\n"
     )
     chr_lines = files[1][1].decode().split("\r\n")
     assert chr_lines[0].split("\t") == [
@@ -126,7 +126,7 @@ def test_the_source_reads_the_written_files_back_exactly(tmp_path: Path) -> None
     later = second.rows
     assert later.feature == ["Diameter_Bore_A1", "Flatness_top", "Angle_chamfer", "Length_inch", "Wall_min"]
     assert set(later.timestamp) == {"2026-07-15T12:30:00.000000Z"}
-    assert later.part_temp_c.tolist() == [23.0] * 5 and math.isnan(later.air_temp_c[0])
+    assert later.part_temp_c.tolist() == [23.062519] * 5 and math.isnan(later.air_temp_c[0])
     assert later.flags.tolist() == [0] * 5
 
 

@@ -56,10 +56,15 @@ def _hdr(report: Report, part: ReportPart, zone: tzinfo) -> bytes:
         report.part_description,
         "",
         part.machine_id,
-        "" if part.part_temp_c is None else f"{part.part_temp_c:.2f}",
-        "" if part.air_temp_c is None else f"{part.air_temp_c:.2f}",
+        _temperature(part.part_temp_c),
+        _temperature(part.air_temp_c),
     )
     return _table(HDR_COLUMNS, [row], end=False)
+
+
+def _temperature(value: float | None) -> str:
+    """A temperature in degC, exactly (the shortest text that reads back as the same float)."""
+    return "" if value is None or not math.isfinite(value) else repr(float(value))
 
 
 def _chr(report: Report, part: ReportPart) -> bytes:
