@@ -11,7 +11,6 @@ there, never read half-written).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,72 +87,63 @@ class CalypsoSource(Source):
             header = read_header(
                 companion, self.settings.inputs, self.settings.plausible_min_c, self.settings.plausible_max_c
             )
-        readings, errors = _Run(table, header, path, self.settings).readings()
+        readings, errors = _readings(table, header, path)
         lines = text.count("\n") + (not text.endswith("\n"))
         chunk = self.builder.build(readings, errors, path.name, len(data), lines)
         log.debug("read %s: %d rows, %d row errors", path.name, len(chunk.rows) if chunk else 0, len(errors))
         return chunk
 
 
-@dataclass
-class _Run:
-    """The readings of one chr table (one Part per `partnb`)."""
-
-    table: Table
-    header: RunHeader
-    path: Path
-    settings: IngestSettings
-
-    def readings(self) -> tuple[list[Reading], list[RowError]]:
-        table, header = self.table, self.header
-        errors = [RowError(line, None, reason) for line, reason in table.bad_rows]
-        timestamp, flags = header.timestamp, 0
-        if timestamp is None:  # no hdr, or one without date and time: the chr file's modification time
-            timestamp = _EPOCH + timedelta(microseconds=mtime_ns(self.path) // 1000)
-            flags = Flag.TIMESTAMP_FROM_FILE
-        prefix = self.path.name[: -len(CHR_SUFFIX)]
-        parts: dict[str, Part] = {}
-        readings: list[Reading] = []
-        for count, (line, fields) in enumerate(table.rows, start=1):
-            partnb = table.get(fields, "partnb") or header.partnb or prefix
-            part = parts.get(partnb)
-            if part is None:
-                part = parts[partnb] = Part(
-                    partnb,
-                    part_number=table.get(fields, "planid") or header.planid,
-                    machine_id=header.machine,
-                    timestamp=timestamp,
-                    part_temp_c=header.part_temp_c,
-                    air_temp_c=header.air_temp_c,
-                    temp_line=line,
-                    flags=int(flags),
-                )
-            values: dict[str, float | None] = {}
-            problem = None
-            for column in ("actual", "nominal", "uppertol", "lowertol"):
-                try:
-                    values[column] = number(table.get(fields, column))
-                except ValueError as exc:
-                    problem = RowError(line, column, str(exc))
-                    break
-            if problem is None and values["actual"] is None:
-                problem = RowError(line, "actual", "no measured value")
-            if problem is not None:
-                errors.append(problem)
-                continue
-            actual = values["actual"]
-            assert actual is not None
-            characteristic = Characteristic(
-                str(count),
-                table.get(fields, "id"),
-                _unit(table.get(fields, "unit"), table.get(fields, "type")),
-                values["nominal"],
-                values["lowertol"],
-                values["uppertol"],
-                line,
+def _readings(table: Table, header: RunHeader, path: Path) -> tuple[list[Reading], list[RowError]]:
+    """The readings of the chr table of `path` (one Part per `partnb`) and its row errors."""
+    errors = [RowError(line, None, reason) for line, reason in table.bad_rows]
+    timestamp, flags = header.timestamp, 0
+    if timestamp is None:  # no hdr, or one without date and time: the chr file's modification time
+        timestamp = _EPOCH + timedelta(microseconds=mtime_ns(path) // 1000)
+        flags = Flag.TIMESTAMP_FROM_FILE
+    prefix = path.name[: -len(CHR_SUFFIX)]
+    parts: dict[str, Part] = {}
+    readings: list[Reading] = []
+    for count, (line, fields) in enumerate(table.rows, start=1):
+        partnb = table.get(fields, "partnb") or header.partnb or prefix
+        part = parts.get(partnb)
+        if part is None:
+            part = parts[partnb] = Part(
+                partnb,
+                part_number=table.get(fields, "planid") or header.planid,
+                machine_id=header.machine,
+                timestamp=timestamp,
+                part_temp_c=header.part_temp_c,
+                air_temp_c=header.air_temp_c,
+                temp_line=line,
+                flags=int(flags),
             )
-            readings.append(Reading(characteristic, part, actual, line, "actual"))
-        return readings, errors
+        values: dict[str, float | None] = {}
+        problem = None
+        for column in ("actual", "nominal", "uppertol", "lowertol"):
+            try:
+                values[column] = number(table.get(fields, column))
+            except ValueError as exc:
+                problem = RowError(line, column, str(exc))
+                break
+        if problem is None and values["actual"] is None:
+            problem = RowError(line, "actual", "no measured value")
+        if problem is not None:
+            errors.append(problem)
+            continue
+        actual = values["actual"]
+        assert actual is not None
+        characteristic = Characteristic(
+            str(count),
+            table.get(fields, "id"),
+            _unit(table.get(fields, "unit"), table.get(fields, "type")),
+            values["nominal"],
+            values["lowertol"],
+            values["uppertol"],
+            line,
+        )
+        readings.append(Reading(characteristic, part, actual, line, "actual"))
+    return readings, errors
 
 
 def _unit(unit: str, kind: str) -> str:
