@@ -273,3 +273,12 @@ def test_a_row_with_trailing_tabs_is_fine_and_an_empty_file_waits(tmp_path: Path
     only_end = write(tmp_path / "o_chr.txt", "END\r\n")
     with pytest.raises(FileRejected, match="no header row"):
         source().read(only_end)
+
+
+def test_a_utf16_file_with_its_bom_is_read_and_its_end_seen(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "u_chr.txt", "\ufeffid\tactual\tnominal\tunit\r\nBore\t10.001\t10\tµm\r\nEND\r\n", "utf-16-le"
+    )
+    assert not source().waits_for_more(path, 0, path.stat().st_size, stable=False)
+    chunk = source().read(path)
+    assert chunk is not None and chunk.rows.measured_mm.tolist() == pytest.approx([0.010001], rel=1e-12)

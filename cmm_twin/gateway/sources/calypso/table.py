@@ -18,9 +18,11 @@ TAIL_BYTES = 4096
 
 
 def decode(data: bytes) -> str:
-    """`data` as text: UTF-8 (a BOM is dropped), else Windows-1252; FileRejected naming the
-    first byte neither can decode."""
+    """`data` as text: UTF-16 after its BOM, UTF-8 (a BOM is dropped), else Windows-1252;
+    FileRejected naming the first byte none can decode."""
     try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
@@ -43,8 +45,8 @@ def ends_with_end(path: Path, size: int) -> bool:
 
 
 def last_line_is_end(data: bytes) -> bool:
-    """Whether the last non-empty line of `data` is `END`."""
-    last = data.rstrip(b" \t\r\n\x00").rsplit(b"\n", 1)[-1]
+    """Whether the last non-empty line of `data` is `END` (in UTF-16 too: its zero bytes are dropped)."""
+    last = data.replace(b"\x00", b"").rstrip(b" \t\r\n").rsplit(b"\n", 1)[-1]
     return last.strip().upper() == END.encode()
 
 
