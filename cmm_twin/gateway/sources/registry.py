@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cmm_twin.gateway.sources.base import Source
+from cmm_twin.gateway.sources.calypso import CalypsoSource
 from cmm_twin.gateway.sources.csv import CsvSource
 
-SOURCES: tuple[type[Source], ...] = (CsvSource,)
+SOURCES: tuple[type[Source], ...] = (CsvSource, CalypsoSource)
 """Every source, in the order their patterns are tried."""
