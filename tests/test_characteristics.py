@@ -90,6 +90,9 @@ def test_temperature_characteristics_are_the_parts_temperatures() -> None:
     assert rows.part_temp_c.tolist() == pytest.approx([25.0, 25.0])
     assert rows.air_temp_c[0] == 21.5 and math.isnan(rows.air_temp_c[1])
     assert rows.flags.tolist() == [0, 0]
+    stated = Part("P3", timestamp=MOMENT, part_temp_c=23.0)
+    rows = _build([Reading(length, stated, 100.0, 40), Reading(sensor_a, stated, 24.8, 41)]).rows
+    assert rows.part_temp_c.tolist() == [23.0], "a temperature the file states directly comes first"
 
 
 def test_no_temperature_means_the_assumed_one_with_its_uncertainty() -> None:

@@ -217,6 +217,8 @@ class RowBuilder:
             c = reading.characteristic
             if is_temperature(c, self.settings):
                 is_air = bool(inputs.air_temp_regex.search(c.description))
+                if (part.air_temp_c if is_air else part.part_temp_c) is not None:
+                    continue  # the temperature the file states directly comes first
                 name = f"{reading.field} ({c.description})"
                 self._take_temp(found, to_celsius(reading.value, c.unit), is_air, reading.line, name, low, high)
         return temps
