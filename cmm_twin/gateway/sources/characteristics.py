@@ -53,8 +53,15 @@ LENGTH_UNITS_MM: dict[str, float] = {
     '"': 25.4,
 }
 """Length units (lower case) and their size in mm; an empty unit is mm."""
-ANGLE_UNITS_DEG: dict[str, float] = {"°": 1.0, "deg": 1.0, "degree": 1.0, "grad": 1.0, "rad": 180.0 / math.pi}
-"""Angle units (lower case) and their size in degrees (`grad` is how some exports spell degrees)."""
+ANGLE_UNITS_DEG: dict[str, float] = {
+    "°": 1.0,
+    "deg": 1.0,
+    "degree": 1.0,
+    "rad": 180.0 / math.pi,
+    "gon": 0.9,
+    "grad": 0.9,
+}
+"""Angle units (lower case) and their size in degrees (gon = grad = 1/400 of a turn)."""
 TEMPERATURE_UNITS: frozenset[str] = frozenset({"°c", "degc", "c", "celsius", "°f", "degf", "k"})
 """Temperature units (lower case); values are converted to degC."""
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
