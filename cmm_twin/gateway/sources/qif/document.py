@@ -102,13 +102,17 @@ class Document:
         return self._lines.get(element, 1) if element is not None else 1
 
 
-def read_document(path: Path) -> Document:
-    """The document at `path`, parsed safely; FileRejected when it is too big, not well-formed XML,
-    holds a DTD or entities, or is not a QIF 3 results document."""
+def read_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
+    """The document at `path`, parsed safely; FileRejected when it is larger than `max_bytes`, not
+    well-formed XML, holds a DTD or entities, or is not a QIF 3 results document."""
     with open(path, "rb") as handle:
-        data = handle.read(MAX_DOCUMENT_BYTES + 1)
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise FileRejected(f"file larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB: refused unread")
+        size = handle.seek(0, 2)
+        if size > max_bytes:
+            raise FileRejected(f"file of {size} bytes is larger than the {max_bytes} bytes a QIF document may have")
+        handle.seek(0)
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew while being opened
+        raise FileRejected(f"file larger than the {max_bytes} bytes a QIF document may have")
     return parse_document(data)
 
 

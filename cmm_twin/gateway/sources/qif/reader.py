@@ -80,8 +80,9 @@ class _ResultsReader:
         if not item_id:
             return RowError(line, "CharacteristicItemId", f"{kind} measurement names no characteristic item")
         characteristic = self.specs.characteristic(item_id, line)
-        if isinstance(characteristic, RowError):
-            return characteristic
+        if isinstance(characteristic, RowError):  # a specification error: each value names its own line
+            where = "" if characteristic.line == line else f"; see line {characteristic.line}"
+            return RowError(line, characteristic.column, characteristic.reason + where)
         status = (measurement.findtext(f"{q('Status')}/{q('CharacteristicStatusEnum')}") or "").strip()
         value_element = measurement.find(q("Value"))
         if value_element is None:

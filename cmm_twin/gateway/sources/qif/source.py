@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from cmm_twin.gateway.sources.base import Source
 from cmm_twin.gateway.sources.characteristics import RowBuilder
-from cmm_twin.gateway.sources.qif.document import read_document
+from cmm_twin.gateway.sources.qif.document import MAX_DOCUMENT_BYTES, read_document
 from cmm_twin.gateway.sources.qif.reader import document_readings
 from cmm_twin.gateway.sources.rows import IngestSettings, ParsedChunk
 
@@ -25,6 +26,8 @@ class QifSource(Source):
 
     name = "qif"
     patterns = ("*.qif",)
+    max_document_bytes: ClassVar[int] = MAX_DOCUMENT_BYTES
+    """Larger files are rejected unread."""
 
     def __init__(self, settings: IngestSettings) -> None:
         super().__init__(settings)
@@ -33,7 +36,7 @@ class QifSource(Source):
     def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:
         """The rows and row errors of the document `path`; FileRejected when nothing of it can be
         taken (see `document.read_document`)."""
-        document = read_document(path)
+        document = read_document(path, self.max_document_bytes)
         file_time = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
         found = document_readings(document, self.settings.inputs, path.stem, file_time)
         chunk = self.builder.build(found.readings, found.errors, path.name, document.size, document.line_count)

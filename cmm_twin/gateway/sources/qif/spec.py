@@ -132,6 +132,7 @@ class Specifications:
             ("MaxValue", definition.find(f"{q('Tolerance')}/{q('MaxValue')}")),
             ("MinValue", definition.find(f"{q('Tolerance')}/{q('MinValue')}")),
             ("OuterDisposition", definition.find(q("OuterDisposition"))),
+            ("UnequallyDisposedZone", definition.find(q("UnequallyDisposedZone"))),
         ):
             number = self.number(element, name, unit_of, unit)
             if isinstance(number, RowError):
@@ -146,10 +147,11 @@ class Specifications:
             if (tolerance.findtext(q("DefinedAsLimit")) or "").strip() not in ("true", "1"):
                 return _Limits(target, low, high)
             if target is None and high is not None and low is not None:
-                target = (high + low) / 2.0  # limits without a nominal: the middle of the zone
+                target = _clean((high + low) / 2.0)  # limits without a nominal: the middle of the zone
             if target is None:
                 return _Limits(None, None, None)  # the row builder names the missing nominal
-            return _Limits(target, None if low is None else low - target, None if high is None else high - target)
+            lower = None if low is None else _clean(low - target)
+            return _Limits(target, lower, None if high is None else _clean(high - target))
         zone = values["ToleranceValue"]
         if zone is not None:  # a geometric tolerance: a deviation from 0 within the zone
             target = 0.0 if target is None else target
@@ -157,8 +159,10 @@ class Specifications:
                 return _Limits(target, None, zone)
             outer = values["OuterDisposition"]
             if outer is None:
+                outer = values["UnequallyDisposedZone"]
+            if outer is None:
                 return _Limits(target, -zone / 2.0, zone / 2.0)
-            return _Limits(target, outer - zone, outer)
+            return _Limits(target, _clean(outer - zone), outer)
         if definition.find(q("LimitsAndFitsSpecification")) is not None:
             return RowError(
                 line_of(definition),
@@ -181,6 +185,12 @@ class Specifications:
             return float(text)
         except ValueError:
             return RowError(line, name, f"not a number: {text!r}")
+
+
+def _clean(number: float) -> float:
+    """A difference of two decimals without the binary noise of the subtraction (35.02 - 35.0 is
+    0.020000000000003126): rounded to 10 decimal places, far below any CMM's resolution."""
+    return round(number, 10)
 
 
 def _by_id(parent: Element | None, list_name: str) -> dict[str, Element]:
