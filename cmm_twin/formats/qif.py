@@ -90,8 +90,14 @@ class _Kind:
             raise ValueError(f"characteristic {characteristic.name!r}: unit {characteristic.unit!r} not supported")
         self.decimals = characteristic.decimals + extra
 
-    def text(self, value: float, decimals: int | None = None) -> str:
-        return _decimal(value * self.scale, self.decimals if decimals is None else decimals)
+    def text(self, value: float) -> str:
+        return _decimal(value * self.scale, self.decimals)
+
+    def uncertainty_text(self, uncertainty: float) -> str:
+        """u_c with two more decimal places than the values, and at least two significant digits."""
+        scaled = abs(uncertainty * self.scale)
+        significant = 1 - math.floor(math.log10(scaled)) if scaled > 0 and math.isfinite(scaled) else 0
+        return _decimal(scaled, max(self.decimals + 2, significant))
 
 
 class _Ids:
@@ -269,7 +275,7 @@ def _measurement(
     if value.value is not None:
         element = _add(measurement, "Value", kind.text(value.value))
         if value.uncertainty is not None:
-            element.set("combinedUncertainty", kind.text(value.uncertainty, kind.decimals + 2))
+            element.set("combinedUncertainty", kind.uncertainty_text(value.uncertainty))
 
 
 def _component(
