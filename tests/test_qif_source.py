@@ -199,3 +199,26 @@ def test_read_as_one_unit_once_stable(tmp_path: Path) -> None:
     assert list(read_unit(source, path, 0, 1, -1)) == []  # not stable yet: left for later
     (chunk,) = read_unit(source, path, 0, 1, size)
     assert len(chunk.rows) == 69 and chunk.end_offset == size
+
+
+def test_a_characteristic_measured_twice_on_a_part_gives_two_distinct_records(tmp_path: Path) -> None:
+    text = BRACKET.read_text()
+    second = text.index("<Value>25.0098</Value>")
+    start = text.rindex("<DiameterCharacteristicMeasurement", 0, second)
+    end = text.index("</DiameterCharacteristicMeasurement>", second) + len("</DiameterCharacteristicMeasurement>")
+    again = text[start:end].replace('id="', 'id="9', 1).replace("25.0098", "25.0101")
+    path = tmp_path / "twice.qif"
+    path.write_text(text[:end] + "\n            " + again + text[end:])
+    rows = read(path).rows
+    assert len(rows) == 70 and len(set(rows.measurement_id)) == 70
+    bores = [
+        (p, f, float(v))
+        for p, f, v in zip(rows.part_id, rows.feature, rows.measured_mm, strict=True)
+        if f.startswith("D_BORE1")
+    ]
+    assert bores == [
+        ("SN-0001", "D_BORE1_6", 25.0152),
+        ("SN-0002", "D_BORE1_6", 25.0098),
+        ("SN-0002", "D_BORE1_6.2", 25.0101),  # the item id (6) and the repetition
+        ("SN-0003", "D_BORE1_6", 25.001),
+    ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from xml.etree.ElementTree import Element
 
-from cmm_twin.gateway.sources.characteristics import Characteristic, Part, Reading
+from cmm_twin.gateway.sources.characteristics import Part, Reading
 from cmm_twin.gateway.sources.inputs import InputSettings
 from cmm_twin.gateway.sources.qif.document import Document, q
 from cmm_twin.gateway.sources.qif.parts import Components, first_id, ids, parse_time
@@ -109,7 +109,8 @@ class _ResultsReader:
             part.flags |= Flag.TIMESTAMP_FROM_FILE
         device = self.components.device(first_id(measurement, "MeasurementDeviceIds"))
         if device is None:
-            device = self._item_device(characteristic)
+            device = self.components.device(first_id(self.specs.items.get(item_id), "MeasurementDeviceIds"))
+        characteristic = self.specs.occurrence(characteristic, part)
         return Reading(characteristic, part, value, line, "Value", moment, device)
 
     def _part(self, measurement: Element, line: int) -> Part | RowError:
@@ -134,7 +135,3 @@ class _ResultsReader:
         if part is None:
             return RowError(line, "ActualComponentId", f"refers to no ActualComponent (id {component_id})")
         return part
-
-    def _item_device(self, characteristic: Characteristic) -> str | None:
-        item = self.specs.items.get(characteristic.number)
-        return self.components.device(first_id(item, "MeasurementDeviceIds"))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from xml.etree.ElementTree import Element
 
 from cmm_twin.gateway.sources.characteristics import Characteristic
@@ -68,6 +68,8 @@ class Specifications:
         self.nominals = _by_id(characteristics, "CharacteristicNominals")
         self.definitions = _by_id(characteristics, "CharacteristicDefinitions")
         self._resolved: dict[str, Characteristic | RowError] = {}
+        self._seen: dict[tuple[int, str], int] = {}
+        self._repeats: dict[tuple[str, int], Characteristic] = {}
 
     def characteristic(self, item_id: str, line: int) -> Characteristic | RowError:
         """The characteristic of item `item_id` (referred to at `line`), or why it has none."""
@@ -75,6 +77,20 @@ class Specifications:
         if found is None:
             found = self._resolved[item_id] = self._resolve(item_id, line)
         return found
+
+    def occurrence(self, characteristic: Characteristic, part: object) -> Characteristic:
+        """The characteristic of a value of `part`: `characteristic` itself the first time, a copy
+        numbered `<item id>.<k>` for its k-th measurement on the same part (so the records of a
+        characteristic measured twice get distinct feature names, and distinct ids)."""
+        key = (id(part), characteristic.number)
+        count = self._seen[key] = self._seen.get(key, 0) + 1
+        if count == 1:
+            return characteristic
+        repeat = self._repeats.get((characteristic.number, count))
+        if repeat is None:
+            repeat = replace(characteristic, number=f"{characteristic.number}.{count}")
+            self._repeats[(characteristic.number, count)] = repeat
+        return repeat
 
     def _resolve(self, item_id: str, line: int) -> Characteristic | RowError:
         line_of = self.document.line
