@@ -3,13 +3,16 @@ entities, documents that are not QIF 3 results, too big), and row errors for sin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from cmm_twin.gateway.sources.qif import QifSource
 from cmm_twin.gateway.sources.rows import RowError
+from cmm_twin.physics.thermal import Flag
 from tests.qif_helpers import BERLIN, FIXTURES, line_of, read, rejection
+from tests.test_qif_source import FEATURES
 
 BRACKET = FIXTURES / "bracket_3_parts.qif"
 
@@ -163,3 +166,104 @@ def test_a_system_error_and_a_bad_part_temperature(tmp_path: Path) -> None:
     rejected_part = [e for e in chunk.errors if e.reason == f"its part's temperature is invalid (line {temp_line})"]
     assert len(rejected_part) == 23
     assert set(chunk.rows.part_id) == {"SN-0001", "SN-0003"} and len(chunk.rows) == 22 + 23
+
+
+def test_unsupported_specifications_and_units_are_row_errors(tmp_path: Path) -> None:
+    text = BRACKET.read_text()
+    pin = text.index("<MaxValue>-0.005</MaxValue>")
+    tolerance = text[text.rindex("<Tolerance>", 0, pin) : text.index("</Tolerance>", pin) + len("</Tolerance>")]
+    path = edited(
+        tmp_path,
+        (tolerance, "<LimitsAndFitsSpecification><Deviation>h</Deviation></LimitsAndFitsSpecification>"),
+        ("<MaxValue>0.100</MaxValue>\n          <DefinedAsLimit>", "<DefinitionId>3</DefinitionId>\n<DefinedAsLimit>"),
+        ("<UnitName>millimeter</UnitName>\n        <UnitConversion>\n          <Factor>0.001</Factor>",
+         "<UnitName>furlong</UnitName>\n        <UnitConversion>\n          <Factor>201.168</Factor>"),
+    )  # fmt: skip
+    chunk = read(path)
+    fits = line_of(path, "<LimitsAndFitsSpecification>") - 1
+    by_reference = line_of(path, "<DefinitionId>3</DefinitionId>") - 1
+    assert len(chunk.rows) == 6  # the angles only: every length has the unknown unit
+    lengths = [n for n in FEATURES if not n.startswith("ANG_") and n not in ("D_PIN", "DEPTH_POCKET")]
+    assert {e.reason for e in chunk.errors} == {
+        f"a limits-and-fits (ISO 286 code) specification is not supported; see line {fits}",
+        f"a tolerance given by reference is not supported; see line {by_reference}",
+        *(f"unknown unit 'furlong' of characteristic {name!r}" for name in lengths),
+    }
+    assert sum(e.column == "LimitsAndFitsSpecification" for e in chunk.errors) == 3  # D_PIN on three parts
+    assert sum(e.column == "DefinitionId" for e in chunk.errors) == 3  # DEPTH_POCKET (its MaxValue only)
+    assert sum(e.column == "unit" for e in chunk.errors) == 3 * (23 - 2 - 2)
+
+
+MINIMAL = """<?xml version="1.0" encoding="UTF-8"?>
+<QIFDocument xmlns="http://qifstandards.org/xsd/qif3" versionQIF="3.0.0" idMax="9">
+  <Characteristics>
+    <CharacteristicDefinitions n="1">
+      <DiameterCharacteristicDefinition id="1">
+        <Tolerance><MaxValue>0.01</MaxValue><MinValue>-0.01</MinValue><DefinedAsLimit>false</DefinedAsLimit></Tolerance>
+      </DiameterCharacteristicDefinition>
+    </CharacteristicDefinitions>
+    <CharacteristicNominals n="1">
+      <DiameterCharacteristicNominal id="2">
+        <CharacteristicDefinitionId>1</CharacteristicDefinitionId>
+        <TargetValue>10</TargetValue>
+      </DiameterCharacteristicNominal>
+    </CharacteristicNominals>
+    <CharacteristicItems n="1">
+      <DiameterCharacteristicItem id="3">
+        <Name>D1</Name>
+        <CharacteristicNominalId>2</CharacteristicNominalId>
+      </DiameterCharacteristicItem>
+    </CharacteristicItems>
+  </Characteristics>
+  <Results>
+    <MeasurementResultsSet n="2">
+      <MeasurementResults id="4">
+        <MeasuredCharacteristics>
+          <CharacteristicMeasurements n="1">
+            <DiameterCharacteristicMeasurement id="5">
+              <Status><CharacteristicStatusEnum>PASS</CharacteristicStatusEnum></Status>
+              <CharacteristicItemId>3</CharacteristicItemId>
+              <Value>10.004</Value>
+            </DiameterCharacteristicMeasurement>
+          </CharacteristicMeasurements>
+        </MeasuredCharacteristics>
+        <InspectionStatus><InspectionStatusEnum>PASS</InspectionStatusEnum></InspectionStatus>
+      </MeasurementResults>
+      <MeasurementResults id="6">
+        <MeasuredCharacteristics>
+          <CharacteristicMeasurements n="2">
+            <DiameterCharacteristicMeasurement id="7">
+              <Status><CharacteristicStatusEnum>PASS</CharacteristicStatusEnum></Status>
+              <CharacteristicItemId>3</CharacteristicItemId>
+              <TimeStamp>2026-11-20T10:00:00Z</TimeStamp>
+              <Value>9.998</Value>
+            </DiameterCharacteristicMeasurement>
+            <DiameterCharacteristicMeasurement id="8">
+              <Status><CharacteristicStatusEnum>PASS</CharacteristicStatusEnum></Status>
+              <CharacteristicItemId>3</CharacteristicItemId>
+              <ActualComponentId>77</ActualComponentId>
+              <Value>9.999</Value>
+            </DiameterCharacteristicMeasurement>
+          </CharacteristicMeasurements>
+        </MeasuredCharacteristics>
+        <InspectionStatus><InspectionStatusEnum>PASS</InspectionStatusEnum></InspectionStatus>
+      </MeasurementResults>
+    </MeasurementResultsSet>
+  </Results>
+</QIFDocument>
+"""
+
+
+def test_without_components_times_or_devices(tmp_path: Path) -> None:
+    path = tmp_path / "run 42.qif"
+    path.write_text(MINIMAL)
+    os.utime(path, (1795165200, 1795165200))  # 2026-11-20T09:00:00Z
+    chunk = read(path)
+    rows = chunk.rows
+    assert rows.part_id == ["run 42-4", "run 42-6"]  # the file's stem and the MeasurementResults id
+    assert rows.timestamp == ["2026-11-20T09:00:00.000000Z", "2026-11-20T10:00:00.000000Z"]
+    assert list(rows.flags) == [Flag.TEMPERATURE_ASSUMED | Flag.TIMESTAMP_FROM_FILE, Flag.TEMPERATURE_ASSUMED]
+    assert rows.machine_id == ["CMM", "CMM"] and rows.part_id[0] != rows.part_id[1]
+    assert chunk.errors == [
+        RowError(line_of(path, "<Value>9.999<"), "ActualComponentId", "refers to no ActualComponent (id 77)")
+    ]
