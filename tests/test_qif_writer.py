@@ -74,6 +74,7 @@ def test_written_documents_and_the_fixtures_are_valid_qif() -> None:
         "raw": write_qif_results(RAW),
         "compensated": write_qif_results(compensated(RAW)),
         "empty": write_qif_results(Report("", "", [], [])),
+        "temperature characteristic": write_qif_results(PROBED),
         **{name: (FIXTURES / name).read_bytes() for name in ("bracket_3_parts.qif", "shaft_inch.qif")},
     }
     for name, document in documents.items():
@@ -162,14 +163,25 @@ def test_values_not_measured_are_measurements_without_value(tmp_path: Path) -> N
     assert "<LengthCharacteristicMeasurement" in text.splitlines()[error.line - 1]
 
 
+PROBED = Report(
+    "BRK-4711",
+    "Bracket",
+    [*CHARACTERISTICS[:2], ReportCharacteristic(3, "Part temperature", "degC", 20.0, decimals=2)],
+    [
+        ReportPart(
+            "P-1", "CMM-07", datetime(2026, 11, 20, 9, 0, tzinfo=UTC), [ReportValue(v) for v in (25.01, 120.02, 24.5)]
+        )
+    ],
+)
+"""A part whose temperature is a characteristic (a probe on the part), not an ObjectTemperature."""
+
+
 def test_a_temperature_characteristic_is_the_parts_temperature(tmp_path: Path) -> None:
-    with_probe = [*CHARACTERISTICS[:2], ReportCharacteristic(3, "Part temperature", "degC", 20.0, decimals=2)]
-    part = ReportPart(
-        "P-1", "CMM-07", datetime(2026, 11, 20, 9, 0, tzinfo=UTC), [ReportValue(v) for v in (25.01, 120.02, 24.5)]
-    )
-    chunk = read(written(tmp_path, Report("BRK-4711", "Bracket", with_probe, [part])))
+    chunk = read(written(tmp_path, PROBED))
+    assert "<UserDefinedTemperatureCharacteristicMeasurement" in write_qif_results(PROBED).decode()
     assert chunk.errors == [] and chunk.rows.feature == ["D_BORE1", "L_OVERALL"]
     assert list(chunk.rows.part_temp_c) == [24.5, 24.5] and set(chunk.rows.flags) == {0}
+    part = PROBED.parts[0]
     without = read(written(tmp_path, Report("", "", CHARACTERISTICS[:1], [replace(part, values=part.values[:1])])))
     assert without.rows.part_temp_c[0] == 20.0 and without.rows.flags[0] == Flag.TEMPERATURE_ASSUMED
 
