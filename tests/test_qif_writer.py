@@ -192,5 +192,8 @@ def test_what_the_writer_refuses() -> None:
         write_qif_results(replace(RAW, characteristics=[ReportCharacteristic(1, "force", "N", 1.0)]))
     with pytest.raises(ValueError, match="timestamp without a zone"):
         write_qif_results(replace(RAW, parts=[replace(part, timestamp=datetime(2026, 11, 20, 8, 15))]))
+    uncertain = [replace(v, status="UNCERTAIN") for v in part.values]
+    with pytest.raises(ValueError, match="part 'SN-0001', 'D_BORE1': status 'UNCERTAIN' is not QIF's"):
+        write_qif_results(replace(RAW, parts=[replace(part, values=uncertain)]))
     with pytest.raises(ValueError, match="part 'SN-0001': 6 values for 7 characteristics"):
         write_qif_results(replace(RAW, parts=[replace(part, values=part.values[:6])]))

@@ -41,8 +41,10 @@ _LENGTH_UNITS: dict[str, tuple[float, int]] = {
 """Length units: size in mm, and the decimal places the conversion to mm adds (exactly)."""
 _ANGLE_UNITS = frozenset({"deg", "°", "degree"})
 _TEMPERATURE_UNITS = frozenset({"degc", "°c", "c", "celsius"})
-_INSPECTION_STATUS = {"PASS": "PASS", "FAIL": "FAIL", "REWORK": "REWORK", "SYSERROR": "SYSERROR"}
-"""A part's InspectionStatus from its values' statuses (when they all agree or one fails)."""
+CHARACTERISTIC_STATUSES = frozenset(
+    {"PASS", "FAIL", "REWORK", "SYSERROR", "INDETERMINATE", "NOT_ANALYZED", "BASIC_OR_TED", "UNDEFINED"}
+)
+"""QIF's CharacteristicStatusEnum."""
 
 register_namespace("", QIF_NS)
 
@@ -236,7 +238,7 @@ def _results(
     components = []
     for part in report.parts:
         measurement_results = _add(results_set, "MeasurementResults", id=next_id())
-        statuses = []
+        statuses: list[str] = []
         component_id = next_id()
         if item_ids:
             characteristics = _add(measurement_results, "MeasuredCharacteristics")
@@ -244,6 +246,8 @@ def _results(
             specs = zip(report.characteristics, kinds, item_ids, strict=True)
             for (characteristic, kind, item_id), value in zip(specs, part.values, strict=True):
                 status = value.status or _status(characteristic, value)
+                if status not in CHARACTERISTIC_STATUSES:
+                    raise ValueError(f"part {part.part_id!r}, {characteristic.name!r}: status {status!r} is not QIF's")
                 statuses.append(status)
                 _measurement(measurements, kind, item_id, value, status, part, component_id, device_ids, next_id)
         inspection = _inspection_status(statuses)
