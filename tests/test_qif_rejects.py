@@ -267,3 +267,18 @@ def test_without_components_times_or_devices(tmp_path: Path) -> None:
     assert chunk.errors == [
         RowError(line_of(path, "<Value>9.999<"), "ActualComponentId", "refers to no ActualComponent (id 77)")
     ]
+
+
+def test_a_kind_without_length_or_angle_is_a_row_error_per_value(tmp_path: Path) -> None:
+    text = BRACKET.read_text()
+    start = text.index('<DiameterCharacteristicItem id="6">')
+    end = text.index("</DiameterCharacteristicItem>", start) + len("</DiameterCharacteristicItem>")
+    force = text[start:end].replace("DiameterCharacteristicItem", "UserDefinedForceCharacteristicItem")
+    path = tmp_path / "force.qif"
+    path.write_text(text[:start] + force + text[end:])
+    chunk = read(path)
+    item = line_of(path, '<UserDefinedForceCharacteristicItem id="6">')
+    measurements = [line_of(path, f'CharacteristicMeasurement id="{m}"') for m in (75, 100, 125)]
+    reason = f"UserDefinedForce characteristics carry no length or angle: not taken; see line {item}"
+    assert chunk.errors == [RowError(line, "CharacteristicItemId", reason) for line in measurements]
+    assert len(chunk.rows) == 66 and "D_BORE1" not in chunk.rows.feature

@@ -79,9 +79,9 @@ class _ResultsReader:
         item_id = (measurement.findtext(q("CharacteristicItemId")) or "").strip()
         if not item_id:
             return RowError(line, "CharacteristicItemId", f"{kind} measurement names no characteristic item")
-        characteristic = self.specs.characteristic(item_id, line)
+        characteristic = self.specs.characteristic(item_id)
         if isinstance(characteristic, RowError):  # a specification error: each value names its own line
-            where = "" if characteristic.line == line else f"; see line {characteristic.line}"
+            where = "" if characteristic.line in (0, line) else f"; see line {characteristic.line}"
             return RowError(line, characteristic.column, characteristic.reason + where)
         status = (measurement.findtext(f"{q('Status')}/{q('CharacteristicStatusEnum')}") or "").strip()
         value_element = measurement.find(q("Value"))

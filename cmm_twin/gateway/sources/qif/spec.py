@@ -71,11 +71,12 @@ class Specifications:
         self._seen: dict[tuple[int, str], int] = {}
         self._repeats: dict[tuple[str, int], Characteristic] = {}
 
-    def characteristic(self, item_id: str, line: int) -> Characteristic | RowError:
-        """The characteristic of item `item_id` (referred to at `line`), or why it has none."""
+    def characteristic(self, item_id: str) -> Characteristic | RowError:
+        """The characteristic of item `item_id`, or why it has none (a RowError at the line of the
+        specification at fault; line 0: the reference itself)."""
         found = self._resolved.get(item_id)
         if found is None:
-            found = self._resolved[item_id] = self._resolve(item_id, line)
+            found = self._resolved[item_id] = self._resolve(item_id)
         return found
 
     def occurrence(self, characteristic: Characteristic, part: object) -> Characteristic:
@@ -92,11 +93,11 @@ class Specifications:
             self._repeats[(characteristic.number, count)] = repeat
         return repeat
 
-    def _resolve(self, item_id: str, line: int) -> Characteristic | RowError:
+    def _resolve(self, item_id: str) -> Characteristic | RowError:
         line_of = self.document.line
         item = self.items.get(item_id)
         if item is None:
-            return RowError(line, "CharacteristicItemId", f"refers to no characteristic item (id {item_id})")
+            return RowError(0, "CharacteristicItemId", f"refers to no characteristic item (id {item_id})")
         nominal_id = (item.findtext(q("CharacteristicNominalId")) or "").strip()
         nominal = self.nominals.get(nominal_id)
         if nominal is None:
@@ -116,7 +117,9 @@ class Specifications:
         kind = kind_of(item.tag, "CharacteristicItem")
         unit_of = unit_kind(kind)
         if unit_of is None:
-            return RowError(line, "CharacteristicItemId", f"{kind} characteristics carry no length or angle: not taken")
+            return RowError(
+                line_of(item), "CharacteristicItemId", f"{kind} characteristics carry no length or angle: not taken"
+            )
         unit = getattr(self.units, unit_of)
         limits = self._limits(kind, nominal, definition, unit_of, unit)
         if isinstance(limits, RowError):
