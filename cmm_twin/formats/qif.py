@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from xml.etree.ElementTree import Element, SubElement, indent, register_namespace, tostring
+from xml.etree.ElementTree import Element, SubElement, indent, tostring
 
 from cmm_twin.formats.report import Report, ReportCharacteristic, ReportPart, ReportValue
 
@@ -46,15 +46,11 @@ CHARACTERISTIC_STATUSES = frozenset(
 )
 """QIF's CharacteristicStatusEnum."""
 
-register_namespace("", QIF_NS)
-
-
-def _q(name: str) -> str:
-    return f"{{{QIF_NS}}}{name}"
-
 
 def _add(parent: Element, name: str, text: str | None = None, **attributes: str) -> Element:
-    element = SubElement(parent, _q(name), attributes)
+    """A child element; names stay unqualified: the root's `xmlns` puts them all in the QIF
+    namespace when serialised (without changing ElementTree's global namespace prefixes)."""
+    element = SubElement(parent, name, attributes)
     if text is not None:
         element.text = text
     return element
@@ -113,8 +109,8 @@ class _Ids:
 
 def write_qif_results(report: Report, application: str = "cmm-twin") -> bytes:
     """The QIF 3 results document of `report` (UTF-8 bytes; see the module docstring).
-    ValueError for a unit it cannot write, a timestamp without a zone or a part whose number of
-    values differs from the number of characteristics."""
+    ValueError for a unit it cannot write, a timestamp without a zone, a status that is not QIF's
+    and a part whose number of values differs from the number of characteristics."""
     kinds = [_Kind(c) for c in report.characteristics]
     for part in report.parts:
         if len(part.values) != len(report.characteristics):
@@ -122,7 +118,7 @@ def write_qif_results(report: Report, application: str = "cmm-twin") -> bytes:
                 f"part {part.part_id!r}: {len(part.values)} values for {len(report.characteristics)} characteristics"
             )
     next_id = _Ids()
-    root = Element(_q("QIFDocument"), {"versionQIF": QIF_VERSION, "idMax": "0"})
+    root = Element("QIFDocument", {"xmlns": QIF_NS, "versionQIF": QIF_VERSION, "idMax": "0"})
     qpid = _add(root, "QPId")
     header = _add(root, "Header")
     _add(_add(header, "Application"), "Name", application)
@@ -145,8 +141,7 @@ def write_qif_results(report: Report, application: str = "cmm-twin") -> bytes:
     _results(root, report, kinds, item_ids, device_ids, next_id)
     root.set("idMax", str(next_id.last))
     indent(root, space="  ")
-    body = tostring(root, encoding="unicode")
-    qpid.text = str(uuid.uuid5(QPID_NAMESPACE, body))
+    qpid.text = str(uuid.uuid5(QPID_NAMESPACE, tostring(root, encoding="unicode")))
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + tostring(root, encoding="unicode").encode() + b"\n"
 
 
