@@ -58,7 +58,10 @@ def qif_schema() -> xmlschema.XMLSchema:
     folder = os.environ.get("QIF_XSD_DIR")
     if not folder:
         pytest.skip("QIF_XSD_DIR is not set: QIF schema validation skipped (make pytest sets it)")
-    return xmlschema.XMLSchema(str(Path(folder) / "QIFApplications" / "QIFDocument.xsd"))
+    path = Path(folder) / "QIFApplications" / "QIFDocument.xsd"
+    if not path.is_file():
+        pytest.fail(f"QIF_XSD_DIR={folder!r} holds no QIFApplications/QIFDocument.xsd")
+    return xmlschema.XMLSchema(str(path))
 
 
 def written(tmp_path: Path, report: Report, name: str = "out.qif") -> Path:
