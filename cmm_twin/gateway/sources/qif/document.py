@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
-from defusedxml.ElementTree import DefusedXMLParser  # type: ignore[import-untyped]
+from defusedxml.ElementTree import DefusedXMLParser
 
 from cmm_twin.gateway.sources.rows import FileRejected
 
