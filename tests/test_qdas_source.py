@@ -324,42 +324,41 @@ MALFORMED = FIXTURES / "malformed"
 @pytest.mark.parametrize(
     ("name", "line", "reason"),
     [
-        ("truncated.dfq", 200, "truncated.dfq line 200: truncated: the last line has no line end"),
+        ("truncated.dfq", 200, "truncated: the last line has no line end"),
         (
             "count_mismatch.dfq",
             1,
-            "count_mismatch.dfq line 1: K0100 says '22' characteristics, the file defines 21"
-            " (truncated, or K0100 is wrong)",
+            "K0100 says '22' characteristics, the file defines 21 (truncated, or K0100 is wrong)",
         ),
         (
             "tab_separated_key.dfq",
             20,
-            "tab_separated_key.dfq line 20: malformed K-field line 'K2002/3\\tBreite' (expected 'Kxxxx[/n[/m]] value',"
+            "malformed K-field line 'K2002/3\\tBreite' (expected 'Kxxxx[/n[/m]] value',"
             " the key and its value separated by one space)",
         ),
-        ("no_part_number.dfq", None, "no_part_number.dfq: no part number (K1001)"),
+        ("no_part_number.dfq", None, "no part number (K1001)"),
         (
             "no_characteristic.dfq",
             None,
-            "no_characteristic.dfq: no characteristic defined (no K2xxx key with a characteristic number)",
+            "no characteristic defined (no K2xxx key with a characteristic number)",
         ),
         (
             "bom_but_windows1252.dfq",
             3,
-            "bom_but_windows1252.dfq line 3: not UTF-8 although the file starts with a UTF-8 BOM (invalid byte 0xe4)",
+            "not UTF-8 although the file starts with a UTF-8 BOM (invalid byte 0xe4)",
         ),
-        ("utf16.dfq", 1, "utf16.dfq: UTF-16 text is not read (expected UTF-8 or Windows-1252)"),
-        ("binary.dfq", 12, "binary.dfq line 12: binary data (control byte 0x00): not a Q-DAS text file"),
+        ("utf16.dfq", 1, "UTF-16 text is not read (expected UTF-8 or Windows-1252)"),
+        ("binary.dfq", 12, "binary data (control byte 0x00): not a Q-DAS text file"),
         (
             "semicolons.dfd",
             1,
-            "semicolons.dfx line 1: value line holds 1 characteristic(s) where the description defines 5"
+            "in semicolons.dfx: value line holds 1 characteristic(s) where the description defines 5"
             " (truncated, or the wrong separators: characteristics are separated by 0x0F, their fields by 0x14)",
         ),
         (
             "undefined.dfd",
             1,
-            "undefined.dfx line 1: a value of characteristic 6 (K0001/6), which the description does not define",
+            "in undefined.dfx: a value of characteristic 6 (K0001/6), which the description does not define",
         ),
     ],
 )
@@ -372,17 +371,17 @@ def test_malformed_files_are_rejected_naming_the_line_or_key(name: str, line: in
 @pytest.mark.parametrize(
     ("lines", "reason"),
     [
-        ([*HEAD, "K1001/2 P-8"], "x.dfq line 9: K1001/2: a second part; one part (K1001) per file is read"),
-        ([*HEAD, "K2002/1/3 a"], "x.dfq line 9: K2002/1/3: a value number on a description key"),
+        ([*HEAD, "K1001/2 P-8"], "K1001/2: a second part; one part (K1001) per file is read"),
+        ([*HEAD, "K2002/1/3 a"], "K2002/1/3: a value number on a description key"),
         (
             [*HEAD, "K0001/2 1.5"],
-            "x.dfq line 9: a value of characteristic 2 (K0001/2), which the description does not define",
+            "a value of characteristic 2 (K0001/2), which the description does not define",
         ),
         (
             ["K0100 1", "K1001 P", "K2001/1 1", "K2001/2 2"],
-            "x.dfq line 1: K0100 says '1' characteristics, the file defines 2 (truncated, or K0100 is wrong)",
+            "K0100 says '1' characteristics, the file defines 2 (truncated, or K0100 is wrong)",
         ),
-        ([*HEAD, "K0001/1 1\rK0001/1 2"], "x.dfq line 9: a CR without LF (line ends must be CR LF or LF)"),
+        ([*HEAD, "K0001/1 1\rK0001/1 2"], "a CR without LF (line ends must be CR LF or LF)"),
         ([*HEAD, "1,0;0;01.07.2026"], None),
     ],
 )
@@ -402,7 +401,7 @@ def test_description_keys_in_the_values_file_reject_the_pair(tmp_path: Path) -> 
     write(tmp_path, "p.dfx", ["K0001/1 10.0", "K2101/1 11"])
     with pytest.raises(FileRejected) as caught:
         QdasSource(BERLIN).read(tmp_path / "p.dfd")
-    assert caught.value.reason == "p.dfx line 2: description key K2101/1 in the values file (it belongs in p.dfd)"
+    assert caught.value.reason == "in p.dfx: description key K2101/1 in the values file (it belongs in p.dfd)"
     assert caught.value.line == 2
 
 

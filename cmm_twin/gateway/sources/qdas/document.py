@@ -72,8 +72,7 @@ def parse(texts: list[Text], inputs: InputSettings) -> Document:
                 values.add_key(key, origin)
             elif origin > 0 and key.key >= 1000:
                 raise FileRejected(
-                    f"{text.where(number)}: description key {key.name} in the values file (it belongs in"
-                    f" {texts[0].name})",
+                    f"{text.label}description key {key.name} in the values file (it belongs in {texts[0].name})",
                     number,
                 )
             else:
@@ -81,7 +80,7 @@ def parse(texts: list[Text], inputs: InputSettings) -> Document:
     specs = description.specs(texts[0])
     part_number = description.part_number
     if part_number is None:
-        raise FileRejected(f"{texts[0].name}: no part number (K1001)")
+        raise FileRejected("no part number (K1001)")
     values.check(set(specs), texts)
     readings: list[Reading] = []
     fields: list[Field] = []

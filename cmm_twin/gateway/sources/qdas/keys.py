@@ -52,7 +52,7 @@ def key_line(text: Text, number: int) -> KeyLine:
     found = _KEY_LINE.fullmatch(line)
     if found is None:
         raise FileRejected(
-            f"{text.where(number)}: malformed K-field line {line[:40]!r} (expected 'Kxxxx[/n[/m]] value',"
+            f"{text.label}malformed K-field line {line[:40]!r} (expected 'Kxxxx[/n[/m]] value',"
             " the key and its value separated by one space)",
             number,
         )
@@ -97,13 +97,13 @@ class Description:
     def add(self, key: KeyLine, text: Text) -> None:
         """Take a description key (K0100, K1xxx, K2xxx; others are ignored)."""
         if key.value_number is not None:
-            raise FileRejected(f"{text.where(key.line)}: {key.name}: a value number on a description key", key.line)
+            raise FileRejected(f"{text.label}{key.name}: a value number on a description key", key.line)
         if key.key == 100:
             self.count = key
         elif 1000 <= key.key < 2000:
             if key.index not in (None, 0, 1):
                 raise FileRejected(
-                    f"{text.where(key.line)}: {key.name}: a second part; one part (K1001) per file is read", key.line
+                    f"{text.label}{key.name}: a second part; one part (K1001) per file is read", key.line
                 )
             self.part.setdefault(key.key, key)
         elif 2000 <= key.key < 3000:
@@ -121,12 +121,12 @@ class Description:
         none, or K0100 disagrees (`text`: the file of the description, for messages)."""
         indexes = sorted(i for i in self.characteristics if i > 0)
         if not indexes:
-            raise FileRejected(f"{text.name}: no characteristic defined (no K2xxx key with a characteristic number)")
+            raise FileRejected("no characteristic defined (no K2xxx key with a characteristic number)")
         if self.count is not None:
             expected = parse_int(self.count.value)
             if expected != len(indexes):
                 raise FileRejected(
-                    f"{text.where(self.count.line)}: K0100 says {self.count.value!r} characteristics, the file"
+                    f"{text.label}K0100 says {self.count.value!r} characteristics, the file"
                     f" defines {len(indexes)} (truncated, or K0100 is wrong)",
                     self.count.line,
                 )

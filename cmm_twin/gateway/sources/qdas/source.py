@@ -26,7 +26,8 @@ def read_document(data: bytes, name: str, settings: IngestSettings, dfx: bytes |
     """The document of a .dfq (or a .dfd, with its .dfx's bytes); raises FileRejected."""
     texts = [decode(data, name)]
     if dfx is not None:
-        texts.append(decode(dfx, _swap_suffix(name, ".dfd", ".dfx") if name.lower().endswith(".dfd") else "dfx"))
+        dfx_name = _swap_suffix(name, ".dfd", ".dfx") if name.lower().endswith(".dfd") else "the .dfx"
+        texts.append(decode(dfx, dfx_name, companion=True))
     return parse(texts, settings.inputs)
 
 

@@ -30,6 +30,8 @@ class Text:
     """Codec that gives back the exact bytes (`text.encode(codec)`); a UTF-8 BOM stays in `text`."""
     lines: list[tuple[int, int]]
     """(start, end) character offsets of each physical line, without its line end."""
+    companion: bool = False
+    """The .dfx of a pair (its name is then given in messages)."""
 
     def line(self, number: int) -> str:
         """Physical line `number` (1-based), without its line end."""
@@ -40,42 +42,43 @@ class Text:
         """The 1-based physical line holding character `offset`."""
         return self.text.count("\n", 0, offset) + 1
 
-    def where(self, line: int) -> str:
-        """`<name> line <n>`, for messages."""
-        return f"{self.name} line {line}"
+    @property
+    def label(self) -> str:
+        """What messages about this file start with: `in <name>: ` for the .dfx of a pair (the
+        quarantine report is named after the .dfd), else nothing."""
+        return f"in {self.name}: " if self.companion else ""
 
 
-def decode(data: bytes, name: str) -> Text:
+def decode(data: bytes, name: str, companion: bool = False) -> Text:
     """`data` (a whole file called `name`) as Text; raises FileRejected naming the line when it is
     not a readable text file or its last line is cut off."""
+    label = f"in {name}: " if companion else ""
     if not data.strip():
-        raise FileRejected(f"{name}: empty file")
+        raise FileRejected(f"{label}empty file")
     if data.startswith(_UTF16_BOMS):
-        raise FileRejected(f"{name}: UTF-16 text is not read (expected UTF-8 or Windows-1252)", 1)
-    text, codec = _text(data, name)
+        raise FileRejected(f"{label}UTF-16 text is not read (expected UTF-8 or Windows-1252)", 1)
+    text, codec = _text(data, label)
     junk = _JUNK.search(text)
     if junk is not None:
         line = text.count("\n", 0, junk.start()) + 1
-        raise FileRejected(
-            f"{name} line {line}: binary data (control byte 0x{ord(junk.group()):02x}): not a Q-DAS text file", line
-        )
+        raise FileRejected(f"{label}binary data (control byte 0x{ord(junk.group()):02x}): not a Q-DAS text file", line)
     bare = _BARE_CR.search(text)
     if bare is not None:
         line = text.count("\n", 0, bare.start()) + 1
-        raise FileRejected(f"{name} line {line}: a CR without LF (line ends must be CR LF or LF)", line)
+        raise FileRejected(f"{label}a CR without LF (line ends must be CR LF or LF)", line)
     if not text.endswith("\n"):
         line = text.count("\n") + 1
-        raise FileRejected(f"{name} line {line}: truncated: the last line has no line end", line)
+        raise FileRejected(f"{label}truncated: the last line has no line end", line)
     lines: list[tuple[int, int]] = []
     start = 1 if text.startswith("\ufeff") else 0  # the BOM is no part of line 1
     while start < len(text):
         end = text.index("\n", start)
         lines.append((start, end - 1 if end > start and text[end - 1] == "\r" else end))
         start = end + 1
-    return Text(name, text, codec, lines)
+    return Text(name, text, codec, lines, companion)
 
 
-def _text(data: bytes, name: str) -> tuple[str, str]:
+def _text(data: bytes, label: str) -> tuple[str, str]:
     """The decoded text and its codec: UTF-8 (strict when a BOM says so), else Windows-1252, else Latin-1."""
     try:
         return data.decode("utf-8"), "utf-8"
@@ -83,8 +86,7 @@ def _text(data: bytes, name: str) -> tuple[str, str]:
         if data.startswith(UTF8_BOM):
             line = data.count(b"\n", 0, exc.start) + 1
             raise FileRejected(
-                f"{name} line {line}: not UTF-8 although the file starts with a UTF-8 BOM"
-                f" (invalid byte 0x{data[exc.start]:02x})",
+                f"{label}not UTF-8 although the file starts with a UTF-8 BOM (invalid byte 0x{data[exc.start]:02x})",
                 line,
             ) from None
     try:

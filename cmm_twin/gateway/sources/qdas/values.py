@@ -103,7 +103,7 @@ class Values:
         for text, line, count in self.compact_lines:
             if count < len(defined):
                 raise FileRejected(
-                    f"{text.where(line)}: value line holds {count} characteristic(s) where the description defines"
+                    f"{text.label}value line holds {count} characteristic(s) where the description defines"
                     f" {len(defined)} (truncated, or the wrong separators: characteristics are separated by"
                     " 0x0F, their fields by 0x14)",
                     line,
@@ -114,7 +114,7 @@ class Values:
                     first = min(fields.values(), key=lambda f: (f.origin, f.line))
                     text = texts[first.origin]
                     raise FileRejected(
-                        f"{text.where(first.line)}: a value of characteristic {index} ({first.name}),"
+                        f"{text.label}a value of characteristic {index} ({first.name}),"
                         " which the description does not define",
                         first.line,
                     )
