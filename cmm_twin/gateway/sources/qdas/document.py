@@ -43,15 +43,18 @@ class Document:
     """The value field of each reading (same order)."""
     errors: list[RowError]
 
-    def file_of(self, error: RowError) -> str:
-        """The name of the file a row error (of this document) points into."""
+    def file_names(self, errors: list[RowError]) -> list[str]:
+        """The name of the file each row error (of this document) points into: that of the value
+        it is about, else (the specification's errors) the first file."""
         if len(self.texts) == 1:
-            return self.texts[0].name
-        column = (error.column or "").split(" (")[0]
-        for reading, found in zip(self.readings, self.fields, strict=True):
-            if reading.line == error.line and reading.field == column:
-                return self.texts[found.origin].name
-        return self.texts[1 if column.startswith("K0") else 0].name
+            return [self.texts[0].name] * len(errors)
+        origins = {(r.line, r.field): f.origin for r, f in zip(self.readings, self.fields, strict=True)}
+        names = []
+        for error in errors:
+            column = (error.column or "").split(" (")[0]  # a temperature's: `K0001/5 (Temperatur)`
+            origin = origins.get((error.line, column), 1 if column.startswith("K0") else 0)
+            names.append(self.texts[origin].name)
+        return names
 
 
 def parse(texts: list[Text], inputs: InputSettings) -> Document:

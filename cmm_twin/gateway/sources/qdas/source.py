@@ -63,5 +63,6 @@ class QdasSource(Source):
         )
         if chunk is None or len(document.texts) == 1:
             return chunk
-        errors = [RowError(e.line, e.column, f"{e.reason} (in {document.file_of(e)})") for e in chunk.errors]
+        names = document.file_names(chunk.errors)
+        errors = [RowError(e.line, e.column, f"{e.reason} (in {n})") for e, n in zip(chunk.errors, names, strict=True)]
         return replace(chunk, errors=errors)

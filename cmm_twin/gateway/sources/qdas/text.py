@@ -38,10 +38,6 @@ class Text:
         start, end = self.lines[number - 1]
         return self.text[start:end]
 
-    def line_of(self, offset: int) -> int:
-        """The 1-based physical line holding character `offset`."""
-        return self.text.count("\n", 0, offset) + 1
-
     @property
     def label(self) -> str:
         """What messages about this file start with: `in <name>: ` for the .dfx of a pair (the

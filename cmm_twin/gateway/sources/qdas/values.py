@@ -51,6 +51,7 @@ class Values:
     """(file, line, characteristics in it) of each compact value line, checked against the description."""
     _counters: dict[tuple[int, int], int] = field(default_factory=dict)
     _last_set: int = 0
+    """The highest value set given so far (by a key or a line)."""
 
     def add_key(self, key: KeyLine, origin: int) -> None:
         """Take a value key line (K0001...K0099). Without `/m`, a key takes the value set after the
@@ -62,6 +63,7 @@ class Values:
         if number is None:
             number = self._counters.get((index, key.key), 0) + 1
         self._counters[(index, key.key)] = number
+        self._last_set = max(self._last_set, number)
         name = f"K{key.key:04d}/{index}"
         self._put(number, index, key.key, Field(key.value, key.line, key.start, origin, name))
 
@@ -69,7 +71,7 @@ class Values:
         """Take compact value line `number` of `text`: a new value set."""
         start, _ = text.lines[number - 1]
         line = text.line(number)
-        value_set = max([self._last_set, *self._counters.values()]) + 1
+        value_set = self._last_set = self._last_set + 1
         portions = line.split(CHARACTERISTIC_SEPARATOR)
         self.compact_lines.append((text, number, len(portions)))
         offset = start
@@ -87,7 +89,6 @@ class Values:
             offset += len(portion) + 1
 
     def _put(self, value_set: int, index: int, key: int, found: Field) -> None:
-        self._last_set = max(self._last_set, value_set)
         fields = self.sets.setdefault(value_set, {}).setdefault(index, {})
         first = fields.get(key)
         if first is not None:
