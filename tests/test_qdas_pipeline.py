@@ -57,6 +57,15 @@ async def test_a_clean_dfq_is_published_and_archived(tmp_path: Path) -> None:
     assert names(config.quarantine) == []
 
 
+async def test_a_description_without_values_is_archived(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path, inputs=INPUTS)
+    description = b"K0100 1\r\nK1001 W-1\r\nK2001/1 1\r\nK2101/1 20\r\n"
+    async with running_pipeline(config) as run:
+        drop_file(config.inbox, "plan.dfq", description)
+        await wait_for(lambda: names(config.archive) == ["plan.dfq"], "the archive")
+    assert run.part_ids() == [] and names(config.quarantine) == []
+
+
 async def test_a_pair_waits_for_its_values_and_leaves_with_them(tmp_path: Path) -> None:
     config = gateway_config(tmp_path, inputs=InputSettings(timezone="Europe/Berlin"))
     async with running_pipeline(config) as run:

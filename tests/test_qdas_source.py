@@ -416,3 +416,22 @@ def test_values_given_twice_are_row_errors(tmp_path: Path) -> None:
 def test_record_batch_of_the_fixture_is_consistent() -> None:
     batch: RecordBatch = to_records(read(FIXTURES / "housing.dfq").rows, PhysicsConfig())
     assert len(set(batch.measurement_id)) == len(batch)  # distinct ids
+
+
+def test_slash_zero_description_keys_apply_to_every_characteristic(tmp_path: Path) -> None:
+    lines = [
+        "K0100 2",
+        "K1001 P-9",
+        "K2142/0 µm",
+        "K2113/0 5",
+        "K2101/1 0",
+        "K2101/2 1",
+        "K2142/2 mm",
+        "K0001/1 2.5",
+        "K0001/2 1.004",
+        "K0004/0 01.07.2026/12:00:00",
+    ]
+    rows = read(write(tmp_path, "z.dfq", lines, encoding="cp1252")).rows
+    assert rows.feature == ["1", "2"]  # no K2001/K2002: the index
+    assert list(rows.measured_mm) == pytest.approx([0.0025, 1.004])  # µm from /0; mm its own
+    assert list(rows.upper_tol_mm) == pytest.approx([0.005, 5.0])
