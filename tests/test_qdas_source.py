@@ -435,3 +435,9 @@ def test_slash_zero_description_keys_apply_to_every_characteristic(tmp_path: Pat
     assert rows.feature == ["1", "2"]  # no K2001/K2002: the index
     assert list(rows.measured_mm) == pytest.approx([0.0025, 1.004])  # µm from /0; mm its own
     assert list(rows.upper_tol_mm) == pytest.approx([0.005, 5.0])
+
+
+def test_an_empty_value_key_is_not_measured_but_keeps_the_count(tmp_path: Path) -> None:
+    lines = [*HEAD, "K0001/1", "K0004/0 01.07.2026/12:00:00", "K0001/1 10.01", "K0004/0 01.07.2026/12:05:00"]
+    chunk = read(write(tmp_path, "e.dfq", lines))
+    assert chunk.rows.part_id == ["P-7-2"] and chunk.errors == []

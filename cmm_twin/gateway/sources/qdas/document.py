@@ -88,9 +88,23 @@ def parse(texts: list[Text], inputs: InputSettings) -> Document:
     readings: list[Reading] = []
     fields: list[Field] = []
     errors = list(values.errors)
+    times = _Times(inputs)
     for value_set in sorted(values.sets):
-        _read_set(value_set, values.sets[value_set], specs, part_number, inputs, readings, fields, errors)
+        _read_set(value_set, values.sets[value_set], specs, part_number, times, readings, fields, errors)
     return Document(texts, specs, part_number, readings, fields, errors)
+
+
+class _Times:
+    """`parse_time` of each distinct date/time text once (a compact line repeats it per characteristic)."""
+
+    def __init__(self, inputs: InputSettings) -> None:
+        self.inputs = inputs
+        self.known: dict[str, datetime | None] = {}
+
+    def __call__(self, text: str) -> datetime | None:
+        if text not in self.known:
+            self.known[text] = parse_time(text, self.inputs)
+        return self.known[text]
 
 
 def _read_set(
@@ -98,7 +112,7 @@ def _read_set(
     by_index: dict[int, dict[int, Field]],
     specs: dict[int, Spec],
     part_number: str,
-    inputs: InputSettings,
+    times: _Times,
     readings: list[Reading],
     fields: list[Field],
     errors: list[RowError],
@@ -112,7 +126,7 @@ def _read_set(
         part.machine_id = common[MACHINE].text
     bad_time: Field | None = None
     if TIME in common:
-        part.timestamp = parse_time(common[TIME].text, inputs)
+        part.timestamp = times(common[TIME].text)
         bad_time = common[TIME] if part.timestamp is None else None
     for index in indexes:
         found = by_index[index]
@@ -131,7 +145,7 @@ def _read_set(
         timestamp: datetime | None = None
         own = found.get(TIME, bad_time)
         if own is not None:
-            timestamp = parse_time(own.text, inputs)
+            timestamp = times(own.text)
             if timestamp is None:
                 errors.append(
                     RowError(own.line, own.name, f"unreadable date/time {own.text!r} (expected {_TIME_FORMS})")

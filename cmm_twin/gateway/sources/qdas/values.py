@@ -64,6 +64,8 @@ class Values:
             number = self._counters.get((index, key.key), 0) + 1
         self._counters[(index, key.key)] = number
         self._last_set = max(self._last_set, number)
+        if not key.value:
+            return  # an empty field, as in a compact line: not given (the set is still counted)
         name = f"K{key.key:04d}/{index}"
         self._put(number, index, key.key, Field(key.value, key.line, key.start, origin, name))
 
