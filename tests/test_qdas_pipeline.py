@@ -16,6 +16,7 @@ from cmm_twin.records import measurement_id
 from tests.gateway_harness import RecordingSink, drop_file, gateway_config, running_gateway
 from tests.gateway_harness import wait_for as wait_until
 from tests.pipeline_harness import running_pipeline, wait_for
+from tests.test_qdas_source import MALFORMED, MALFORMED_CASES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qdas"
 INPUTS = InputSettings(timezone="Europe/Berlin", companion_wait_s=0.5)
@@ -93,20 +94,20 @@ async def test_a_lone_half_is_quarantined_after_the_wait(tmp_path: Path) -> None
     assert report["file_error"] == "incomplete qdas unit: LONE.DFX did not come with it within 0.5 s"
 
 
-async def test_malformed_files_are_quarantined_with_the_line(tmp_path: Path) -> None:
+async def test_every_malformed_fixture_is_quarantined_with_its_reason(tmp_path: Path) -> None:
     config = gateway_config(tmp_path, inputs=INPUTS)
+    files = sorted(p.name for p in MALFORMED.iterdir())
     async with running_pipeline(config) as run:
-        drop_file(config.inbox, "cut.dfq", (FIXTURES / "malformed" / "truncated.dfq").read_bytes())
-        drop_file(config.inbox, "junk.dfd", (FIXTURES / "malformed" / "undefined.dfd").read_bytes())
-        drop_file(config.inbox, "junk.dfx", (FIXTURES / "malformed" / "undefined.dfx").read_bytes())
-        await wait_for(lambda: len(names(config.quarantine)) == 5, "three files and two reports")
+        for name in files:
+            drop_file(config.inbox, name, (MALFORMED / name).read_bytes())
+        reports = [f"{name}.errors.json" for name, _, _ in MALFORMED_CASES]
+        await wait_for(lambda: set(reports) <= set(names(config.quarantine)), "every report")
+        await wait_for(lambda: names(config.inbox) == [], "an empty inbox")
     assert run.part_ids() == []
-    assert report_of(config.quarantine / "cut.dfq")["file_error"] == (
-        "line 200: truncated: the last line has no line end"
-    )
-    assert report_of(config.quarantine / "junk.dfd")["file_error"] == (
-        "line 1: in junk.dfx: a value of characteristic 6 (K0001/6), which the description does not define"
-    )
+    assert names(config.quarantine) == sorted(files + reports)  # a pair's .dfx beside its .dfd
+    for name, line, reason in MALFORMED_CASES:
+        expected = reason if line is None else f"line {line}: {reason}"
+        assert report_of(config.quarantine / name)["file_error"] == expected, name
 
 
 async def test_a_gateway_delivers_dfq_records_to_its_sinks(tmp_path: Path) -> None:

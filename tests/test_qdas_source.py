@@ -321,47 +321,48 @@ def test_a_description_without_values_gives_nothing(tmp_path: Path) -> None:
 MALFORMED = FIXTURES / "malformed"
 
 
-@pytest.mark.parametrize(
-    ("name", "line", "reason"),
-    [
-        ("truncated.dfq", 200, "truncated: the last line has no line end"),
-        (
-            "count_mismatch.dfq",
-            1,
-            "K0100 says '22' characteristics, the file defines 21 (truncated, or K0100 is wrong)",
-        ),
-        (
-            "tab_separated_key.dfq",
-            20,
-            "malformed K-field line 'K2002/3\\tBreite' (expected 'Kxxxx[/n[/m]] value',"
-            " the key and its value separated by one space)",
-        ),
-        ("no_part_number.dfq", None, "no part number (K1001)"),
-        (
-            "no_characteristic.dfq",
-            None,
-            "no characteristic defined (no K2xxx key with a characteristic number)",
-        ),
-        (
-            "bom_but_windows1252.dfq",
-            3,
-            "not UTF-8 although the file starts with a UTF-8 BOM (invalid byte 0xe4)",
-        ),
-        ("utf16.dfq", 1, "UTF-16 text is not read (expected UTF-8 or Windows-1252)"),
-        ("binary.dfq", 12, "binary data (control byte 0x00): not a Q-DAS text file"),
-        (
-            "semicolons.dfd",
-            1,
-            "in semicolons.dfx: value line holds 1 characteristic(s) where the description defines 5"
-            " (truncated, or the wrong separators: characteristics are separated by 0x0F, their fields by 0x14)",
-        ),
-        (
-            "undefined.dfd",
-            1,
-            "in undefined.dfx: a value of characteristic 6 (K0001/6), which the description does not define",
-        ),
-    ],
-)
+MALFORMED_CASES: list[tuple[str, int | None, str]] = [
+    ("truncated.dfq", 200, "truncated: the last line has no line end"),
+    (
+        "count_mismatch.dfq",
+        1,
+        "K0100 says '22' characteristics, the file defines 21 (truncated, or K0100 is wrong)",
+    ),
+    (
+        "tab_separated_key.dfq",
+        20,
+        "malformed K-field line 'K2002/3\\tBreite' (expected 'Kxxxx[/n[/m]] value',"
+        " the key and its value separated by one space)",
+    ),
+    ("no_part_number.dfq", None, "no part number (K1001)"),
+    (
+        "no_characteristic.dfq",
+        None,
+        "no characteristic defined (no K2xxx key with a characteristic number)",
+    ),
+    (
+        "bom_but_windows1252.dfq",
+        3,
+        "not UTF-8 although the file starts with a UTF-8 BOM (invalid byte 0xe4)",
+    ),
+    ("utf16.dfq", 1, "UTF-16 text is not read (expected UTF-8 or Windows-1252)"),
+    ("binary.dfq", 12, "binary data (control byte 0x00): not a Q-DAS text file"),
+    (
+        "semicolons.dfd",
+        1,
+        "in semicolons.dfx: value line holds 1 characteristic(s) where the description defines 5"
+        " (truncated, or the wrong separators: characteristics are separated by 0x0F, their fields by 0x14)",
+    ),
+    (
+        "undefined.dfd",
+        1,
+        "in undefined.dfx: a value of characteristic 6 (K0001/6), which the description does not define",
+    ),
+]
+"""Each malformed fixture (the leader of its unit), the line and the reason it is rejected with."""
+
+
+@pytest.mark.parametrize(("name", "line", "reason"), MALFORMED_CASES)
 def test_malformed_files_are_rejected_naming_the_line_or_key(name: str, line: int | None, reason: str) -> None:
     with pytest.raises(FileRejected) as caught:
         QdasSource(BERLIN).read(MALFORMED / name)
