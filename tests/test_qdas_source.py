@@ -15,7 +15,7 @@ from cmm_twin.gateway.ingest.records import to_records
 from cmm_twin.gateway.sources import source_for
 from cmm_twin.gateway.sources.inputs import InputSettings, PartSettings
 from cmm_twin.gateway.sources.qdas import QdasSource
-from cmm_twin.gateway.sources.qdas.numbers import parse_time
+from cmm_twin.gateway.sources.qdas.numbers import decimals_of, parse_time
 from cmm_twin.gateway.sources.registry import SOURCES
 from cmm_twin.gateway.sources.rows import FileRejected, IngestSettings, ParsedChunk, RowError
 from cmm_twin.physics.thermal import PhysicsConfig
@@ -442,3 +442,16 @@ def test_an_empty_value_key_is_not_measured_but_keeps_the_count(tmp_path: Path) 
     lines = [*HEAD, "K0001/1", "K0004/0 01.07.2026/12:00:00", "K0001/1 10.01", "K0004/0 01.07.2026/12:05:00"]
     chunk = read(write(tmp_path, "e.dfq", lines))
     assert chunk.rows.part_id == ["P-7-2"] and chunk.errors == []
+
+
+@pytest.mark.parametrize(
+    ("text", "places"), [("12", 0), ("12,345", 3), ("-0.5", 1), ("1e-3", 3), ("1.5E-03", 4), ("1.52e+01", 1)]
+)
+def test_decimal_places_as_written(text: str, places: int) -> None:
+    assert decimals_of(text) == places
+
+
+def test_limits_in_exponent_form_keep_their_size(tmp_path: Path) -> None:
+    lines = ["K1001 P", "K2101/1 0", "K2110/1 -1e-3", "K2111/1 2E-3", "K0001/1 5e-4", "K0004/0 01.07.2026/12:00:00"]
+    rows = read(write(tmp_path, "x.dfq", lines)).rows
+    assert (rows.lower_tol_mm[0], rows.upper_tol_mm[0], rows.measured_mm[0]) == (-0.001, 0.002, 0.0005)

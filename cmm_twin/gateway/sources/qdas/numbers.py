@@ -28,13 +28,15 @@ def parse_int(text: str) -> int | None:
 
 
 def decimals_of(text: str) -> int:
-    """Digits after the decimal separator in a number as written (`12,345` -> 3)."""
-    text = text.strip()
-    mantissa = re.split(r"[eE]", text)[0]
+    """Decimal places of a number as written (`12,345` -> 3, `1.5e-3` -> 4)."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    places = 0
     for separator in ".,":
         if separator in mantissa:
-            return len(mantissa) - mantissa.index(separator) - 1
-    return 0
+            places = len(mantissa) - mantissa.index(separator) - 1
+    if exponent:
+        places -= int(exponent) if re.fullmatch(r"[+-]?\d{1,3}", exponent) else 0
+    return min(max(places, 0), 15)
 
 
 def parse_time(text: str, inputs: InputSettings) -> datetime | None:
