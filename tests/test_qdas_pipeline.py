@@ -88,10 +88,13 @@ async def test_a_lone_half_is_quarantined_after_the_wait(tmp_path: Path) -> None
     config = gateway_config(tmp_path, inputs=INPUTS)
     async with running_pipeline(config) as run:
         drop_file(config.inbox, "LONE.DFD", (FIXTURES / "bracket.dfd").read_bytes())
-        await wait_for(lambda: "LONE.DFD.errors.json" in names(config.quarantine), "the lone half in quarantine")
+        drop_file(config.inbox, "values.dfx", (FIXTURES / "bracket.dfx").read_bytes())
+        await wait_for(lambda: len(names(config.quarantine)) == 4, "both lone halves in quarantine")
     assert run.part_ids() == []
     report = report_of(config.quarantine / "LONE.DFD")
     assert report["file_error"] == "incomplete qdas unit: LONE.DFX did not come with it within 0.5 s"
+    report = report_of(config.quarantine / "values.dfx")
+    assert report["file_error"] == "incomplete qdas unit: values.dfd did not come with it within 0.5 s"
 
 
 async def test_every_malformed_fixture_is_quarantined_with_its_reason(tmp_path: Path) -> None:
