@@ -101,9 +101,10 @@ class RecordBatch:
     Columns keep the hot path vectorised: sinks turn them into what they send (JSON objects, line
     protocol, OPC UA values) without building a Python object per row unless they must.
     `timestamp_ns` is the measurement time as Unix nanoseconds; `verdict` holds Verdict codes,
-    `compensation` Compensation codes and `flags` bit masks of the physics `Flag`. `file_end` is 1
-    on the last record of an input file (set where the file's reading completes; not a result
-    field): a sink that writes one output per input file (the outbox) knows it has them all.
+    `compensation` Compensation codes and `flags` bit masks of the physics `Flag`. `file_rows` is 0,
+    except on the last record of an input file (set where the file's reading completes; not a
+    result field), where it is the number of valid records of that file: a sink that writes one
+    output per input file (the outbox) knows it has them all.
     """
 
     measurement_id: list[str]
@@ -132,7 +133,7 @@ class RecordBatch:
     compensation: NDArray[np.int8]
     source_format: list[str]
     source_file: list[str]
-    file_end: NDArray[np.int8]
+    file_rows: NDArray[np.int32]
 
     def __len__(self) -> int:
         return len(self.measurement_id)
@@ -220,7 +221,7 @@ INT_COLUMNS: dict[str, type[np.integer[Any]]] = {
     "verdict": np.int8,
     "flags": np.int32,
     "compensation": np.int8,
-    "file_end": np.int8,
+    "file_rows": np.int32,
 }
 """Integer columns and their dtypes; every other non-text column is float64."""
 

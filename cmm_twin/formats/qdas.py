@@ -91,8 +91,8 @@ def compensated_dfq(
 ) -> bytes:
     """`original` (a DFQ; or a .dfd, with its .dfx's bytes as `dfx`) with each value whose
     measurement id is in `compensated` replaced by that value (mm, or degrees for an angle),
-    converted back to its characteristic's unit and written with its K2022 decimal places (else
-    one more than the original value had) and the original's decimal separator. Everything else
+    converted back to its characteristic's unit and written with one decimal more than the original
+    value had (K2022's when more) and the original's decimal separator. Everything else
     stays byte for byte. A pair comes back as one DFQ: the .dfd, then the .dfx (its BOM dropped;
     in the .dfd's encoding, or both in UTF-8 when the .dfd's cannot hold the .dfx's text).
     `settings` must be those the gateway read the file with (the ids depend on them); `name` is
@@ -127,8 +127,10 @@ def _edits(
         reading, found = document.readings[position], document.fields[position]
         unit = reading.characteristic.unit.strip().lower()
         scale = LENGTH_UNITS_MM.get(unit) or ANGLE_UNITS_DEG.get(unit) or 1.0
-        places = decimals[id(reading.characteristic)]
-        text = f"{value / scale:.{decimals_of(found.text) + 1 if places is None else places}f}"
+        # One decimal more than the reading had (K2022 when it asks for more): the correction to
+        # 20 degC is often below the last digit the CMM wrote, and SPC software must get it.
+        places = max(decimals_of(found.text) + 1, decimals[id(reading.characteristic)] or 0)
+        text = f"{value / scale:.{places}f}"
         if "," in found.text:
             text = text.replace(".", ",")
         edits[found.origin].append((found.start, found.start + len(found.text), text))

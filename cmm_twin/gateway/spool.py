@@ -133,7 +133,7 @@ class SpoolPage:
     records: RecordBatch
 
 
-ADDED_COLUMNS = ("lower_tol_mm", "upper_tol_mm", "unit", "compensation", "source_format", "source_file", "file_end")
+ADDED_COLUMNS = ("lower_tol_mm", "upper_tol_mm", "unit", "compensation", "source_format", "source_file", "file_rows")
 """Record columns added after the spool's first chunked version: nullable in a migrated table, and
 blank (`RecordBatch.with_blanks`, limits from `tolerance_mm`) in chunks spooled before them."""
 _FIRST_COLUMNS = tuple(c for c in RECORD_COLUMNS if c not in ADDED_COLUMNS)

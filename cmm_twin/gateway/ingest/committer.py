@@ -288,15 +288,16 @@ class FileCommitter:
         return Step(records, errors, self._finish(job) if last else None)
 
     def _mark_file_end(self, job: Job, records: RecordBatch | None) -> None:
-        """Mark the last record of a file whose reading this commit completes (`file_end`), so a
-        sink writing one output per input file (the outbox) knows it has all of them. A file whose
-        completing commit holds none of its records (a big CSV ending in rejected or blank lines)
-        cannot be marked: said once, as its outbox file will be missing."""
+        """Mark the last record of a file whose reading this commit completes with the file's
+        count of valid records (`file_rows`), so a sink writing one output per input file (the
+        outbox) knows it has all of them. A file whose completing commit holds none of its records
+        (a big CSV ending in rejected or blank lines) cannot be marked: said once, as its outbox
+        file will be missing."""
         p = job.progress
         if p is None or not p.complete or p.file_error is not None:
             return
         if records is not None and len(records):
-            records.file_end[-1] = 1
+            records.file_rows[-1] = p.rows_ok
         elif p.rows_ok and self.config.options.get("outbox") is not None:
             log.warning(
                 "%s: its last lines held no valid row, so the outbox cannot tell it is complete: no outbox file for it",

@@ -60,7 +60,7 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
         compensation=rows.compensation,
         source_format=rows.source_format,
         source_file=rows.source_file,
-        file_end=np.zeros(len(rows), dtype=np.int8),
+        file_rows=np.zeros(len(rows), dtype=np.int32),
     )
 
 

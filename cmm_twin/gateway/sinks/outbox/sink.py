@@ -77,21 +77,27 @@ class OutboxSink(Sink):
         staging = self._staging
         assert staging is not None
         records = batch.to_dicts()
-        ends = batch.file_end.tolist()
         by_file: dict[str, list[dict[str, Any]]] = {}
-        complete: dict[str, str] = {}
-        for record, end in zip(records, ends, strict=True):
+        complete: dict[str, tuple[str, int]] = {}
+        for record, count in zip(records, batch.file_rows.tolist(), strict=True):
             by_file.setdefault(record["source_file"], []).append(record)
-            if end:
-                complete[record["source_file"]] = record["measurement_id"]
+            if count:
+                complete[record["source_file"]] = (record["measurement_id"], count)
         open_records = [r for name, rs in by_file.items() if name not in complete for r in rs]
         if open_records:
             staging.stage(open_records)
-        for name, last_id in complete.items():
-            if staging.already_written(name, last_id):  # a replay of a file written before
-                staging.finish(name, last_id)
-                continue
-            file_records = [*staging.staged(name), *by_file[name]]
+        for name, (last_id, count) in complete.items():
+            file_records = _distinct([*staging.staged(name), *by_file[name]])
+            if len(file_records) < count:
+                if staging.already_written(name, last_id):  # the tail of a file written before, replayed
+                    staging.finish(name, last_id)
+                    continue
+                log.warning(
+                    "outbox: %s has %d records here of the %d it had: writing what is here",
+                    safe_name(name),
+                    len(file_records),
+                    count,
+                )
             try:
                 files = outputs(file_records, self.settings.formats, self.coverage_factor, self.ingest, self.originals)
                 self._store(files)
@@ -120,6 +126,17 @@ class OutboxSink(Sink):
     def describe(self) -> str | None:
         """The start-up line's part for the outbox."""
         return f"outbox {self.settings.directory} ({', '.join(self.settings.formats)})"
+
+
+def _distinct(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` without repeats of a measurement id (a record staged and then replayed), in order."""
+    seen: set[str] = set()
+    out = []
+    for record in records:
+        if record["measurement_id"] not in seen:
+            seen.add(record["measurement_id"])
+            out.append(record)
+    return out
 
 
 def _why(directory: Path, exc: OSError) -> str:

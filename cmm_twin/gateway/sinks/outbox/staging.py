@@ -3,10 +3,11 @@ record has not arrived yet, and the files already written.
 
 A file's records can arrive over several batches (the runner's batches do not follow files). The
 records of a file still open are staged here, so an acknowledged batch is never needed again;
-when the file's last record (`file_end`) arrives, its staged records and that batch's make its
-output. `written` remembers the last record of every file written: a batch replayed after a
-crash (written, not yet acknowledged) finds its file already written and writes nothing again,
-rather than a shorter file from the replayed part alone.
+when the file's last record arrives (it carries the file's count of records, `file_rows`), its
+staged records and that batch's make its output. `written` remembers the last record of every
+file written: a batch replayed after a crash (written, not yet acknowledged) that holds only the
+file's tail finds its file already written and writes nothing, rather than a shorter file; the
+same file dropped again in full is written again (the same content).
 
 Synchronous: used from the outbox's worker thread only.
 """
