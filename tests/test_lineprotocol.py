@@ -347,6 +347,7 @@ def test_random_floats_round_trip_exactly() -> None:
     rng = np.random.default_rng(20260101)
     n = 200
     magnitudes = 10.0 ** rng.integers(-12, 12, size=n)
+    values = [[float(v) for v in rng.standard_normal(10) * magnitudes[i]] for i in range(n)]
     rows = [
         Row(
             T0_NS + i * 1_000,
@@ -354,9 +355,18 @@ def test_random_floats_round_trip_exactly() -> None:
             "length_x",
             "AL6061",
             i % 3,
-            *(float(v) for v in rng.standard_normal(7) * magnitudes[i]),
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            v[8],
+            v[9],
         )
-        for i in range(n)
+        for i, v in enumerate(values)
     ]
     rows[7] = replace(rows[7], air_temp_c=math.nan)
     batch = batch_of(rows)

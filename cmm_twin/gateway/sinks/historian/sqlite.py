@@ -117,11 +117,11 @@ class HistoryStore:
     def _open_tables(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        columns = ", ".join(f"{name} {kind}" for name, kind in COLUMN_TYPES.items())
+        definitions = ", ".join(f"{name} {kind}" for name, kind in COLUMN_TYPES.items())
         health = ", ".join(f"{f} INTEGER NOT NULL" for f in HEALTH_FIELD_KEYS)
         self._db.executescript(
             f"""
-            CREATE TABLE IF NOT EXISTS {MEASUREMENT} (time_ns INTEGER NOT NULL, {columns},
+            CREATE TABLE IF NOT EXISTS {MEASUREMENT} (time_ns INTEGER NOT NULL, {definitions},
                 PRIMARY KEY (time_ns, {", ".join(KEY_TAGS)})) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS {HEALTH_MEASUREMENT} (time_ns INTEGER PRIMARY KEY, {health});
             """
