@@ -549,6 +549,8 @@ def with_repeated_key(record: dict[str, Any], name: str, value: Any, first: bool
         with_repeated_key(make_record(1), "flags", [], first=False),
         with_repeated_key(make_record(1, part_id="\u00dc:1"), "air_temp_c", None),  # \u escapes in the text
         with_repeated_key(make_record(1, unknown=1), "unknown", 2),  # an invalid record with a repeat
+        with_repeated_key(make_record(1, source_file="a:b.dfq"), "source_file", "c:d.dfq"),  # colons in both
+        with_repeated_key(make_record(1, source_file="a.qif"), "unit", "deg"),
     ],
 )
 async def test_repeated_keys_are_malformed_json(parser: str, tmp_path: Path, text: str) -> None:
@@ -558,9 +560,25 @@ async def test_repeated_keys_are_malformed_json(parser: str, tmp_path: Path, tex
         assert (status, answer["error"].startswith("malformed JSON: duplicate key")) == (400, True)
         assert await get_json(client, "/health") == (200, {"status": "ok", "count": 0})
         # without the repeat, colons in strings and \u escapes are fine
-        for record in (make_record(2, part_id="a:b:c", material="x:"), make_record(3, part_id="\u00dc\\u:")):
+        for record in (
+            make_record(2, part_id="a:b:c", material="x:"),
+            make_record(3, part_id="\u00dc\\u:"),
+            make_record(4, source_file="12:00:00 part:7.dfq"),
+        ):
             assert (await post(client, [record]))[0] == 200
             assert (await post(client, json.dumps(record, ensure_ascii=False).encode()))[0] == 200
+
+
+def test_colons_in_source_file_keep_the_fast_repeated_key_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    def second_parse(*args: Any) -> Any:
+        raise AssertionError("parsed a second time")
+
+    body = parse_body(json.dumps([make_record(1, source_file="12:00:00 part:7.dfq", part_id="a:b")]).encode())
+    monkeypatch.setattr(validation, "_decode", second_parse)
+    ensure_unique_keys(body, records_valid=True)  # the colons add up: no second parse
+    repeated = parse_body(with_repeated_key(make_record(1, source_file="a:b.dfq"), "source_file", "c.dfq").encode())
+    with pytest.raises(AssertionError, match="parsed a second time"):
+        ensure_unique_keys(repeated, records_valid=True)
 
 
 async def test_body_over_the_limit_is_413_json(tmp_path: Path) -> None:
