@@ -58,7 +58,8 @@ def free_port() -> int:
 
 def make_batch(rows: list[tuple[str, int, float, str]], **columns: Any) -> RecordBatch:
     """A batch from (machine_id, timestamp_ns, compensated_mm, verdict) rows; other fields derived
-    (+-0.01 mm from a CSV file) unless `columns` gives them."""
+    unless `columns` gives them: +-0.01 mm, and the newer columns as a record spooled before them
+    reads them (mm, gateway, csv, no file name), so spool migration tests can compare."""
     n = len(rows)
     stamps = np.array([r[1] for r in rows], dtype=np.int64)
     compensated = np.array([r[2] for r in rows], dtype=np.float64)
@@ -89,7 +90,7 @@ def make_batch(rows: list[tuple[str, int, float, str]], **columns: Any) -> Recor
         unit=columns.pop("unit", ["mm"] * n),
         compensation=columns.pop("compensation", np.zeros(n, dtype=np.int8)),
         source_format=columns.pop("source_format", ["csv"] * n),
-        source_file=[f"batch_{i}.csv" for i in range(n)],
+        source_file=columns.pop("source_file", [""] * n),
         file_end=np.zeros(n, dtype=np.int8),
         **columns,
     )
