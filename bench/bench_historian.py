@@ -72,6 +72,14 @@ def synthetic_records(stamps_ns: NDArray[np.int64], air_temp_c: NDArray[np.float
         part_temp_c=(20.0 + (i % 80) * 0.1).astype(np.float64),
         air_temp_c=air_temp_c,
         scale_temp_c=np.full(rows, np.nan),
+        lower_tol_mm=np.full(rows, -0.010),
+        upper_tol_mm=np.full(rows, 0.010),
+        part_temp_u_k=np.full(rows, np.nan),  # the configured thermometer's
+        compensation=np.zeros(rows, dtype=np.int8),  # the gateway compensates
+        flags=np.zeros(rows, dtype=np.int32),
+        unit=["mm"] * rows,
+        source_format=["csv"] * rows,
+        source_file=[f"H_{k // 20_000 * 20_000:09d}.csv" for k in range(rows)],  # as `write_inbox` names them
     )
     return to_records(valid, PhysicsConfig())
 

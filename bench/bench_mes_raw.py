@@ -49,6 +49,8 @@ def record(i: int) -> dict[str, Any]:
         "cte_per_k": 2.36e-05,
         "nominal_mm": 100.0,
         "tolerance_mm": 0.01,
+        "lower_tol_mm": -0.01,
+        "upper_tol_mm": 0.01,
         "measured_mm": measured,
         "part_temp_c": 25.0 + (i % 13) * 0.01,
         "air_temp_c": 24.0,
@@ -59,6 +61,10 @@ def record(i: int) -> dict[str, Any]:
         "uncertainty_um": 2.8412345678,
         "verdict": "PASS",
         "flags": ["part_not_soaked"] if i % 7 == 0 else [],
+        "unit": "mm",
+        "compensation": "gateway",
+        "source_format": "csv",
+        "source_file": f"cmm{i % 4:02d}_{i // 1000:06d}.csv",
     }
 
 

@@ -8,16 +8,32 @@ no console errors throughout. Screenshots go to test-artifacts/ (CMM_TEST_ARTIFA
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import ConsoleMessage, Error, Page, sync_playwright
 
-from tests.gateway_harness import ROOT, GatewayProcess, MesProcess, free_port, run_simulator
+from cmm_twin.gateway.sinks.base import Delivered
+from cmm_twin.records import RecordBatch, canonical_timestamp
+from tests.gateway_harness import (
+    ROOT,
+    GatewayProcess,
+    MesProcess,
+    free_port,
+    gateway_config,
+    run_simulator,
+    running_gateway,
+)
+from tests.test_page import page_feed
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("CMM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -126,3 +142,71 @@ def test_live_page_shows_the_twin_and_an_mes_outage(twin: tuple[GatewayProcess, 
     assert not foreign, f"the page works offline: no request leaves the gateway ({foreign})"
     assert "Network Lost! Buffering..." in gateway.log_text()
     assert "Flushing buffer..." in gateway.log_text()
+
+
+def angle_and_one_sided_batch() -> RecordBatch:
+    """Three angles of CMM-01 (asymmetric -0.05/+0.1 deg, the last without any limit) and a
+    flatness with an upper limit only, as a format source delivers them."""
+    nan = math.nan
+    start_ns = time.time_ns() - 60 * 10**9
+    stamps = np.array([start_ns + k * 10**9 for k in range(4)], dtype=np.int64)
+    return RecordBatch.with_blanks(
+        4,
+        {
+            "machine_id": ["CMM-01"] * 4,
+            "part_id": ["P1", "P2", "P3", "P3"],
+            "feature": ["angle_a", "angle_a", "angle_a", "flatness"],
+            "timestamp": [canonical_timestamp(datetime.fromtimestamp(t / 1e9, UTC)) for t in stamps.tolist()],
+            "timestamp_ns": stamps,
+            "nominal_mm": np.array([90.0, 90.0, 90.0, 0.0]),
+            "measured_mm": np.array([90.01, 89.97, 90.2, 0.003]),
+            "compensated_mm": np.array([90.01, 89.97, 90.2, 0.003]),
+            "part_temp_c": np.full(4, 21.0),
+            "deviation_um": np.array([10.0, -30.0, 200.0, 3.0]),
+            "uncertainty_um": np.array([5.0, 5.0, 5.0, 0.5]),
+            "tolerance_mm": np.full(4, nan),
+            "lower_tol_mm": np.array([-0.05, -0.05, nan, nan]),
+            "upper_tol_mm": np.array([0.1, 0.1, nan, 0.004]),
+            "unit": ["deg", "deg", "deg", "mm"],
+            "verdict": np.array([0, 0, 3, 0], dtype=np.int8),
+        },
+    )
+
+
+def read_limits_page(url: str) -> tuple[list[str], list[str]]:
+    """The page's latest-measurement line for the angle and the flatness, its UNDEFINED count, and
+    any console or page errors."""
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.goto(url)
+            page.wait_for_function("() => Number(document.querySelector('#chart-deviation').dataset.points) === 3")
+            page.wait_for_function("() => document.querySelector('#count-undefined').innerText.trim() === '1'")
+            texts = [text_of(page, "latest-measurement"), text_of(page, "count-undefined")]
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "live-page-angle.png"))
+            page.select_option("#feature-select", "flatness")
+            page.wait_for_function("() => Number(document.querySelector('#chart-deviation').dataset.points) === 1")
+            texts.append(text_of(page, "latest-measurement"))
+        finally:
+            browser.close()
+    return texts, problems
+
+
+async def test_page_shows_limits_units_and_undefined_verdicts(tmp_path: Path) -> None:
+    if shutil.which(CHROMIUM) is None:
+        raise AssertionError(f"{CHROMIUM} is not installed: run `make test` (it installs Debian's chromium as root)")
+    async with running_gateway(gateway_config(tmp_path / "data")) as gateway:
+        assert await page_feed(gateway).write(angle_and_one_sided_batch()) == Delivered()
+        texts, problems = await asyncio.to_thread(read_limits_page, f"http://127.0.0.1:{gateway.http_port}/")
+    assert not problems, problems
+    angle, undefined, flatness = texts
+    assert angle.startswith("latest P3 (angle, °) at ")
+    assert " UTC · limits none / none m° · UNDEFINED · 3 parts shown" in angle
+    assert undefined == "1"
+    assert flatness.startswith("latest P3 at ")
+    assert " UTC · limits none / +4.0 µm · PASS · 1 parts shown" in flatness

@@ -4,6 +4,8 @@ parameters and document, and the real gateway serving the history over real HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import math
 import sqlite3
 import time
@@ -15,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 
 from cmm_twin.gateway.health import GatewayHealth
@@ -37,6 +40,7 @@ from cmm_twin.gateway.sinks.historian.lineprotocol import (
     TAG_KEYS,
     HealthSample,
 )
+from cmm_twin.gateway.sinks.historian.schema import MEASUREMENT_FIELDS, RECORD_FIELDS
 from cmm_twin.gateway.sinks.historian.sqlite import (
     NS_PER_DAY,
     HistoryQuery,
@@ -63,7 +67,7 @@ NOW_NS = 1_795_766_400 * 10**9  # 2026-11-27T08:00:00Z
 
 def all_of(measurement: str = MEASUREMENT, **overrides: Any) -> HistoryQuery:
     """A query over all time and all fields of `measurement` (overrides as keywords)."""
-    fields = FIELD_KEYS if measurement == MEASUREMENT else HEALTH_FIELD_KEYS
+    fields = MEASUREMENT_FIELDS[measurement]
     base: dict[str, Any] = {"since_ns": 0, "until_ns": FAR_FUTURE_NS, "fields": fields}
     return HistoryQuery(measurement=measurement, **{**base, **overrides})
 
@@ -101,6 +105,7 @@ def test_batch_is_stored_and_queried_back_value_by_value(store: HistoryStore) ->
         "feature": ["length_x", "a,b=c", "bore_d"],
         "material": ["AL6061", "x\\y", "STEEL_1020"],
         "verdict": ["PASS", "UNCERTAIN", "FAIL"],
+        "unit": ["mm", "deg", "mm"],
     }
     assert result.fields == {
         "measured_mm": [100.0118, 50.0, 25.0031],
@@ -110,6 +115,19 @@ def test_batch_is_stored_and_queried_back_value_by_value(store: HistoryStore) ->
         "correction_um": [-11.8, 0.0, -1.25e-05],
         "deviation_um": [-0.05, -1.0, 1.63],
         "uncertainty_um": [2.84, 3.0, 1.5],
+        "tolerance_mm": [0.01, None, None],
+        "lower_tol_mm": [-0.01, -0.5, None],
+        "upper_tol_mm": [0.01, 0.25, 0.005],
+        # the rest of the record
+        "measurement_id": ["m-0", "m-2", "m-1"],
+        "part_id": ["P0000", "P0002", "P0001"],
+        "cte_per_k": [23.6e-6] * 3,
+        "nominal_mm": [100.0] * 3,
+        "scale_temp_c": [None] * 3,
+        "flags": [0, 0, 0],  # the bit mask (the history API answers names)
+        "compensation": ["gateway", "none", "gateway"],
+        "source_format": ["csv"] * 3,
+        "source_file": ["file0.csv", "file2.csv", "file1.csv"],
     }
     assert result.truncated is False
 
@@ -123,11 +141,15 @@ def test_subset_of_fields_and_empty_result(store: HistoryStore) -> None:
         "feature": ["bore_d"],
         "material": ["STEEL_1020"],
         "verdict": ["FAIL"],
+        "unit": ["mm"],
     }
     assert result.fields == {"compensated_mm": [25.00163]}
     empty = store.query(all_of(machine_id="nobody"))
     assert empty == HistoryResult(
-        time_ns=[], tags={t: [] for t in TAG_KEYS}, fields={f: [] for f in FIELD_KEYS}, truncated=False
+        time_ns=[],
+        tags={t: [] for t in TAG_KEYS},
+        fields={f: [] for f in MEASUREMENT_FIELDS[MEASUREMENT]},
+        truncated=False,
     )
 
 
@@ -148,6 +170,71 @@ def test_writing_the_same_batch_again_does_not_double_points(store: HistoryStore
     result = store.query(all_of(machine_id="CMM-01"))
     assert result.fields["measured_mm"] == [*first, ROW_A.measured_mm]
     assert row_count(db_path, MEASUREMENT) == 4
+
+
+OLD_FIELDS = (
+    *("measured_mm", "compensated_mm", "part_temp_c", "air_temp_c", "correction_um", "deviation_um"),
+    "uncertainty_um",
+)
+OLD_SCHEMA = f"""
+    CREATE TABLE {MEASUREMENT} (time_ns INTEGER NOT NULL, machine_id TEXT NOT NULL, feature TEXT NOT NULL,
+        material TEXT NOT NULL, verdict TEXT NOT NULL, {", ".join(f"{f} REAL" for f in OLD_FIELDS)},
+        PRIMARY KEY (time_ns, machine_id, feature, material, verdict)) WITHOUT ROWID;
+    CREATE TABLE {HEALTH_MEASUREMENT} (time_ns INTEGER PRIMARY KEY, buffer_depth INTEGER NOT NULL,
+        mes_connected INTEGER NOT NULL, historian_connected INTEGER NOT NULL, files_processed INTEGER NOT NULL,
+        rows_rejected INTEGER NOT NULL);
+    INSERT INTO {MEASUREMENT} VALUES ({T0_NS}, 'CMM-01', 'length_x', 'AL6061', 'PASS', 100.0118, 99.99995, 25.0, 24.0,
+        -11.8, -0.05, 2.84);
+"""
+"""The history of the version before the record gained limits, unit, compensation and source fields."""
+
+
+def test_a_history_of_the_earlier_version_is_migrated_and_its_rows_read_defaults(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as old:
+        old.executescript(OLD_SCHEMA)
+    store = HistoryStore(db_path)
+    try:
+        later = replace(ROW_A, timestamp_ns=T0_NS + 1, tolerance_mm=math.nan, lower_tol_mm=math.nan, unit="deg")
+        store.write(batch_of([ROW_A, later]))  # ROW_A is the old row's measurement: kept once
+        q = HistoryQuery(MEASUREMENT, 0, FAR_FUTURE_NS, MEASUREMENT_FIELDS[MEASUREMENT], None, 10)
+        old_point, new_point = history_document(q, store.query(q))["points"]
+    finally:
+        store.close()
+    assert old_point == {
+        "time": "2026-01-01T00:00:00.123456Z",
+        **{"machine_id": "CMM-01", "feature": "length_x", "material": "AL6061", "verdict": "PASS", "unit": "mm"},
+        **dict(zip(FIELD_KEYS[:7], (100.0118, 99.99995, 25.0, 24.0, -11.8, -0.05, 2.84), strict=True)),
+        **dict.fromkeys(("tolerance_mm", "lower_tol_mm", "upper_tol_mm"), None),  # not stored then: unknown
+        **dict.fromkeys(("measurement_id", "part_id", "cte_per_k", "nominal_mm", "scale_temp_c", "flags"), None),
+        **{"compensation": "gateway", "source_format": "csv", "source_file": None},
+    }
+    assert {k: new_point[k] for k in ("unit", "tolerance_mm", "lower_tol_mm", "upper_tol_mm", "flags")} == {
+        "unit": "deg",
+        "tolerance_mm": None,
+        "lower_tol_mm": None,
+        "upper_tol_mm": 0.01,
+        "flags": [],
+    }
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        key = [row[1] for row in db.execute(f"PRAGMA table_info({MEASUREMENT})") if row[5]]
+        assert key == ["time_ns", "machine_id", "feature", "material", "verdict"]  # the key is unchanged
+        assert row_count(db_path, MEASUREMENT) == 2
+    reopened = HistoryStore(db_path)  # nothing more to add
+    reopened.close()
+
+
+def test_flags_are_answered_as_names_and_an_empty_source_file_as_null(store: HistoryStore) -> None:
+    batch = batch_of([ROW_A, replace(ROW_A, timestamp_ns=T0_NS + 1)])
+    batch = dataclasses.replace(batch, flags=np.array([0b10011, 0], dtype=np.int32), source_file=["a.dfq", ""])
+    store.write(batch)
+    q = HistoryQuery(MEASUREMENT, 0, FAR_FUTURE_NS, ("flags", "source_file"), None, 10)
+    points = history_document(q, store.query(q))["points"]
+    assert [p["flags"] for p in points] == [
+        ["part_temp_out_of_rated_range", "part_not_soaked", "timestamp_from_file"],
+        [],
+    ]
+    assert [p["source_file"] for p in points] == ["a.dfq", None]  # "": spooled before the field existed
 
 
 def test_points_differing_only_in_a_tag_are_distinct(store: HistoryStore) -> None:
@@ -306,7 +393,7 @@ async def test_sink_applies_the_retention_when_it_opens(db_path: Path, monkeypat
 
 def test_defaults_are_the_last_hour_up_to_now() -> None:
     q = parse_history_params({}, now_ns=NOW_NS)
-    assert q == HistoryQuery(MEASUREMENT, NOW_NS - 3600 * 10**9, NOW_NS, FIELD_KEYS, None, 10_000)
+    assert q == HistoryQuery(MEASUREMENT, NOW_NS - 3600 * 10**9, NOW_NS, (*FIELD_KEYS, *RECORD_FIELDS), None, 10_000)
     assert (DEFAULT_SPAN_NS, DEFAULT_LIMIT) == (3600 * 10**9, 10_000)
     before = time.time_ns()
     q = parse_history_params({})
@@ -466,6 +553,7 @@ def test_history_document(store: HistoryStore) -> None:
                 "feature": "a,b=c",
                 "material": "x\\y",
                 "verdict": "UNCERTAIN",
+                "unit": "deg",
                 "air_temp_c": 19.5,
             },
             {
@@ -474,6 +562,7 @@ def test_history_document(store: HistoryStore) -> None:
                 "feature": "bore_d",
                 "material": "STEEL_1020",
                 "verdict": "FAIL",
+                "unit": "mm",
                 "air_temp_c": None,
             },
         ],
@@ -560,6 +649,7 @@ async def test_gateway_serves_the_history_over_http(tmp_path: Path) -> None:
                 "feature": r["feature"],
                 "material": r["material"],
                 "verdict": r["verdict"],
+                "unit": "mm",
                 "measured_mm": r["measured_mm"],
                 "compensated_mm": r["compensated_mm"],
             }
@@ -572,9 +662,9 @@ async def test_gateway_serves_the_history_over_http(tmp_path: Path) -> None:
         assert status == 200
         assert doc["count"] == 4
         by_time = {r["timestamp"]: r for r in recorder.records}
-        for point in doc["points"]:
+        for point in doc["points"]:  # every field of the record, its timestamp as `time`
             record = by_time[point["time"]]
-            assert {k: point[k] for k in (*TAG_KEYS, *FIELD_KEYS)} == {k: record[k] for k in (*TAG_KEYS, *FIELD_KEYS)}
+            assert point == {"time": record["timestamp"], **{k: v for k, v in record.items() if k != "timestamp"}}
         assert [p["air_temp_c"] for p in doc["points"]] == [24.0, 24.0, None, 24.0]
 
         status, doc = await get_json(session, f"{base}/api/v1/history", since=stamps[1], until=stamps[3], limit="1")

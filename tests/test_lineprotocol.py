@@ -45,6 +45,10 @@ class Row:
     correction_um: float
     deviation_um: float
     uncertainty_um: float
+    tolerance_mm: float = 0.01
+    lower_tol_mm: float = -0.01
+    upper_tol_mm: float = 0.01
+    unit: str = "mm"
 
 
 def batch_of(rows: list[Row]) -> RecordBatch:
@@ -64,7 +68,9 @@ def batch_of(rows: list[Row]) -> RecordBatch:
         material=[r.material for r in rows],
         cte_per_k=np.full(n, 23.6e-6),
         nominal_mm=np.full(n, 100.0),
-        tolerance_mm=np.full(n, 0.01),
+        tolerance_mm=floats("tolerance_mm"),
+        lower_tol_mm=floats("lower_tol_mm"),
+        upper_tol_mm=floats("upper_tol_mm"),
         measured_mm=floats("measured_mm"),
         part_temp_c=floats("part_temp_c"),
         air_temp_c=floats("air_temp_c"),
@@ -75,30 +81,39 @@ def batch_of(rows: list[Row]) -> RecordBatch:
         uncertainty_um=floats("uncertainty_um"),
         verdict=np.array([r.verdict for r in rows], dtype=np.int8),
         flags=np.zeros(n, dtype=np.int32),
+        unit=[r.unit for r in rows],
+        compensation=np.array([2 if r.unit == "deg" else 0 for r in rows], dtype=np.int8),
+        source_format=["csv"] * n,
+        source_file=[f"file{i}.csv" for i in range(n)],
+        file_end=np.zeros(n, dtype=np.int8),
     )
 
 
 ROW_A = Row(T0_NS, "CMM-01", "length_x", "AL6061", 0, 100.0118, 99.99995, 25.0, 24.0, -11.8, -0.05, 2.84)
-ROW_B = Row(
-    T0_NS + 1_999_999, "CMM-02", "bore_d", "STEEL_1020", 1, 25.0031, 25.00163, 0.1 + 0.2, math.nan, -1.25e-05, 1.63, 1.5
+ROW_B = Row(  # one-sided (an upper limit only): no symmetric tolerance, no lower limit
+    T0_NS + 1_999_999,
+    *("CMM-02", "bore_d", "STEEL_1020", 1, 25.0031, 25.00163, 0.1 + 0.2, math.nan, -1.25e-05, 1.63, 1.5),
+    *(math.nan, math.nan, 0.005),
 )
-ROW_C = Row(T0_NS + 999_211, "CMM 03", "a,b=c", "x\\y", 2, 50.0, 49.999, 20.0, 19.5, 0.0, -1.0, 3.0)
+ROW_C = Row(  # an angle with an asymmetric zone
+    T0_NS + 999_211, "CMM 03", "a,b=c", "x\\y", 2, 50.0, 49.999, 20.0, 19.5, 0.0, -1.0, 3.0, math.nan, -0.5, 0.25, "deg"
+)
 ROWS = [ROW_A, ROW_B, ROW_C]
 
 LINE_A = (
-    "cmm_measurement,machine_id=CMM-01,feature=length_x,material=AL6061,verdict=PASS "
+    "cmm_measurement,machine_id=CMM-01,feature=length_x,material=AL6061,verdict=PASS,unit=mm "
     "measured_mm=100.0118,compensated_mm=99.99995,part_temp_c=25.0,air_temp_c=24.0,"
-    "correction_um=-11.8,deviation_um=-0.05,uncertainty_um=2.84 "
+    "correction_um=-11.8,deviation_um=-0.05,uncertainty_um=2.84,tolerance_mm=0.01,lower_tol_mm=-0.01,upper_tol_mm=0.01 "
 )
 LINE_B = (
-    "cmm_measurement,machine_id=CMM-02,feature=bore_d,material=STEEL_1020,verdict=FAIL "
+    "cmm_measurement,machine_id=CMM-02,feature=bore_d,material=STEEL_1020,verdict=FAIL,unit=mm "
     "measured_mm=25.0031,compensated_mm=25.00163,part_temp_c=0.30000000000000004,"
-    "correction_um=-0.0000125,deviation_um=1.63,uncertainty_um=1.5 "
+    "correction_um=-0.0000125,deviation_um=1.63,uncertainty_um=1.5,upper_tol_mm=0.005 "
 )
 LINE_C = (
-    r"cmm_measurement,machine_id=CMM\ 03,feature=a\,b\=c,material=x\\y,verdict=UNCERTAIN "
+    r"cmm_measurement,machine_id=CMM\ 03,feature=a\,b\=c,material=x\\y,verdict=UNCERTAIN,unit=deg "
     "measured_mm=50.0,compensated_mm=49.999,part_temp_c=20.0,air_temp_c=19.5,"
-    "correction_um=0.0,deviation_um=-1.0,uncertainty_um=3.0 "
+    "correction_um=0.0,deviation_um=-1.0,uncertainty_um=3.0,lower_tol_mm=-0.5,upper_tol_mm=0.25 "
 )
 
 
@@ -161,7 +176,7 @@ def parse_line(line: str) -> ParsedLine:
 
 def test_names_are_the_contract_names() -> None:
     assert MEASUREMENT == "cmm_measurement"
-    assert TAG_KEYS == ("machine_id", "feature", "material", "verdict")
+    assert TAG_KEYS == ("machine_id", "feature", "material", "verdict", "unit")
     assert FIELD_KEYS == (
         "measured_mm",
         "compensated_mm",
@@ -170,6 +185,9 @@ def test_names_are_the_contract_names() -> None:
         "correction_um",
         "deviation_um",
         "uncertainty_um",
+        "tolerance_mm",
+        "lower_tol_mm",
+        "upper_tol_mm",
     )
     assert HEALTH_MEASUREMENT == "gateway_health"
     assert HEALTH_FIELD_KEYS == (
@@ -215,7 +233,19 @@ def test_nan_air_temperature_is_left_out_of_that_line_only() -> None:
     assert "air_temp_c=" in lines[2]
     assert ",," not in lines[1]
     parsed = parse_line(lines[1])
-    assert list(parsed.fields) == [k for k in FIELD_KEYS if k != "air_temp_c"]
+    assert list(parsed.fields) == [k for k in FIELD_KEYS if k not in ("air_temp_c", "tolerance_mm", "lower_tol_mm")]
+
+
+def test_missing_tolerance_and_limits_are_left_out_and_the_unit_is_a_tag() -> None:
+    none = replace(ROW_A, tolerance_mm=math.nan, lower_tol_mm=math.nan, upper_tol_mm=math.nan, verdict=3)
+    lower_only = replace(ROW_A, tolerance_mm=math.nan, upper_tol_mm=math.nan, lower_tol_mm=-0.002)
+    lines = measurement_lines(batch_of([none, lower_only, replace(ROW_A, unit="deg")]))
+    assert lines[0] == LINE_A.replace("PASS", "UNDEFINED").replace(
+        ",tolerance_mm=0.01,lower_tol_mm=-0.01,upper_tol_mm=0.01", ""
+    ) + str(T0_NS)
+    assert lines[1].endswith(",uncertainty_um=2.84,lower_tol_mm=-0.002 " + str(T0_NS))
+    assert parse_line(lines[2]).tags["unit"] == "deg"
+    assert "unit" not in parse_line(lines[2]).fields
 
 
 def test_nan_first_field_leaves_no_leading_comma() -> None:
@@ -256,19 +286,22 @@ def test_escape_tag(raw: str, escaped: str) -> None:
 def test_special_characters_in_tags_are_escaped_and_parse_back() -> None:
     row = replace(ROW_A, machine_id="M 1,=\\", feature="f=1 2", material="a\\,b")
     (line,) = measurement_lines(batch_of([row]))
-    assert line.startswith(r"cmm_measurement,machine_id=M\ 1\,\=\\,feature=f\=1\ 2,material=a\\\,b,verdict=PASS ")
+    assert line.startswith(
+        r"cmm_measurement,machine_id=M\ 1\,\=\\,feature=f\=1\ 2,material=a\\\,b,verdict=PASS,unit=mm "
+    )
     assert parse_line(line).tags == {
         "machine_id": "M 1,=\\",
         "feature": "f=1 2",
         "material": "a\\,b",
         "verdict": "PASS",
+        "unit": "mm",
     }
 
 
-@pytest.mark.parametrize(("code", "name"), [(0, "PASS"), (1, "FAIL"), (2, "UNCERTAIN")])
+@pytest.mark.parametrize(("code", "name"), [(0, "PASS"), (1, "FAIL"), (2, "UNCERTAIN"), (3, "UNDEFINED")])
 def test_verdict_codes_become_tags(code: int, name: str) -> None:
     (line,) = measurement_lines(batch_of([replace(ROW_A, verdict=code)]))
-    assert f",verdict={name} " in line
+    assert f",verdict={name},unit=mm " in line
     assert parse_line(line).tags["verdict"] == name
     assert "verdict" not in parse_line(line).fields
 
@@ -298,6 +331,7 @@ def test_lines_parse_back_to_the_batch_exactly() -> None:
             "feature": batch.feature[i],
             "material": batch.material[i],
             "verdict": ("PASS", "FAIL", "UNCERTAIN")[int(batch.verdict[i])],
+            "unit": batch.unit[i],
         }
         assert parsed.timestamp == int(batch.timestamp_ns[i])
         for name in FIELD_KEYS:
@@ -313,6 +347,7 @@ def test_random_floats_round_trip_exactly() -> None:
     rng = np.random.default_rng(20260101)
     n = 200
     magnitudes = 10.0 ** rng.integers(-12, 12, size=n)
+    values = [[float(v) for v in rng.standard_normal(10) * magnitudes[i]] for i in range(n)]
     rows = [
         Row(
             T0_NS + i * 1_000,
@@ -320,9 +355,18 @@ def test_random_floats_round_trip_exactly() -> None:
             "length_x",
             "AL6061",
             i % 3,
-            *(float(v) for v in rng.standard_normal(7) * magnitudes[i]),
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            v[8],
+            v[9],
         )
-        for i in range(n)
+        for i, v in enumerate(values)
     ]
     rows[7] = replace(rows[7], air_temp_c=math.nan)
     batch = batch_of(rows)

@@ -33,6 +33,7 @@ from cmm_twin.errors import ConfigError
 from cmm_twin.mes import store as store_module
 from cmm_twin.mes import validation
 from cmm_twin.mes.cli import load_config
+from cmm_twin.mes.openapi import openapi_document
 from cmm_twin.mes.server import CONFIG, MEASUREMENTS_PATH, STORE, MesConfig, create_app
 from cmm_twin.mes.validation import (
     MalformedBodyError,
@@ -65,6 +66,8 @@ def make_record(i: int = 0, **overrides: Any) -> dict[str, Any]:
         "cte_per_k": 2.36e-05,
         "nominal_mm": 100.0,
         "tolerance_mm": 0.01,
+        "lower_tol_mm": -0.01,
+        "upper_tol_mm": 0.01,
         "measured_mm": 100.0118,
         "part_temp_c": 25.0,
         "air_temp_c": 24.0,
@@ -75,6 +78,10 @@ def make_record(i: int = 0, **overrides: Any) -> dict[str, Any]:
         "uncertainty_um": 2.84,
         "verdict": "PASS",
         "flags": ["part_not_soaked"],
+        "unit": "mm",
+        "compensation": "gateway",
+        "source_format": "csv",
+        "source_file": "cmm01_batch.csv",
     }
     record.update(overrides)
     return record
@@ -269,6 +276,65 @@ async def test_rows_written_by_another_connection_count_as_stored(tmp_path: Path
         assert await get_json(client, "/api/v1/stats") == (200, {"count": 3, "duplicates": 1, "conflicts": 0})
 
 
+ADDED_FIELDS = ("lower_tol_mm", "upper_tol_mm", "unit", "compensation", "source_format", "source_file")
+
+
+def legacy_record(i: int, **overrides: Any) -> dict[str, Any]:
+    """`make_record(i)` as an MES stored it before the record gained ADDED_FIELDS."""
+    return {k: v for k, v in make_record(i, **overrides).items() if k not in ADDED_FIELDS}
+
+
+async def test_a_record_stored_before_the_new_fields_is_a_duplicate_of_its_replay(tmp_path: Path) -> None:
+    config = mes_config(tmp_path)
+    async with running(config) as client:
+        assert (await get_json(client, "/api/v1/stats"))[0] == 200  # the store exists
+        with contextlib.closing(sqlite3.connect(config.db)) as other, other:
+            other.executemany(
+                "INSERT INTO measurements (measurement_id, record) VALUES (?, ?)",
+                [(make_record(i)["measurement_id"], json.dumps(legacy_record(i))) for i in range(6)],
+            )
+        # the same measurements sent again by an upgraded gateway (its spool replayed): every new
+        # field holds what the old record meant (limits -tol/+tol, mm, gateway, csv); the file
+        # name was not recorded before, so any is the same measurement
+        replay = [make_record(0), make_record(1, source_file="replayed_from_spool.csv"), make_record(2, nominal_mm=100)]
+        assert await post(client, replay) == (200, {"accepted": 0, "duplicates": 3})
+        # a new field that contradicts the old record is a conflict, as any other changed value
+        for i, name, value, stored in (
+            (3, "upper_tol_mm", 0.02, 0.01),
+            (4, "unit", "deg", "mm"),
+            (5, "compensation", "source", "gateway"),
+        ):
+            status, answer = await post(client, [make_record(i, **{name: value})])
+            assert (status, answer["conflicts"][0]["field"]) == (409, name)
+            assert (answer["conflicts"][0]["stored"], answer["conflicts"][0]["received"]) == (stored, value)
+        status, answer = await post(client, [make_record(3, source_format="qdas")])
+        assert (status, answer["conflicts"][0]["field"]) == (409, "source_format")
+        assert await get_json(client, "/api/v1/stats") == (200, {"count": 6, "duplicates": 3, "conflicts": 4})
+        status, stored = await get_json(client, MEASUREMENTS_PATH)
+    assert stored[0] == {"seq": 1, **legacy_record(0)}  # returned as it was stored, as the document says
+    doc = openapi_document(config)
+    assert schema_errors(stored, response_schema(doc, MEASUREMENTS_PATH, "get", 200), doc) == []
+
+
+@pytest.mark.parametrize(
+    ("stored", "received", "difference"),
+    [
+        (legacy_record(1), make_record(1), None),
+        (make_record(1), legacy_record(1), None),  # either side may be the old one
+        (legacy_record(1), make_record(1, source_file="other.csv"), None),
+        (make_record(1), make_record(1, source_file="other.csv"), "source_file"),  # both have it: compared
+        (legacy_record(1), make_record(1, lower_tol_mm=-0.02), "lower_tol_mm"),
+        (legacy_record(1), make_record(1, tolerance_mm=None), "tolerance_mm"),
+        (legacy_record(1), make_record(1, source_format="qif"), "source_format"),
+        (make_record(1, verdict="UNDEFINED"), make_record(1), "verdict"),
+    ],
+)
+def test_first_difference_reads_missing_new_fields_as_their_old_meaning(
+    stored: dict[str, Any], received: dict[str, Any], difference: str | None
+) -> None:
+    assert store_module.first_difference(stored, received) == difference
+
+
 async def test_single_object_body_and_empty_array(parser: str, tmp_path: Path) -> None:
     async with running(mes_config(tmp_path)) as client:
         assert await post(client, make_record(7)) == (200, {"accepted": 1, "duplicates": 0})
@@ -284,8 +350,17 @@ async def test_single_object_body_and_empty_array(parser: str, tmp_path: Path) -
 
 INVALID_CASES: list[tuple[str, Any, str]] = [
     ("nominal_mm", True, "must be a number, got boolean"),
-    ("nominal_mm", 0.0, "must be > 0"),
+    ("nominal_mm", 10_000.5, "must be within +-10000"),
+    ("measured_mm", -10_001, "must be within +-10000"),
+    ("compensated_mm", 1e308, "must be within +-10000"),
     ("tolerance_mm", -0.01, "must be > 0"),
+    ("tolerance_mm", 0, "must be > 0"),
+    ("tolerance_mm", 10_001.0, "<= 10000"),
+    ("tolerance_mm", "0.01", "must be a number, got string"),
+    ("lower_tol_mm", -10_000.01, "must be within +-10000"),
+    ("lower_tol_mm", False, "must be a number, got boolean"),
+    ("upper_tol_mm", "none", "must be a number, got string"),
+    ("upper_tol_mm", 10**400, "must be a finite number"),
     ("measured_mm", "100.0", "must be a number, got string"),
     ("compensated_mm", None, "must be a number, got null"),
     ("uncertainty_um", -1.0, "must be >= 0"),
@@ -304,7 +379,16 @@ INVALID_CASES: list[tuple[str, Any, str]] = [
     ("part_id", "P\n1", "must be printable"),
     ("material", ["AL6061"], "must be a string, got array"),
     ("verdict", "OK", "must be one of PASS, FAIL, UNCERTAIN"),
-    ("verdict", "pass", "must be one of PASS, FAIL, UNCERTAIN"),
+    ("verdict", "pass", "must be one of PASS, FAIL, UNCERTAIN, UNDEFINED"),
+    ("unit", "um", "must be one of mm, deg"),
+    ("unit", None, "must be a string, got null"),
+    ("compensation", "GATEWAY", "must be one of gateway, source, none"),
+    ("source_format", "dmis", "must be one of csv, qdas, calypso, qif"),
+    ("source_format", ["csv"], "must be a string, got array"),
+    ("source_file", "", "must be 1..255 characters"),
+    ("source_file", "f" * 256, "must be 1..255 characters"),
+    ("source_file", "a\tb.csv", "must be printable"),
+    ("source_file", 7, "must be a string, got number"),
     ("flags", "part_not_soaked", "must be an array of strings"),
     ("flags", ["hot"], "[0] must be one of"),
     ("flags", [1], "[0] must be one of"),
@@ -327,6 +411,23 @@ def test_valid_variants_are_accepted() -> None:
         {"nominal_mm": 100, "part_temp_c": -5, "deviation_um": -3},  # JSON integers are numbers
         {"timestamp": "2026-01-05T07:00:00.123456789+01:00", "flags": [*FLAG_NAMES.values()]},
         {"part_id": "Ü-42 (rework)", "material": "al6061", "verdict": "UNCERTAIN", "flags": []},
+        # signed lengths (a coordinate, a form deviation's nominal 0), up to the 10 m limit
+        {"nominal_mm": 0.0, "measured_mm": -12.5, "compensated_mm": -10_000, "deviation_um": -2.5},
+        {"nominal_mm": 10_000.0, "measured_mm": 0, "compensated_mm": 10_000},
+        # an asymmetric and a one-sided zone: no symmetric tolerance
+        {"tolerance_mm": None, "lower_tol_mm": -0.02, "upper_tol_mm": 0.05},
+        {"tolerance_mm": None, "lower_tol_mm": None, "upper_tol_mm": 0.005, "flags": ["temperature_assumed"]},
+        {"tolerance_mm": 10_000, "lower_tol_mm": -10_000, "upper_tol_mm": 10_000},
+        # an angle without any limit, from a Q-DAS file, compensated by nobody
+        {"tolerance_mm": None, "lower_tol_mm": None, "upper_tol_mm": None, "verdict": "UNDEFINED", "unit": "deg"},
+        {"compensation": "none", "source_format": "qdas", "source_file": "line 3: part 7.dfq"},
+        {
+            "compensation": "source",
+            "source_format": "calypso",
+            "source_file": "x" * 255,
+            "flags": ["timestamp_from_file"],
+        },
+        {"source_format": "qif", "source_file": "Ü:1.QIF"},
     ):
         record = make_record(1, **overrides)
         assert record_problems(record) == []
@@ -448,6 +549,8 @@ def with_repeated_key(record: dict[str, Any], name: str, value: Any, first: bool
         with_repeated_key(make_record(1), "flags", [], first=False),
         with_repeated_key(make_record(1, part_id="\u00dc:1"), "air_temp_c", None),  # \u escapes in the text
         with_repeated_key(make_record(1, unknown=1), "unknown", 2),  # an invalid record with a repeat
+        with_repeated_key(make_record(1, source_file="a:b.dfq"), "source_file", "c:d.dfq"),  # colons in both
+        with_repeated_key(make_record(1, source_file="a.qif"), "unit", "deg"),
     ],
 )
 async def test_repeated_keys_are_malformed_json(parser: str, tmp_path: Path, text: str) -> None:
@@ -457,9 +560,25 @@ async def test_repeated_keys_are_malformed_json(parser: str, tmp_path: Path, tex
         assert (status, answer["error"].startswith("malformed JSON: duplicate key")) == (400, True)
         assert await get_json(client, "/health") == (200, {"status": "ok", "count": 0})
         # without the repeat, colons in strings and \u escapes are fine
-        for record in (make_record(2, part_id="a:b:c", material="x:"), make_record(3, part_id="\u00dc\\u:")):
+        for record in (
+            make_record(2, part_id="a:b:c", material="x:"),
+            make_record(3, part_id="\u00dc\\u:"),
+            make_record(4, source_file="12:00:00 part:7.dfq"),
+        ):
             assert (await post(client, [record]))[0] == 200
             assert (await post(client, json.dumps(record, ensure_ascii=False).encode()))[0] == 200
+
+
+def test_colons_in_source_file_keep_the_fast_repeated_key_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    def second_parse(*args: Any) -> Any:
+        raise AssertionError("parsed a second time")
+
+    body = parse_body(json.dumps([make_record(1, source_file="12:00:00 part:7.dfq", part_id="a:b")]).encode())
+    monkeypatch.setattr(validation, "_decode", second_parse)
+    ensure_unique_keys(body, records_valid=True)  # the colons add up: no second parse
+    repeated = parse_body(with_repeated_key(make_record(1, source_file="a:b.dfq"), "source_file", "c.dfq").encode())
+    with pytest.raises(AssertionError, match="parsed a second time"):
+        ensure_unique_keys(repeated, records_valid=True)
 
 
 async def test_body_over_the_limit_is_413_json(tmp_path: Path) -> None:
@@ -613,8 +732,8 @@ async def test_openapi_document_matches_the_server(tmp_path: Path, monkeypatch: 
         body_schema = doc["paths"][MEASUREMENTS_PATH]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert schema_errors([make_record(1), make_record(2)], body_schema, doc) == []
         assert schema_errors(make_record(1, air_temp_c=None), body_schema, doc) == []
-        for field, value, _ in INVALID_CASES:
-            if field not in ("part_id",) or value == "":  # "printable" is prose in the schema
+        for field, value, message in INVALID_CASES:
+            if "printable" not in message:  # "printable" is prose in the schema
                 assert schema_errors(make_record(1, **{field: value}), record, doc), (field, value)
 
         auth = {"Authorization": "Bearer tok"}
@@ -670,7 +789,10 @@ JSON_VALUES = st.recursive(
     max_leaves=6,
 )
 NEAR_VALID: st.SearchStrategy[Any] = st.sampled_from(
-    [0, 1, -1, 0.5, 1e308, "PASS", "FAIL", "part_not_soaked", "CMM-01", "", "2026-01-05T06:00:00Z", None, []]
+    [
+        *(0, 1, -1, 0.5, 1e308, "PASS", "FAIL", "part_not_soaked", "CMM-01", "", "2026-01-05T06:00:00Z", None, []),
+        *(10_000, -10_000.0, 10_000.5, "UNDEFINED", "deg", "source", "none", "qif", "a.csv", "x" * 256),
+    ]
 )
 
 

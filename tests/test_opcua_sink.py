@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import socket
 import stat
 import time
@@ -55,8 +56,10 @@ def free_port() -> int:
     return port
 
 
-def make_batch(rows: list[tuple[str, int, float, str]]) -> RecordBatch:
-    """A batch from (machine_id, timestamp_ns, compensated_mm, verdict) rows; other fields derived."""
+def make_batch(rows: list[tuple[str, int, float, str]], **columns: Any) -> RecordBatch:
+    """A batch from (machine_id, timestamp_ns, compensated_mm, verdict) rows; other fields derived
+    unless `columns` gives them: +-0.01 mm, and the newer columns as a record spooled before them
+    reads them (mm, gateway, csv, no file name), so spool migration tests can compare."""
     n = len(rows)
     stamps = np.array([r[1] for r in rows], dtype=np.int64)
     compensated = np.array([r[2] for r in rows], dtype=np.float64)
@@ -71,7 +74,9 @@ def make_batch(rows: list[tuple[str, int, float, str]]) -> RecordBatch:
         material=["AL6061"] * n,
         cte_per_k=np.full(n, 23.6e-6),
         nominal_mm=np.full(n, 100.0),
-        tolerance_mm=np.full(n, 0.01),
+        tolerance_mm=columns.pop("tolerance_mm", np.full(n, 0.01)),
+        lower_tol_mm=columns.pop("lower_tol_mm", np.full(n, -0.01)),
+        upper_tol_mm=columns.pop("upper_tol_mm", np.full(n, 0.01)),
         measured_mm=compensated + 0.0118,
         part_temp_c=np.full(n, 25.0) + np.arange(n),
         air_temp_c=np.full(n, np.nan),
@@ -82,6 +87,12 @@ def make_batch(rows: list[tuple[str, int, float, str]]) -> RecordBatch:
         uncertainty_um=np.full(n, 2.84),
         verdict=np.array([codes[r[3]] for r in rows], dtype=np.int8),
         flags=np.zeros(n, dtype=np.int32),
+        unit=columns.pop("unit", ["mm"] * n),
+        compensation=columns.pop("compensation", np.zeros(n, dtype=np.int8)),
+        source_format=columns.pop("source_format", ["csv"] * n),
+        source_file=columns.pop("source_file", [""] * n),
+        file_end=np.zeros(n, dtype=np.int8),
+        **columns,
     )
 
 
@@ -297,6 +308,48 @@ async def test_latest_row_per_machine_reaches_subscriber(tmp_path: Path) -> None
         assert await client.get_node(f"ns={ns};s=CMM/CMM-02/CompensatedLength").read_value() == 100.020
         with pytest.raises(UaStatusCodeError):  # read-only tags
             await client.get_node(f"{machine}/Verdict").write_value("PASS")
+
+
+async def test_limits_unit_compensation_and_source_format_are_published(tmp_path: Path) -> None:
+    settings = OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
+    nan = float("nan")
+    async with asyncio.timeout(TIMEOUT_S), running(settings) as sink, connected(sink.endpoint_url) as client:
+        batch = make_batch(
+            [
+                ("CMM-01", T0_NS, 100.001, "PASS"),  # +-0.01 mm from a CSV file
+                ("CMM-02", T0_NS + 1000, 89.98, "UNDEFINED"),  # an angle without any limit
+                ("CMM-03", T0_NS + 2000, 0.004, "PASS"),  # a form deviation with an upper limit only
+            ],
+            tolerance_mm=np.array([0.01, nan, nan]),
+            lower_tol_mm=np.array([-0.01, nan, nan]),
+            upper_tol_mm=np.array([0.01, nan, 0.005]),
+            unit=["mm", "deg", "mm"],
+            compensation=np.array([0, 2, 1], dtype=np.int8),
+            source_format=["csv", "qdas", "calypso"],
+        )
+        assert await sink.write(batch) == Delivered()
+        ns = await client.get_namespace_index(NAMESPACE_URI)
+
+        async def read(machine: str, name: str) -> ua.DataValue:
+            data_value: ua.DataValue = await client.get_node(f"ns={ns};s=CMM/{machine}/{name}").read_data_value()
+            assert data_value.StatusCode is not None and data_value.StatusCode.is_good()  # also "no limit"
+            return data_value
+
+        expected = {
+            "CMM-01": ("mm", "gateway", "csv", -0.01, 0.01, "PASS"),
+            "CMM-02": ("deg", "none", "qdas", nan, nan, "UNDEFINED"),
+            "CMM-03": ("mm", "source", "calypso", nan, 0.005, "PASS"),
+        }
+        names = ("Unit", "Compensation", "SourceFormat", "LowerTolerance", "UpperTolerance", "Verdict")
+        for machine, values in expected.items():
+            got = [value_of(await read(machine, name)) for name in names]
+            assert got[:3] + got[5:] == [*values[:3], values[5]], machine
+            for value, want in zip(got[3:5], values[3:5], strict=True):
+                assert (math.isnan(value) and math.isnan(want)) or value == want, (machine, value, want)
+        units = await client.get_node(f"ns={ns};s=CMM/CMM-03/UpperTolerance/EngineeringUnits").read_value()
+        assert (units.UnitId, units.DisplayName.Text) == (5066068, "mm")
+        stamp = (await read("CMM-03", "UpperTolerance")).SourceTimestamp
+        assert stamp == as_datetime(T0_NS + 2000)
 
 
 async def test_gateway_object_shows_the_newest_health_sample(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 import pytest
 from yarl import URL
 
@@ -29,8 +31,11 @@ PAGE_FIELDS = (
     "machine_id",
     "part_id",
     "feature",
+    "unit",
     "nominal_mm",
     "tolerance_mm",
+    "lower_tol_mm",
+    "upper_tol_mm",
     "measured_mm",
     "compensated_mm",
     "part_temp_c",
@@ -190,7 +195,13 @@ async def test_events_stream_records_health_and_rejects(tmp_path: Path) -> None:
         assert [r["id"] for r in snapshot["records"]] == [1, 2, 3, 4]
         assert snapshot["records"][:3] == received
         assert snapshot["records"][3]["part_id"] == "P4"
-        assert snapshot["tolerances"]["length_y"] == {"tolerance_mm": 0.01, "nominal_mm": 60.0}
+        assert snapshot["tolerances"]["length_y"] == {
+            "tolerance_mm": 0.01,
+            "lower_tol_mm": -0.01,
+            "upper_tol_mm": 0.01,
+            "nominal_mm": 60.0,
+            "unit": "mm",
+        }
         (reject,) = snapshot["rejects"]
         assert reject["file"] == "bad.csv"
         assert reject["rows_ok"] == 1 and reject["rows_rejected"] == 1 and reject["file_error"] is None
@@ -280,13 +291,16 @@ def test_feed_ring_is_bounded_and_counts_every_record(tmp_path: Path) -> None:
             },
         )
 
-    for b in (batch(["A", "B", "A"], [0, 1, 2]), batch(["A"] * 6, [0, 0, 0, 0, 0, 1])):
+    for b in (batch(["A", "B", "A"], [0, 1, 2]), batch(["A"] * 6, [0, 0, 0, 0, 3, 1])):
         feed.count(b)
         feed.add(b)
     feed.superseded(batch(["B"], [2]))  # dropped by the runner in a burst: counted, not in the ring
     assert feed.last_id == 9 and feed.first_id == 6
     assert [r["id"] for r in feed.ring] == [6, 7, 8, 9]
-    assert feed.counts == {"A": {"PASS": 6, "FAIL": 1, "UNCERTAIN": 1}, "B": {"PASS": 0, "FAIL": 1, "UNCERTAIN": 1}}
+    assert feed.counts == {
+        "A": {"PASS": 5, "FAIL": 1, "UNCERTAIN": 1, "UNDEFINED": 1},
+        "B": {"PASS": 0, "FAIL": 1, "UNCERTAIN": 1, "UNDEFINED": 0},
+    }
     records, gap = feed.records_after(2)
     assert gap is True and [r["id"] for r in records] == [6, 7, 8, 9]
     records, gap = feed.records_after(7)
@@ -295,3 +309,41 @@ def test_feed_ring_is_bounded_and_counts_every_record(tmp_path: Path) -> None:
     assert feed.records_after(0, machine_id="B") == ([], True)
     assert feed.ring[-1]["verdict"] == "FAIL" and feed.ring[-1]["t"] == 1_767_592_800_000
     assert list(feed.tolerances) == ["length_x"] and feed.tolerances["length_x"]["tolerance_mm"] == 0.01
+    assert feed.ring[-2]["verdict"] == "UNDEFINED"
+
+
+def test_feed_carries_limits_and_unit_of_angles_and_one_sided_zones(tmp_path: Path) -> None:
+    feed = PageFeed(tmp_path)
+    nan = math.nan
+    batch = RecordBatch.with_blanks(
+        2,
+        {
+            "machine_id": ["A", "A"],
+            "feature": ["angle_a", "flatness"],
+            "timestamp": ["2026-01-05T06:00:00.000000Z"] * 2,
+            "timestamp_ns": np.full(2, 1_767_592_800_000_000_000, dtype=np.int64),
+            "nominal_mm": np.array([90.0, 0.0]),
+            "tolerance_mm": np.array([nan, nan]),
+            "lower_tol_mm": np.array([-0.05, nan]),
+            "upper_tol_mm": np.array([0.1, 0.004]),
+            "unit": ["deg", "mm"],
+            "verdict": np.array([0, 0], dtype=np.int8),
+        },
+    )
+    feed.count(batch)
+    feed.add(batch)
+    angle, flatness = (orjson.loads(orjson.dumps(r)) for r in feed.ring)  # as the stream sends them
+    assert {k: angle[k] for k in ("unit", "tolerance_mm", "lower_tol_mm", "upper_tol_mm")} == {
+        "unit": "deg",
+        "tolerance_mm": None,
+        "lower_tol_mm": -0.05,
+        "upper_tol_mm": 0.1,
+    }
+    assert (flatness["unit"], flatness["lower_tol_mm"], flatness["upper_tol_mm"]) == ("mm", None, 0.004)
+    assert orjson.loads(orjson.dumps(feed.tolerances))["flatness"] == {
+        "tolerance_mm": None,
+        "lower_tol_mm": None,
+        "upper_tol_mm": 0.004,
+        "nominal_mm": 0.0,
+        "unit": "mm",
+    }

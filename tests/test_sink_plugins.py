@@ -174,7 +174,7 @@ async def test_live_runner_hands_what_it_drops_to_the_sink_and_writes_the_newest
     await wait_for(lambda: feed.last_id == 2 and len(feed.health) == 1, what="the queued batches and health")
     stop.set()
     await asyncio.wait_for(task, 60)
-    assert feed.counts == {"A": {"PASS": 2, "FAIL": 1, "UNCERTAIN": 1}}, "dropped batches still counted"
+    assert feed.counts == {"A": {"PASS": 2, "FAIL": 1, "UNCERTAIN": 1, "UNDEFINED": 0}}, "dropped batches still counted"
     assert [h["buffer_depth"] for h in feed.health] == [3], "only the newest health sample"
 
 

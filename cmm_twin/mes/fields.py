@@ -19,14 +19,20 @@ from datetime import datetime
 from itertools import chain
 from typing import Any, Final
 
+from cmm_twin.physics.checks import ThermalLimits
+from cmm_twin.physics.compensation import COMPENSATION_NAMES
 from cmm_twin.physics.thermal import FLAG_NAMES, Verdict
-from cmm_twin.records import RESULT_FIELDS
+from cmm_twin.records import RESULT_FIELDS, SOURCE_FORMATS, UNITS
 
 MAX_BATCH_RECORDS: Final = 100_000
 """More records than this in one POST is answered 413 (split the batch)."""
 MAX_TEXT_CHARS: Final = 64
 """Longest machine_id, part_id, feature and material."""
 MAX_TIMESTAMP_CHARS: Final = 40
+MAX_FILE_NAME_CHARS: Final = 255
+"""Longest source_file (an inbox file name)."""
+MAX_LENGTH_MM: Final = ThermalLimits.max_length_mm
+"""Largest |value| of a length, limit or tolerance (the physics' plausibility limit, 10 m)."""
 MAX_PROBLEMS_PER_RECORD: Final = 25
 """A record reports at most this many problems..."""
 MAX_DETAILED_PROBLEMS: Final = 10_000
@@ -36,6 +42,13 @@ RECORD_FIELD: Final = "(record)"
 
 VERDICTS: Final = tuple(v.name for v in Verdict)
 FLAGS: Final = tuple(FLAG_NAMES.values())
+ENUM_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "verdict": VERDICTS,
+    "unit": UNITS,
+    "compensation": tuple(str(name) for name in COMPENSATION_NAMES),
+    "source_format": SOURCE_FORMATS,
+}
+"""Strings that must be one of the listed values."""
 ID_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
 UUID_PATTERN: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 TIMESTAMP_PATTERN: Final = (
@@ -46,8 +59,12 @@ ID_FIELDS: Final = ("machine_id", "feature")
 """Strings matching ID_PATTERN."""
 TEXT_FIELDS: Final = ("part_id", "material")
 """Strings of 1..64 printable characters."""
-POSITIVE_FIELDS: Final = ("nominal_mm", "tolerance_mm", "measured_mm", "compensated_mm")
-"""Finite numbers > 0."""
+LENGTH_FIELDS: Final = ("nominal_mm", "measured_mm", "compensated_mm")
+"""Finite numbers with |x| <= MAX_LENGTH_MM (signed: a coordinate, a form deviation's nominal 0)."""
+TOLERANCE_FIELDS: Final = ("tolerance_mm",)
+"""Null (an asymmetric or one-sided specification) or 0 < x <= MAX_LENGTH_MM."""
+LIMIT_FIELDS: Final = ("lower_tol_mm", "upper_tol_mm")
+"""Null (no limit on that side) or |x| <= MAX_LENGTH_MM."""
 NON_NEGATIVE_FIELDS: Final = ("uncertainty_um",)
 """Finite numbers >= 0."""
 NUMBER_FIELDS: Final = ("cte_per_k", "part_temp_c", "correction_um", "deviation_um")
@@ -64,6 +81,10 @@ _DICT_ONLY: Final = {dict}
 _STR_ONLY: Final = {str}
 _LIST_ONLY: Final = {list}
 _VERDICT_SET: Final = frozenset(VERDICTS)
+_UNIT_SET: Final = frozenset(UNITS)
+_COMPENSATION_SET: Final = frozenset(ENUM_FIELDS["compensation"])
+_SOURCE_FORMAT_SET: Final = frozenset(SOURCE_FORMATS)
+_ENUM_SETS: Final = {name: frozenset(values) for name, values in ENUM_FIELDS.items()}
 _FLAG_SET: Final = frozenset(FLAGS)
 _ID_MATCH: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 _UUID_MATCH: Final = re.compile(UUID_PATTERN.strip("^$")).fullmatch
@@ -158,11 +179,24 @@ def _check_number(value: Any) -> str | None:
     return _number_problem(value)
 
 
-def _check_positive(value: Any) -> str | None:
+def _check_length(value: Any) -> str | None:
     problem = _number_problem(value)
-    if problem is None and not value > 0:
-        return f"must be > 0, got {value!r}"
+    if problem is None and not -MAX_LENGTH_MM <= value <= MAX_LENGTH_MM:
+        return f"must be within +-{MAX_LENGTH_MM:g}, got {value!r}"
     return problem
+
+
+def _check_tolerance(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = _number_problem(value)
+    if problem is None and not 0 < value <= MAX_LENGTH_MM:
+        return f"must be > 0 and <= {MAX_LENGTH_MM:g} (or null), got {value!r}"
+    return problem
+
+
+def _check_limit(value: Any) -> str | None:
+    return None if value is None else _check_length(value)
 
 
 def _check_non_negative(value: Any) -> str | None:
@@ -176,11 +210,26 @@ def _check_nullable(value: Any) -> str | None:
     return None if value is None else _number_problem(value)
 
 
-def _check_verdict(value: Any) -> str | None:
+def _enum_check(name: str) -> Callable[[Any], str | None]:
+    allowed, listed = _ENUM_SETS[name], ", ".join(ENUM_FIELDS[name])
+
+    def check(value: Any) -> str | None:
+        if type(value) is not str:
+            return _not_string(value)
+        if value not in allowed:
+            return f"must be one of {listed}, got {short_text(value)}"
+        return None
+
+    return check
+
+
+def _check_file_name(value: Any) -> str | None:
     if type(value) is not str:
         return _not_string(value)
-    if value not in _VERDICT_SET:
-        return f"must be one of {', '.join(VERDICTS)}, got {short_text(value)}"
+    if not 1 <= len(value) <= MAX_FILE_NAME_CHARS:
+        return f"must be 1..{MAX_FILE_NAME_CHARS} characters, got {len(value)}"
+    if not value.isprintable():
+        return f"must be printable characters, got {short_text(value)}"
     return None
 
 
@@ -200,12 +249,15 @@ CHECKS: Final[tuple[tuple[str, Callable[[Any], str | None]], ...]] = tuple(
         ("timestamp", _check_timestamp),
         *((n, _check_id) for n in ID_FIELDS),
         *((n, _check_text) for n in TEXT_FIELDS),
-        *((n, _check_positive) for n in POSITIVE_FIELDS),
+        *((n, _check_length) for n in LENGTH_FIELDS),
+        *((n, _check_tolerance) for n in TOLERANCE_FIELDS),
+        *((n, _check_limit) for n in LIMIT_FIELDS),
         *((n, _check_non_negative) for n in NON_NEGATIVE_FIELDS),
         *((n, _check_number) for n in NUMBER_FIELDS),
         *((n, _check_nullable) for n in NULLABLE_FIELDS),
-        ("verdict", _check_verdict),
+        *((n, _enum_check(n)) for n in ENUM_FIELDS),
         ("flags", _check_flags),
+        ("source_file", _check_file_name),
     )
 )
 """(field, check) for every RESULT_FIELDS name; a check returns None or the problem."""
@@ -215,8 +267,9 @@ assert sorted(n for n, _ in CHECKS) == sorted(RESULT_FIELDS), "every record fiel
 _fields_of: Final = operator.itemgetter(*RESULT_FIELDS)
 assert (
     *("measurement_id", "timestamp", "machine_id", "part_id", "feature", "material", "cte_per_k"),
-    *("nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c", "scale_temp_c"),
-    *("compensated_mm", "correction_um", "deviation_um", "uncertainty_um", "verdict", "flags"),
+    *("nominal_mm", "tolerance_mm", "lower_tol_mm", "upper_tol_mm", "measured_mm", "part_temp_c", "air_temp_c"),
+    *("scale_temp_c", "compensated_mm", "correction_um", "deviation_um", "uncertainty_um", "verdict", "flags"),
+    *("unit", "compensation", "source_format", "source_file"),
 ) == RESULT_FIELDS, "is_valid_record unpacks the fields in this order"
 
 
@@ -228,8 +281,8 @@ def is_valid_record(record: Any) -> bool:
         values = _fields_of(record)
     except KeyError:
         return False
-    (mid, timestamp, machine, part, feature, material, cte, nominal, tolerance, measured, part_temp, air_temp,
-     scale_temp, compensated, correction, deviation, uncertainty, verdict, flags) = values  # fmt: skip
+    mid, timestamp, machine, part, feature, material = values[:6]
+    verdict, flags, unit, compensation, source_format, source_file = values[19:]
     if not (
         type(mid) is str
         and type(timestamp) is str
@@ -239,6 +292,10 @@ def is_valid_record(record: Any) -> bool:
         and type(material) is str
         and type(verdict) is str
         and type(flags) is list
+        and type(unit) is str
+        and type(compensation) is str
+        and type(source_format) is str
+        and type(source_file) is str
     ):
         return False
     if (
@@ -248,13 +305,43 @@ def is_valid_record(record: Any) -> bool:
         or _ID_MATCH(feature) is None
         or not 0 < len(part) <= MAX_TEXT_CHARS
         or not 0 < len(material) <= MAX_TEXT_CHARS
+        or not 0 < len(source_file) <= MAX_FILE_NAME_CHARS
         or not part.isprintable()
         or not material.isprintable()
+        or not source_file.isprintable()
         or verdict not in _VERDICT_SET
+        or unit not in _UNIT_SET
+        or compensation not in _COMPENSATION_SET
+        or source_format not in _SOURCE_FORMAT_SET
     ):
         return False
-    for value in (nominal, tolerance, measured, compensated):
-        if (type(value) is not float and type(value) is not int) or not 0 < value <= FLOAT_MAX:
+    if not _record_numbers_valid(values):
+        return False
+    for flag in flags:
+        if type(flag) is not str or flag not in _FLAG_SET:
+            return False
+    try:
+        datetime.fromisoformat(timestamp)
+    except ValueError:
+        return False
+    return True
+
+
+def _record_numbers_valid(values: tuple[Any, ...]) -> bool:
+    """The number fields of `is_valid_record` (`values` in RESULT_FIELDS order)."""
+    (cte, nominal, tolerance, lower, upper, measured, part_temp, air_temp, scale_temp, compensated, correction,
+     deviation, uncertainty) = values[6:19]  # fmt: skip
+    for value in (nominal, measured, compensated):
+        if (type(value) is not float and type(value) is not int) or not -MAX_LENGTH_MM <= value <= MAX_LENGTH_MM:
+            return False
+    if tolerance is not None and (
+        (type(tolerance) is not float and type(tolerance) is not int) or not 0 < tolerance <= MAX_LENGTH_MM
+    ):
+        return False
+    for value in (lower, upper):
+        if value is not None and (
+            (type(value) is not float and type(value) is not int) or not -MAX_LENGTH_MM <= value <= MAX_LENGTH_MM
+        ):
             return False
     if (type(uncertainty) is not float and type(uncertainty) is not int) or not 0 <= uncertainty <= FLOAT_MAX:
         return False
@@ -266,13 +353,6 @@ def is_valid_record(record: Any) -> bool:
             (type(value) is not float and type(value) is not int) or not -FLOAT_MAX <= value <= FLOAT_MAX
         ):
             return False
-    for flag in flags:
-        if type(flag) is not str or flag not in _FLAG_SET:
-            return False
-    try:
-        datetime.fromisoformat(timestamp)
-    except ValueError:
-        return False
     return True
 
 
@@ -303,8 +383,8 @@ def batch_is_valid(records: list[Any]) -> bool:
 
 
 def _strings_valid(column: dict[str, list[Any]]) -> bool:
-    """The id, text, time and verdict columns of `batch_is_valid`."""
-    for name in (*ID_FIELDS, *TEXT_FIELDS, "measurement_id", "timestamp", "verdict"):
+    """The id, text, time, enum and file name columns of `batch_is_valid`."""
+    for name in (*ID_FIELDS, *TEXT_FIELDS, *ENUM_FIELDS, "measurement_id", "timestamp", "source_file"):
         if set(map(type, column[name])) != _STR_ONLY:
             return False
     if not (
@@ -312,20 +392,32 @@ def _strings_valid(column: dict[str, list[Any]]) -> bool:
         and all(map(_TIMESTAMP_MATCH, column["timestamp"]))
         and all(map(_ID_MATCH, column["machine_id"]))
         and all(map(_ID_MATCH, column["feature"]))
-        and _VERDICT_SET.issuperset(column["verdict"])
+        and all(allowed.issuperset(column[name]) for name, allowed in _ENUM_SETS.items())
     ):
         return False
-    for name in TEXT_FIELDS:
+    for name, longest in (*((n, MAX_TEXT_CHARS) for n in TEXT_FIELDS), ("source_file", MAX_FILE_NAME_CHARS)):
         lengths = list(map(len, column[name]))
-        if min(lengths) < 1 or max(lengths) > MAX_TEXT_CHARS or not all(map(str.isprintable, column[name])):
+        if min(lengths) < 1 or max(lengths) > longest or not all(map(str.isprintable, column[name])):
             return False
     return True
 
 
+def _all_given_numbers(column: list[Any], low: float, high: float, low_open: bool = False) -> bool:
+    """`_all_numbers` over the values that are not None (all None: True)."""
+    given = [value for value in column if value is not None] if None in column else column
+    return not given or _all_numbers(given, low, high, low_open)
+
+
 def _numbers_valid(column: dict[str, list[Any]]) -> bool:
     """The number columns of `batch_is_valid`."""
-    for name in POSITIVE_FIELDS:
-        if not _all_numbers(column[name], 0.0, FLOAT_MAX, low_open=True):
+    for name in LENGTH_FIELDS:
+        if not _all_numbers(column[name], -MAX_LENGTH_MM, MAX_LENGTH_MM):
+            return False
+    for name in TOLERANCE_FIELDS:
+        if not _all_given_numbers(column[name], 0.0, MAX_LENGTH_MM, low_open=True):
+            return False
+    for name in LIMIT_FIELDS:
+        if not _all_given_numbers(column[name], -MAX_LENGTH_MM, MAX_LENGTH_MM):
             return False
     for name in NON_NEGATIVE_FIELDS:
         if not _all_numbers(column[name], 0.0, FLOAT_MAX):
@@ -333,11 +425,7 @@ def _numbers_valid(column: dict[str, list[Any]]) -> bool:
     for name in NUMBER_FIELDS:
         if not _all_numbers(column[name], -FLOAT_MAX, FLOAT_MAX):
             return False
-    for name in NULLABLE_FIELDS:
-        given = [value for value in column[name] if value is not None]
-        if given and not _all_numbers(given, -FLOAT_MAX, FLOAT_MAX):
-            return False
-    return True
+    return all(_all_given_numbers(column[name], -FLOAT_MAX, FLOAT_MAX) for name in NULLABLE_FIELDS)
 
 
 def _flags_and_dates_valid(column: dict[str, list[Any]]) -> bool:

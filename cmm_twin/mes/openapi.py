@@ -8,23 +8,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from cmm_twin.mes.fields import (
+    ENUM_FIELDS,
     FLAGS,
     FLOAT_MAX,
     ID_FIELDS,
     ID_PATTERN,
+    LENGTH_FIELDS,
+    LIMIT_FIELDS,
     MAX_BATCH_RECORDS,
+    MAX_FILE_NAME_CHARS,
+    MAX_LENGTH_MM,
     MAX_TEXT_CHARS,
     NON_NEGATIVE_FIELDS,
     NULLABLE_FIELDS,
     NUMBER_FIELDS,
-    POSITIVE_FIELDS,
     RECORD_FIELD,
     TEXT_FIELDS,
     TIMESTAMP_PATTERN,
+    TOLERANCE_FIELDS,
     UUID_PATTERN,
-    VERDICTS,
 )
-from cmm_twin.mes.store import COMPARED_FIELDS
+from cmm_twin.mes.store import COMPARED_FIELDS, LEGACY_DEFAULTS, UNRECORDED_FIELDS
 from cmm_twin.records import RESULT_FIELDS
 
 if TYPE_CHECKING:
@@ -81,23 +85,54 @@ def record_schema() -> dict[str, Any]:
             "maxLength": MAX_TEXT_CHARS,
             "description": "printable characters only",
         }
-    for name in POSITIVE_FIELDS:
-        properties[name] = {"type": "number", "exclusiveMinimum": 0, "maximum": FLOAT_MAX, "description": "finite"}
+    length = {"minimum": -MAX_LENGTH_MM, "maximum": MAX_LENGTH_MM}
+    angle = "; for unit deg (an angle) in degrees"
+    for name in LENGTH_FIELDS:
+        properties[name] = {"type": "number", **length, "description": "signed, mm" + angle}
+    for name in TOLERANCE_FIELDS:
+        properties[name] = {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "maximum": MAX_LENGTH_MM,
+            "description": "symmetric tolerance +-t, mm"
+            + angle
+            + "; null for an asymmetric or one-sided specification",
+        }
+    for name in LIMIT_FIELDS:
+        properties[name] = {
+            "type": ["number", "null"],
+            **length,
+            "description": "limit relative to the nominal (signed), mm" + angle + "; null: no limit on that side",
+        }
     for name in NON_NEGATIVE_FIELDS:
         properties[name] = {**number, "minimum": 0}
     for name in NUMBER_FIELDS:
         properties[name] = dict(number)
     for name in NULLABLE_FIELDS:
         properties[name] = {"type": ["number", "null"], **finite, "description": "finite, or null when not measured"}
-    properties["verdict"] = {"type": "string", "enum": list(VERDICTS)}
+    for name, values in ENUM_FIELDS.items():
+        properties[name] = {"type": "string", "enum": list(values)}
+    properties["verdict"]["description"] = "UNDEFINED: no limit at all, nothing to decide"
+    properties["unit"]["description"] = "deg: an angle (its _mm fields are degrees, its _um fields millidegrees)"
+    properties["compensation"]["description"] = (
+        "who corrected the value to 20 degC: gateway, source (the CMM software), none (an angle)"
+    )
     properties["flags"] = {"type": "array", "items": {"type": "string", "enum": list(FLAGS)}}
+    properties["source_file"] = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_FILE_NAME_CHARS,
+        "description": "the inbox file the record came from; printable characters only",
+    }
     return _closed_object({name: properties[name] for name in RESULT_FIELDS})
 
 
 def stored_record_schema() -> dict[str, Any]:
-    """JSON Schema of a record as GET returns it: the record as stored plus its `seq`."""
+    """JSON Schema of a record as GET returns it: the record as stored plus its `seq` (a record
+    stored before the record gained LEGACY_DEFAULTS' and UNRECORDED_FIELDS' fields lacks them)."""
     schema = record_schema()
-    schema["required"] = ["seq", *schema["required"]]
+    added = {*LEGACY_DEFAULTS, *UNRECORDED_FIELDS}
+    schema["required"] = ["seq", *(name for name in schema["required"] if name not in added)]
     schema["properties"] = {
         "seq": {"type": "integer", "minimum": 1, "description": "arrival order"},
         **schema["properties"],

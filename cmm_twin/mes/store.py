@@ -23,6 +23,13 @@ appears earlier in the same batch) is a duplicate when its values are the same, 
 when they differ (`first_difference`). Only such records are compared, reading the stored ones by
 seq, so a batch of new ids costs nothing more. A batch with a conflict stores nothing: each of its
 conflicts is kept (once) in `conflicts` with both records, and the batch is answered 409.
+
+Records stored before the record gained `lower_tol_mm`, `upper_tol_mm`, `unit`, `compensation`,
+`source_format` and `source_file` lack those fields. Compared with a record that has them (a
+gateway replaying its spool after an upgrade), a missing field counts as what it meant then
+(`LEGACY_DEFAULTS`: limits -tol/+tol, `mm`, `gateway`, `csv`); `source_file` was not recorded at
+all, so it is compared only when both records have it. The same measurement is then a duplicate,
+while a changed value in a field both know still makes a conflict.
 """
 
 from __future__ import annotations
@@ -73,6 +80,17 @@ _SQL_VARIABLES: Final = 500
 """Seqs per `IN (...)` query (well under SQLite's limit on bound variables)."""
 COMPARED_FIELDS: Final = tuple(name for name in RESULT_FIELDS if name != "measurement_id")
 """The fields that must be equal for a record with a stored id to be a duplicate, not a conflict."""
+LEGACY_DEFAULTS: Final[dict[str, Callable[[Mapping[str, Any]], Any]]] = {
+    "lower_tol_mm": lambda r: -r["tolerance_mm"] if _is_number(r.get("tolerance_mm")) else None,
+    "upper_tol_mm": lambda r: r.get("tolerance_mm"),
+    "unit": lambda r: "mm",
+    "compensation": lambda r: "gateway",
+    "source_format": lambda r: "csv",
+}
+"""Value of a field a record stored before the field existed lacks: what every record meant then
+(a symmetric tolerance, a length in mm compensated by the gateway, read from the CSV inbox)."""
+UNRECORDED_FIELDS: Final = frozenset({"source_file"})
+"""Fields older records lack and nothing can stand in for: compared only when both records have them."""
 _DUPLICATES: Final = "SELECT value FROM counters WHERE name = 'duplicates'"
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 """Checkpoint the WAL every ~40 MB rather than SQLite's 4 MB: fewer, larger checkpoints."""
@@ -118,13 +136,28 @@ def _same_instant(a: Any, b: Any) -> bool:
         return False
 
 
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def field_value(record: Mapping[str, Any], name: str) -> Any:
+    """The record's value of `name`; for a record from before the field existed, LEGACY_DEFAULTS'."""
+    if name in record or name not in LEGACY_DEFAULTS:
+        return record.get(name)
+    return LEGACY_DEFAULTS[name](record)
+
+
 def first_difference(stored: Mapping[str, Any], received: Mapping[str, Any]) -> str | None:
     """The first of COMPARED_FIELDS whose values differ, or None when the records agree.
 
     Numbers compare by value (100 == 100.0), times as instants (`Z` == `+00:00`), flags as sets.
+    A field a record lacks (stored before the field existed) counts as its LEGACY_DEFAULTS value;
+    UNRECORDED_FIELDS are compared only when both records have them.
     """
     for name in COMPARED_FIELDS:
-        a, b = stored.get(name), received.get(name)
+        if name in UNRECORDED_FIELDS and (name not in stored or name not in received):
+            continue
+        a, b = field_value(stored, name), field_value(received, name)
         if a == b and (type(a) is bool) == (type(b) is bool):  # a JSON true is no number 1
             continue
         if name == "timestamp" and _same_instant(a, b):
@@ -327,7 +360,7 @@ class MeasurementStore:
             first, received = json.loads(first_text), json.loads(received_text)
             name = first_difference(first, received)
             if name is not None:
-                conflict = Conflict(i, measurement_id, name, first.get(name), received.get(name))
+                conflict = Conflict(i, measurement_id, name, field_value(first, name), field_value(received, name))
                 conflicts.append((conflict, measurement_id, first_text, received_text, received_at))
         return conflicts
 

@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 _FIELD_COUNT: Final = len(RESULT_FIELDS)
-_STRINGS_WITH_COLONS: Final = tuple(operator.itemgetter(name) for name in ("timestamp", "part_id", "material"))
+_STRINGS_WITH_COLONS: Final = tuple(
+    operator.itemgetter(name) for name in ("timestamp", "part_id", "material", "source_file")
+)
 """The only fields of a valid record whose text may hold a `:`."""
 _WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
 
@@ -128,7 +130,8 @@ def ensure_unique_keys(body: Body, records_valid: bool) -> None:
 
     For valid records no second parse is needed when the colons add up: outside strings a valid
     record has exactly one `:` per key, and without `\\u` escapes the colons inside its strings
-    are those of its parsed timestamp, part_id and material (no other field may hold one). A
+    are those of its parsed timestamp, part_id, material and source_file (no other field may hold
+    one). A
     repeated key adds a colon, so the count can only match when there is none. Otherwise the text
     is parsed again by a decoder that rejects repeated keys.
     """

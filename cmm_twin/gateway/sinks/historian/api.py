@@ -5,7 +5,8 @@ Parameters (all optional):
 - `machine_id`: only this machine (cmm_measurement only);
 - `since`, `until`: ISO 8601 with an offset (`2026-11-27T08:00:00Z`) or Unix seconds; default the
   last hour up to now; `since` is inclusive, `until` exclusive;
-- `fields`: comma-separated field names (default all fields of the measurement);
+- `fields`: comma-separated field names (default all fields of the measurement: for
+  `cmm_measurement` the line protocol's fields and every other field of the result record);
 - `limit`: at most this many points, the newest (default 10,000, at most 100,000).
 """
 
@@ -21,7 +22,9 @@ import orjson
 
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.sinks.historian.lineprotocol import MEASUREMENT
-from cmm_twin.gateway.sinks.historian.sqlite import MEASUREMENT_FIELDS, MEASUREMENT_TAGS, HistoryQuery, HistoryResult
+from cmm_twin.gateway.sinks.historian.schema import MEASUREMENT_FIELDS, MEASUREMENT_TAGS
+from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryResult
+from cmm_twin.physics.thermal import flag_names
 
 DEFAULT_SPAN_NS = 3600 * 10**9
 DEFAULT_LIMIT = 10_000
@@ -118,8 +121,18 @@ def history_head(q: HistoryQuery, count: int, truncated: bool) -> dict[str, Any]
 
 
 def points_of(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-    """One JSON object per row `(time_ns, *values of names)`."""
-    return [{"time": iso_ns(row[0]), **dict(zip(names, row[1:], strict=True))} for row in rows]
+    """One JSON object per row `(time_ns, *values of names)`; `flags` (stored as a bit mask) as
+    the record's list of names (null for a point stored before flags were)."""
+    points = [{"time": iso_ns(row[0]), **dict(zip(names, row[1:], strict=True))} for row in rows]
+    if "flags" in names:
+        names_of: dict[int, list[str]] = {}
+        for point in points:
+            mask = point["flags"]
+            if mask is not None:
+                if mask not in names_of:
+                    names_of[mask] = flag_names(mask)
+                point["flags"] = names_of[mask]
+    return points
 
 
 def history_document(q: HistoryQuery, result: HistoryResult) -> dict[str, Any]:

@@ -1,16 +1,20 @@
 """The historian's names (README, "The historian") and InfluxDB line protocol built a batch at a time.
 
 Names are fixed by the contract and the Grafana dashboard queries exactly these:
-- `cmm_measurement`, tags `machine_id, feature, material, verdict`, fields `measured_mm,
-  compensated_mm, part_temp_c, air_temp_c, correction_um, deviation_um, uncertainty_um`,
-  timestamp = measurement time. The verdict is a tag (not a string field) so databases that keep
-  only numeric fields (VictoriaMetrics) keep it too.
+- `cmm_measurement`, tags `machine_id, feature, material, verdict, unit`, fields `measured_mm,
+  compensated_mm, part_temp_c, air_temp_c, correction_um, deviation_um, uncertainty_um,
+  tolerance_mm, lower_tol_mm, upper_tol_mm`, timestamp = measurement time. The verdict and the unit
+  are tags (not string fields) so databases that keep only numeric fields (VictoriaMetrics) keep
+  them too. `unit` is `deg` for an angle (its `_mm` fields are then degrees, its `_um` fields
+  thousandths of a degree); the tolerance and limits follow the record (limits signed, relative to
+  the nominal).
 - `gateway_health`, fields `buffer_depth, mes_connected, historian_connected, files_processed,
   rows_rejected` (integers), timestamp = when the sample was taken.
 
 Encoding works on whole columns (numbers written by orjson in C, one `%` format per row), many
 times faster than a `Point` object per row. A NaN field (an optional air temperature
-that was not given) is left out of its line, as line protocol has no null.
+that was not given, a tolerance or limit a specification does not have) is left out of its line,
+as line protocol has no null.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
 MEASUREMENT = "cmm_measurement"
-TAG_KEYS: tuple[str, ...] = ("machine_id", "feature", "material", "verdict")
+TAG_KEYS: tuple[str, ...] = ("machine_id", "feature", "material", "verdict", "unit")
 FIELD_KEYS: tuple[str, ...] = (
     "measured_mm",
     "compensated_mm",
@@ -37,6 +41,9 @@ FIELD_KEYS: tuple[str, ...] = (
     "correction_um",
     "deviation_um",
     "uncertainty_um",
+    "tolerance_mm",
+    "lower_tol_mm",
+    "upper_tol_mm",
 )
 HEALTH_MEASUREMENT = "gateway_health"
 HEALTH_FIELD_KEYS: tuple[str, ...] = (
@@ -100,9 +107,9 @@ def measurement_body(batch: RecordBatch, precision: Precision = Precision.NS) ->
     if n == 0:
         return b""
     verdicts = VERDICT_NAMES[batch.verdict].tolist()
-    formats: dict[tuple[str, str, str, str], bytes] = {}
+    formats: dict[tuple[str, str, str, str, str], bytes] = {}
     row_formats: list[bytes] = []
-    for key in zip(batch.machine_id, batch.feature, batch.material, verdicts, strict=True):
+    for key in zip(batch.machine_id, batch.feature, batch.material, verdicts, batch.unit, strict=True):
         row_format = formats.get(key)
         if row_format is None:
             tags = ",".join(f"{k}={escape_tag(v)}" for k, v in zip(TAG_KEYS, key, strict=True))

@@ -9,6 +9,13 @@ part_id is not part of the key (nor an InfluxDB tag): one machine measures one f
 at a time, so machine, feature and time identify the measurement. Rows are keyed by time first,
 so writes append and both the retention purge and time-range queries use the key.
 All database work runs on one dedicated thread (`HistoryStore` is not thread-safe on its own).
+
+Besides the line protocol's tags and fields, a `cmm_measurement` row keeps every other field of the
+result record (`RECORD_FIELDS`), so `/api/v1/history` can answer with whole records; the record's
+`timestamp` is the point's `time`. The `unit` tag is not part of the key (the key of a history
+created before it stays as it was). A history of an earlier version is migrated when opened: the
+missing columns are added (ALTER TABLE ADD COLUMN), and its rows read `unit` `mm`, `compensation`
+`gateway` and `source_format` `csv` (what every record was then) and null for what was not stored.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from aiohttp import web
 
 from cmm_twin.gateway.health import GatewayHealth
@@ -38,8 +44,15 @@ from cmm_twin.gateway.sinks.historian.lineprotocol import (
     TAG_KEYS,
     HealthSample,
 )
+from cmm_twin.gateway.sinks.historian.schema import (
+    COLUMN_TYPES,
+    KEY_TAGS,
+    MEASUREMENT_KEYS,
+    MEASUREMENT_TAGS,
+    RECORD_FIELDS,
+    measurement_rows,
+)
 from cmm_twin.gateway.state import DiskFullError, is_disk_full, translated
-from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 from cmm_twin.sqlite_worker import SqliteWorker, connect, rollback
 
@@ -53,8 +66,7 @@ PAGE_ROWS = 2_000
 MAX_STREAMS = 4
 """History answers streamed at once (more wait their turn): at most MAX_STREAMS x PAGE_ROWS points
 of queries are in memory at any time."""
-MEASUREMENT_FIELDS: dict[str, tuple[str, ...]] = {MEASUREMENT: FIELD_KEYS, HEALTH_MEASUREMENT: HEALTH_FIELD_KEYS}
-MEASUREMENT_TAGS: dict[str, tuple[str, ...]] = {MEASUREMENT: TAG_KEYS, HEALTH_MEASUREMENT: ()}
+
 _HELD_IN_SPAN = f"SELECT time_ns, machine_id, feature FROM {MEASUREMENT} WHERE time_ns BETWEEN ? AND ? LIMIT ?"
 _HELD_AT = f"SELECT time_ns, machine_id, feature FROM {MEASUREMENT} WHERE time_ns IN ({{}})"
 _TIMES_PER_QUERY = 500
@@ -105,17 +117,17 @@ class HistoryStore:
     def _open_tables(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        tags = ", ".join(f"{t} TEXT NOT NULL" for t in TAG_KEYS)
-        fields = ", ".join(f"{f} REAL" for f in FIELD_KEYS)
+        definitions = ", ".join(f"{name} {kind}" for name, kind in COLUMN_TYPES.items())
         health = ", ".join(f"{f} INTEGER NOT NULL" for f in HEALTH_FIELD_KEYS)
         self._db.executescript(
             f"""
-            CREATE TABLE IF NOT EXISTS {MEASUREMENT} (time_ns INTEGER NOT NULL, {tags}, {fields},
-                PRIMARY KEY (time_ns, {", ".join(TAG_KEYS)})) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS {MEASUREMENT} (time_ns INTEGER NOT NULL, {definitions},
+                PRIMARY KEY (time_ns, {", ".join(KEY_TAGS)})) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS {HEALTH_MEASUREMENT} (time_ns INTEGER PRIMARY KEY, {health});
             """
         )
-        columns = ("time_ns", *TAG_KEYS, *FIELD_KEYS)
+        self._add_missing_columns()
+        columns = ("time_ns", *COLUMN_TYPES)
         self._insert_measurement = (
             f"INSERT OR IGNORE INTO {MEASUREMENT} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         )
@@ -124,6 +136,21 @@ class HistoryStore:
             f"INSERT OR REPLACE INTO {HEALTH_MEASUREMENT} ({', '.join(health_columns)}) "
             f"VALUES ({', '.join('?' * len(health_columns))})"
         )
+
+    def _add_missing_columns(self) -> None:
+        """Add the columns a history of an earlier version lacks (its rows read their defaults or null)."""
+        present = {str(row[1]) for row in self._db.execute(f"PRAGMA table_info({MEASUREMENT})")}
+        missing = [name for name in COLUMN_TYPES if name not in present]
+        if missing:
+            self._db.execute("BEGIN")
+            try:
+                for name in missing:
+                    self._db.execute(f"ALTER TABLE {MEASUREMENT} ADD COLUMN {name} {COLUMN_TYPES[name]}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                rollback(self._db)
+                raise
+            log.info("history %s: added the columns %s", self.path, ", ".join(missing))
 
     def close(self) -> None:
         """Close the database."""
@@ -153,7 +180,7 @@ class HistoryStore:
         """The rows of `batch` to store: none of a measurement point already held (same time,
         machine and feature) or repeated earlier in the batch. The first value is kept, even when a
         re-measurement has another verdict or material (other tags, so the key alone would keep both)."""
-        rows: Iterable[tuple[Any, ...]] = _measurement_rows(batch)
+        rows: Iterable[tuple[Any, ...]] = measurement_rows(batch)
         times: list[int] = batch.timestamp_ns.tolist()
         identities = list(zip(times, batch.machine_id, batch.feature, strict=True))
         held = self._held_points(times)
@@ -222,7 +249,7 @@ class _ReadPlan:
     def __init__(self, q: HistoryQuery) -> None:
         self.q = q
         self.tags = MEASUREMENT_TAGS[q.measurement]
-        key = ("time_ns", *self.tags)  # the table's primary key
+        key = ("time_ns", *MEASUREMENT_KEYS[q.measurement])  # the table's primary key
         where = "time_ns >= ? AND time_ns < ?"
         self.params: list[Any] = [q.since_ns, q.until_ns]
         if q.machine_id is not None:
@@ -292,23 +319,6 @@ class HistorySnapshot:
         self._db.close()
 
 
-def _measurement_rows(batch: RecordBatch) -> Any:
-    columns: list[list[Any]] = [
-        batch.timestamp_ns.tolist(),
-        batch.machine_id,
-        batch.feature,
-        batch.material,
-        VERDICT_NAMES[batch.verdict].tolist(),
-    ]
-    for name in FIELD_KEYS:
-        column = getattr(batch, name)
-        values = column.tolist()
-        if not np.isfinite(column).all():
-            values = [v if np.isfinite(v) else None for v in values]
-        columns.append(values)
-    return zip(*columns, strict=True)
-
-
 class StreamSlots:
     """At most `limit` history streams at once (`peak`: the most there ever were), all read on one
     worker thread: the reads hold the GIL for most of their work, so more threads would not make
@@ -362,6 +372,8 @@ class HistoryStream:
 
 class SqliteHistorianSink(HistorianSink):
     """Writes measurements and health samples into a HistoryStore; answers history queries."""
+
+    columns = ("timestamp_ns", *TAG_KEYS, *FIELD_KEYS, *RECORD_FIELDS)
 
     def __init__(self, path: Path, retention_days: float = 30.0) -> None:
         super().__init__()

@@ -6,8 +6,9 @@ browsing:
 
     Objects/CMM                       ns=<ns>;s=CMM                         (folder)
     Objects/CMM/<machine_id>          ns=<ns>;s=CMM/<machine_id>            (object, created on first sight)
-        PartId, Feature, Verdict      ns=<ns>;s=CMM/<machine_id>/<Name>     (String)
-        MeasuredLength, CompensatedLength                                   (Double, mm)
+        PartId, Feature, Unit, Compensation, SourceFormat, Verdict
+                                      ns=<ns>;s=CMM/<machine_id>/<Name>     (String)
+        MeasuredLength, CompensatedLength, LowerTolerance, UpperTolerance   (Double, mm)
         PartTemperature                                                     (Double, degC)
         Deviation, Uncertainty                                              (Double, µm)
             EngineeringUnits          ns=<ns>;s=CMM/<machine_id>/<Name>/EngineeringUnits
@@ -19,7 +20,15 @@ browsing:
 
 `/` separates the parts because a machine_id (`[A-Za-z0-9_.-]{1,64}`) can hold dots but never a
 slash, so two machines can never map to the same NodeId. Numeric machine variables are of type
-BaseAnalogType; each value carries the measurement time as SourceTimestamp.
+BaseAnalogType; each value carries the measurement time as SourceTimestamp. Verdict is written
+last, so a client that reacts to it reads the other variables of the same measurement.
+
+`Unit` is `mm` or `deg`: for an angle the mm variables hold degrees and the µm ones thousandths of
+a degree (EngineeringUnits describes the usual length case and does not change per value).
+`LowerTolerance`/`UpperTolerance` are the limits relative to the nominal (signed); a side without
+a limit is NaN with status Good: the specification has no limit there, which is a valid value,
+not a data-quality problem (a Bad status would make clients report a fault). `Verdict` is
+UNDEFINED when neither side has a limit.
 """
 
 from __future__ import annotations
@@ -76,12 +85,17 @@ _Boolean = ua.VariantType.Boolean
 MACHINE_VARIABLES: tuple[tuple[str, ua.VariantType, ua.EUInformation | None, str], ...] = (
     ("PartId", _String, None, "Part of the latest measurement"),
     ("Feature", _String, None, "Measured feature"),
+    ("Unit", _String, None, "mm, or deg for an angle (then the mm variables hold degrees, the µm ones millidegrees)"),
+    ("Compensation", _String, None, "Who corrected the value to 20 °C: gateway, source (the CMM software) or none"),
+    ("SourceFormat", _String, None, "Format of the inbox file: csv, qdas, calypso or qif"),
     ("MeasuredLength", _Double, UNIT_MM, "Raw CMM reading at the part temperature"),
     ("CompensatedLength", _Double, UNIT_MM, "Length compensated to 20 °C (ISO 1)"),
     ("PartTemperature", _Double, UNIT_DEGC, "Part temperature"),
     ("Deviation", _Double, UNIT_UM, "Compensated length minus nominal"),
     ("Uncertainty", _Double, UNIT_UM, "Expanded uncertainty U (k = 2)"),
-    ("Verdict", _String, None, "PASS, FAIL or UNCERTAIN (ISO 14253-1)"),
+    ("LowerTolerance", _Double, UNIT_MM, "Lower limit relative to the nominal (signed); NaN: no lower limit"),
+    ("UpperTolerance", _Double, UNIT_MM, "Upper limit relative to the nominal (signed); NaN: no upper limit"),
+    ("Verdict", _String, None, "PASS, FAIL, UNCERTAIN (ISO 14253-1) or UNDEFINED (no limit at all)"),
 )
 """(name, type, units, description) of each variable of a machine object, in write order."""
 

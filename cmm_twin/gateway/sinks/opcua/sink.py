@@ -31,6 +31,7 @@ from cmm_twin.gateway.sinks.opcua.security import (
     plan_security,
 )
 from cmm_twin.gateway.sinks.opcua.settings import PASSWORD_ENV, USER_ENV, OpcUaSettings, parse_endpoint
+from cmm_twin.physics.compensation import COMPENSATION_NAMES
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
@@ -240,17 +241,25 @@ class OpcUaSink(Sink):
         temperature = batch.part_temp_c[rows].tolist()
         deviation = batch.deviation_um[rows].tolist()
         uncertainty = batch.uncertainty_um[rows].tolist()
+        lower = batch.lower_tol_mm[rows].tolist()
+        upper = batch.upper_tol_mm[rows].tolist()
         verdicts = VERDICT_NAMES[batch.verdict[rows]].tolist()
+        compensations = COMPENSATION_NAMES[batch.compensation[rows]].tolist()
         now = dt.datetime.now(dt.UTC)
         for k, (machine_id, row) in enumerate(last_row.items()):
             values = (
                 batch.part_id[row],
                 batch.feature[row],
+                batch.unit[row],
+                compensations[k],
+                batch.source_format[row],
                 measured[k],
                 compensated[k],
                 temperature[k],
                 deviation[k],
                 uncertainty[k],
+                lower[k],  # NaN (status Good): no limit on that side
+                upper[k],
                 verdicts[k],
             )
             await space.write_machine(machine_id, values, ns_to_datetime(stamps[k]), now)

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const VERDICTS = ["PASS", "FAIL", "UNCERTAIN"];
+  const VERDICTS = ["PASS", "FAIL", "UNCERTAIN", "UNDEFINED"];
   const COLORS = {
     ink: "#1b2430",
     muted: "#5b6675",
@@ -16,6 +16,7 @@
     PASS: "#1a7f37",
     FAIL: "#c62828",
     UNCERTAIN: "#b26a00",
+    UNDEFINED: "#6b7280",
     tolerance: "#c62828",
     acceptance: "rgba(26, 127, 55, 0.13)",
     acceptanceEdge: "rgba(26, 127, 55, 0.55)",
@@ -415,6 +416,13 @@
       ctx.lineTo(x + 4, y + 3);
       ctx.lineTo(x - 4, y + 3);
       ctx.closePath();
+    } else if (verdict === "UNDEFINED") {
+      // no limit at all: a ring, nothing was decided
+      ctx.strokeStyle = COLORS.UNDEFINED;
+      ctx.lineWidth = 1.2;
+      ctx.arc(x, y, 3, 0, 2 * Math.PI);
+      ctx.stroke();
+      return;
     } else {
       ctx.arc(x, y, 2.6, 0, 2 * Math.PI);
     }
@@ -602,39 +610,64 @@
       setPoints(canvas, 0);
       return;
     }
+    // limits relative to the nominal in µm (millidegrees for an angle); null: no limit on that side
+    const lowerOf = (p) => (p.lower_tol_mm == null ? null : p.lower_tol_mm * 1000);
+    const upperOf = (p) => (p.upper_tol_mm == null ? null : p.upper_tol_mm * 1000);
     let limit = 0;
-    for (const p of points) limit = Math.max(limit, p.tolerance_mm * 1000 * 1.25, Math.abs(p.deviation_um) * 1.08);
+    for (const p of points) {
+      const sides = [lowerOf(p), upperOf(p)].filter((v) => v != null).map((v) => Math.abs(v) * 1.25);
+      limit = Math.max(limit, ...sides, Math.abs(p.deviation_um) * 1.08);
+    }
     limit = Math.max(limit, 1);
     const xDomain = timeDomain(points);
-    const area = plotArea(w, h, { left: 78, right: 58, top: 8, bottom: 36 }, xDomain, [-limit, limit]);
+    const area = plotArea(w, h, { left: 78, right: 66, top: 8, bottom: 36 }, xDomain, [-limit, limit]);
     const yTicks = linearTicks(-limit, limit, Math.max(4, Math.floor(area.height / 36)));
     const xTicks = timeTicks(xDomain[0], xDomain[1], Math.max(3, Math.floor(area.width / 90)));
-    drawFrame(ctx, area, xTicks, yTicks, "measurement time (UTC)", "deviation at 20 °C (µm)");
+    const angle = points[points.length - 1].unit === "deg";
+    drawFrame(ctx, area, xTicks, yTicks, "measurement time (UTC)", angle ? "deviation (m°)" : "deviation at 20 °C (µm)");
 
     ctx.save();
     ctx.beginPath();
     ctx.rect(area.left, area.top, area.width, area.height);
     ctx.clip();
-    // acceptance zone ±(T − U): a step band following each part's own uncertainty
-    const edges = (sign, width) => {
-      const out = [];
+    // acceptance zone [lower + U, upper − U]: a step band following each part's own limits and
+    // uncertainty (a side without a limit is open: the band runs off the chart; none at all: no band)
+    const edges = (level) => {
+      const runs = [];
+      let run = [];
       points.forEach((p, i) => {
-        const half = Math.max(0, width(p)) * sign;
+        const y = level(p);
+        if (y == null) {
+          if (run.length) runs.push(run);
+          run = [];
+          return;
+        }
         const x0 = i === 0 ? area.left : area.x(p.t);
         const x1 = i === points.length - 1 ? area.right : area.x(points[i + 1].t);
-        out.push([x0, area.y(half)], [x1, area.y(half)]);
+        run.push([x0, area.y(y)], [x1, area.y(y)]);
       });
-      return out;
+      if (run.length) runs.push(run);
+      return runs;
     };
-    const guard = (p) => p.tolerance_mm * 1000 - p.uncertainty_um;
-    const upper = edges(1, guard);
-    const lower = edges(-1, guard);
+    const open = limit * 2; // beyond the chart
+    // [low, high] of a part's acceptance zone, null without any limit; a zone emptied by a large
+    // U collapses to the middle of the limits
+    const acceptance = (p) => {
+      const down = lowerOf(p);
+      const up = upperOf(p);
+      if (down == null && up == null) return null;
+      const low = down == null ? -open : down + p.uncertainty_um;
+      const high = up == null ? open : up - p.uncertainty_um;
+      return low <= high ? [low, high] : [(down + up) / 2, (down + up) / 2];
+    };
     ctx.fillStyle = COLORS.acceptance;
-    ctx.beginPath();
-    upper.forEach(([x, y], i) => (i === 0 ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
-    for (let i = lower.length - 1; i >= 0; i--) ctx.lineTo(lower[i][0], lower[i][1]);
-    ctx.closePath();
-    ctx.fill();
+    points.forEach((p, i) => {
+      const zone = acceptance(p);
+      if (zone == null) return;
+      const x0 = i === 0 ? area.left : area.x(p.t);
+      const x1 = i === points.length - 1 ? area.right : area.x(points[i + 1].t);
+      ctx.fillRect(x0, area.y(zone[1]), x1 - x0, area.y(zone[0]) - area.y(zone[1]));
+    });
     const polyline = (pts, color, dash) => {
       ctx.strokeStyle = color;
       ctx.setLineDash(dash);
@@ -644,11 +677,12 @@
       ctx.stroke();
       ctx.setLineDash([]);
     };
-    polyline(upper, COLORS.acceptanceEdge, []);
-    polyline(lower, COLORS.acceptanceEdge, []);
-    const tolerance = (p) => p.tolerance_mm * 1000;
-    polyline(edges(1, tolerance), COLORS.tolerance, [6, 4]);
-    polyline(edges(-1, tolerance), COLORS.tolerance, [6, 4]);
+    for (const run of edges((p) => (upperOf(p) == null ? null : acceptance(p)[1])))
+      polyline(run, COLORS.acceptanceEdge, []);
+    for (const run of edges((p) => (lowerOf(p) == null ? null : acceptance(p)[0])))
+      polyline(run, COLORS.acceptanceEdge, []);
+    for (const run of edges(upperOf)) polyline(run, COLORS.tolerance, [6, 4]);
+    for (const run of edges(lowerOf)) polyline(run, COLORS.tolerance, [6, 4]);
     ctx.strokeStyle = COLORS.axis;
     ctx.beginPath();
     ctx.moveTo(area.left, area.y(0));
@@ -659,18 +693,20 @@
     }
     ctx.restore();
 
-    // labels of the tolerance on the right
+    // labels of the latest limits on the right
     const last = points[points.length - 1];
     ctx.save();
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
     ctx.fillStyle = COLORS.tolerance;
-    const t = last.tolerance_mm * 1000;
-    ctx.fillText("+T " + t.toFixed(1), area.right + 5, area.y(t));
-    ctx.fillText("−T " + t.toFixed(1), area.right + 5, area.y(-t));
+    const up = upperOf(last);
+    const down = lowerOf(last);
+    if (up != null) ctx.fillText("UL " + signed(up), area.right + 5, area.y(up));
+    if (down != null) ctx.fillText("LL " + signed(down), area.right + 5, area.y(down));
     ctx.fillStyle = COLORS.PASS;
-    const g = Math.max(0, t - last.uncertainty_um);
-    if (Math.abs(area.y(g) - area.y(t)) > 12) ctx.fillText("T−U", area.right + 5, area.y(g));
+    if (up != null && Math.abs(area.y(acceptance(last)[1]) - area.y(up)) > 12) {
+      ctx.fillText("UL−U", area.right + 5, area.y(acceptance(last)[1]));
+    }
     ctx.restore();
     setPoints(canvas, points.length);
   }
@@ -764,6 +800,16 @@
     if (el.textContent !== text) el.textContent = text;
   }
 
+  function signed(value) {
+    return (value > 0 ? "+" : value < 0 ? "−" : "") + Math.abs(value).toFixed(1);
+  }
+
+  // "limits −10.0 / +10.0 µm" of a record (m° for an angle; "none" for a side without a limit)
+  function limitsText(p) {
+    const side = (v) => (v == null ? "none" : signed(v * 1000));
+    return "limits " + side(p.lower_tol_mm) + " / " + side(p.upper_tol_mm) + (p.unit === "deg" ? " m°" : " µm");
+  }
+
   function drawHeader() {
     const health = state.health;
     if (!health) return;
@@ -776,7 +822,10 @@
     const latest = $("latest-measurement");
     if (s && s.live.length) {
       const last = s.live[s.live.length - 1];
-      latest.textContent = "latest " + last.part_id + " at " + formatUtc(last.t) + " UTC · " + s.live.length + " parts shown";
+      const unit = last.unit === "deg" ? " (angle, °)" : "";
+      latest.textContent =
+        "latest " + last.part_id + unit + " at " + formatUtc(last.t) + " UTC · " + limitsText(last) + " · " +
+        last.verdict + " · " + s.live.length + " parts shown";
     } else {
       latest.textContent = "";
     }
@@ -822,7 +871,7 @@
   }
 
   function drawVerdicts() {
-    const totals = { PASS: 0, FAIL: 0, UNCERTAIN: 0 };
+    const totals = { PASS: 0, FAIL: 0, UNCERTAIN: 0, UNDEFINED: 0 };
     const body = $("verdict-body");
     body.textContent = "";
     const machines = Object.keys(state.counts).sort();
@@ -857,6 +906,7 @@
     setNumber("count-pass", totals.PASS);
     setNumber("count-fail", totals.FAIL);
     setNumber("count-uncertain", totals.UNCERTAIN);
+    setNumber("count-undefined", totals.UNDEFINED);
   }
 
   function drawRejects() {

@@ -8,7 +8,7 @@
 - verdict counts since start per machine (every record counts, also those the ring dropped):
   `write` counts what it takes and `superseded` what the LiveRunner drops in a burst, so the
   counts stay exact;
-- the newest tolerance and nominal per feature;
+- the newest tolerance, limits, nominal and unit per feature;
 - a wall-clock history of the buffer depth and the MES and historian states (one sample a second,
   the last ten minutes), fed by the gateway's health source (`write_health`).
 
@@ -49,6 +49,8 @@ the newest; its verdict counts still count it, through `superseded`). Bounded sm
 _FLOATS = (
     "nominal_mm",
     "tolerance_mm",
+    "lower_tol_mm",
+    "upper_tol_mm",
     "measured_mm",
     "compensated_mm",
     "part_temp_c",
@@ -56,12 +58,13 @@ _FLOATS = (
     "deviation_um",
     "uncertainty_um",
 )
-RECORD_FIELDS: tuple[str, ...] = ("id", "time", "t", "machine_id", "part_id", "feature", *_FLOATS, "verdict")
+RECORD_FIELDS: tuple[str, ...] = ("id", "time", "t", "machine_id", "part_id", "feature", "unit", *_FLOATS, "verdict")
 """Keys of a page record: `time` is the measurement time (ISO 8601 UTC), `t` the same in Unix
-milliseconds; NaN temperatures are sent as null (orjson writes NaN as null)."""
+milliseconds; NaN temperatures, tolerances and limits are sent as null (orjson writes NaN as
+null). `unit` is `deg` for an angle (its `_mm` values are degrees, its `_um` ones millidegrees)."""
 
 
-_KEPT_COLUMNS = ("timestamp", "timestamp_ns", "machine_id", "part_id", "feature", "verdict", *_FLOATS)
+_KEPT_COLUMNS = ("timestamp", "timestamp_ns", "machine_id", "part_id", "feature", "unit", "verdict", *_FLOATS)
 
 
 class PageFeed(Sink):
@@ -84,9 +87,10 @@ class PageFeed(Sink):
         self.boot = secrets.token_hex(4)
         """Tells this process's record ids from another's (part of the SSE event id)."""
         self.counts: dict[str, dict[str, int]] = {}
-        """{machine_id: {"PASS": n, "FAIL": n, "UNCERTAIN": n}} since start."""
-        self.tolerances: dict[str, dict[str, float]] = {}
-        """{feature: {"tolerance_mm": x, "nominal_mm": y}} as last seen."""
+        """{machine_id: {"PASS": n, "FAIL": n, "UNCERTAIN": n, "UNDEFINED": n}} since start."""
+        self.tolerances: dict[str, dict[str, float | str]] = {}
+        """{feature: {"tolerance_mm": x, "lower_tol_mm": l, "upper_tol_mm": u, "nominal_mm": y,
+        "unit": "mm"}} as last seen (NaN: no such tolerance or limit)."""
         self.health: deque[dict[str, Any]] = deque(maxlen=HEALTH_SAMPLES)
         self.rejects = RejectsReader(quarantine)
 
@@ -138,7 +142,10 @@ class PageFeed(Sink):
         for feature, index in zip(features.tolist(), (len(tail) - 1 - last).tolist(), strict=True):
             self.tolerances[feature] = {
                 "tolerance_mm": float(tail.tolerance_mm[index]),
+                "lower_tol_mm": float(tail.lower_tol_mm[index]),
+                "upper_tol_mm": float(tail.upper_tol_mm[index]),
                 "nominal_mm": float(tail.nominal_mm[index]),
+                "unit": tail.unit[index],
             }
 
     @property
@@ -202,6 +209,7 @@ def _page_records(batch: RecordBatch, ids: NDArray[np.int64]) -> list[dict[str, 
         batch.machine_id,
         batch.part_id,
         batch.feature,
+        batch.unit,
         *(getattr(batch, name).tolist() for name in _FLOATS),
         VERDICT_NAMES[batch.verdict].tolist(),
     ]
