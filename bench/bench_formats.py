@@ -33,11 +33,12 @@ START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 def report(characteristics: int, index: int) -> Report:
     """One part of `characteristics` lengths (nominals 10..59 mm, limits -0.01/+0.02 mm), measured
     warm (25.3 degC, a temperature characteristic or ObjectTemperature)."""
+    nominals = [10.0 + i % 50 for i in range(characteristics)]
     specs = [
-        ReportCharacteristic(i + 1, f"length_{i + 1:05d}", "mm", 10.0 + i % 50, -0.01, 0.02, 4)
-        for i in range(characteristics)
+        ReportCharacteristic(i + 1, f"length_{i + 1:05d}", "mm", nominal, -0.01, 0.02, 4)
+        for i, nominal in enumerate(nominals)
     ]
-    values = [ReportValue(round(c.nominal * (1 + 23.6e-6 * 5.3) + (i % 7) * 1e-4, 4)) for i, c in enumerate(specs)]
+    values = [ReportValue(round(n * (1 + 23.6e-6 * 5.3) + (i % 7) * 1e-4, 4)) for i, n in enumerate(nominals)]
     part = ReportPart(f"P{index:06d}", "CMM-01", START + timedelta(seconds=index), values, part_temp_c=25.3)
     return Report("4711-A", "bench part", specs, [part])
 

@@ -146,7 +146,8 @@ class RecordBatch:
     @staticmethod
     def with_blanks(rows: int, columns: Mapping[str, Any]) -> RecordBatch:
         """A batch of `rows` records from `columns`; columns not given are blank ("" / NaN / 0;
-        `unit` "mm", `source_format` "csv": what records spooled before those columns were).
+        TEXT_DEFAULTS for `unit`, `source_format`, `source_file`: what records spooled before
+        those columns were).
 
         For sinks that send only some columns (see `Sink.columns`)."""
         values: dict[str, Any] = {}
@@ -215,7 +216,9 @@ TEXT_COLUMNS = frozenset(
     {"measurement_id", "timestamp", "machine_id", "part_id", "feature", "material"}
     | {"unit", "source_format", "source_file"}
 )
-TEXT_DEFAULTS: dict[str, str] = {"unit": "mm", "source_format": "csv"}
+TEXT_DEFAULTS: dict[str, str] = {"unit": "mm", "source_format": "csv", "source_file": "(spooled before source_file)"}
+"""What a text column left blank holds: what records spooled before the column existed meant
+(their file name was not kept: a placeholder the MES accepts)."""
 INT_COLUMNS: dict[str, type[np.integer[Any]]] = {
     "timestamp_ns": np.int64,
     "verdict": np.int8,

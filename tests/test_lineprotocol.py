@@ -85,7 +85,7 @@ def batch_of(rows: list[Row]) -> RecordBatch:
         compensation=np.array([2 if r.unit == "deg" else 0 for r in rows], dtype=np.int8),
         source_format=["csv"] * n,
         source_file=[f"file{i}.csv" for i in range(n)],
-        file_end=np.zeros(n, dtype=np.int8),
+        file_rows=np.zeros(n, dtype=np.int32),
     )
 
 

@@ -91,7 +91,7 @@ def make_batch(rows: list[tuple[str, int, float, str]], **columns: Any) -> Recor
         compensation=columns.pop("compensation", np.zeros(n, dtype=np.int8)),
         source_format=columns.pop("source_format", ["csv"] * n),
         source_file=columns.pop("source_file", [""] * n),
-        file_end=np.zeros(n, dtype=np.int8),
+        file_rows=np.zeros(n, dtype=np.int32),
         **columns,
     )
 
