@@ -5,6 +5,7 @@ model, times as each format keeps them, and every format read back by the gatewa
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -25,6 +26,7 @@ from cmm_twin.simulator.cli import main, parse_settings
 from cmm_twin.simulator.formats import FORMATS, carried_moment, part_report, read_back_moment
 from cmm_twin.simulator.shop import ShopModel
 from cmm_twin.simulator.writer import TRUTH_COLUMNS, temp_name
+from tests.gateway_harness import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ZONE = "Europe/Berlin"
@@ -230,3 +232,45 @@ def test_every_format_is_read_back_with_the_truths_ids(tmp_path: Path, fmt: str)
     local_time = fmt in ("dfq", "calypso")
     assert set(third) == {"2026-10-25T00:00:00.000000Z" if local_time else "2026-10-25T01:00:00.250000Z"}
     assert not np.isnan(rows.part_temp_c).any() and all(math.isfinite(v) for v in rows.measured_mm.tolist())
+
+
+def test_the_gateway_takes_every_format_with_the_truths_ids(tmp_path: Path) -> None:
+    """All four formats in one inbox, through a real gateway (`--once`): every file archived, every
+    record's id in the truth, its compensated length within a few um of the true one."""
+    inbox, truth = tmp_path / "inbox", tmp_path / "truth"
+    for k, fmt in enumerate(FORMATS):  # a start per format: every id of the run is distinct
+        start = f"2026-10-25T00:59:5{k}.500Z"
+        args = ["--outdir", str(inbox), "--truth-dir", str(truth), "--format", fmt, "--timezone", ZONE]
+        assert main([*args, "--count", "8", "--rate", "0", "--seed", str(k), "--start", start]) == 0
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[inputs]\ntimezone = "{ZONE}"\n', encoding="utf-8")
+    gateway = [
+        *("--data-dir", str(tmp_path), "--http", "127.0.0.1:0", "--settle-ms", "50"),
+        *("--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", "--historian", "none"),
+        *("--stdout-sink", "--config", str(config), "--once"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMM_")}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "cmm_edge_gateway.py"), *gateway],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not list(inbox.iterdir())
+    assert len(list((tmp_path / "archive").iterdir())) == 8 * 5  # calypso: two files a part
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    truths = {t["measurement_id"]: t for t in truth_rows(truth)}
+    assert len(truths) == 4 * 8 * 2
+    assert sorted(r["measurement_id"] for r in records) == sorted(truths)
+    for fmt in FORMATS:
+        errors_um = [
+            (r["compensated_mm"] - float(truths[r["measurement_id"]]["true_length_20c_mm"])) * 1000.0
+            for r in records
+            if r["source_format"] == SOURCE_FORMAT[fmt]
+        ]
+        assert len(errors_um) == 16
+        assert max(map(abs, errors_um)) < 5.0, (fmt, errors_um)  # probe noise 0.5 um, Pt100 error x 2.4 um/K
