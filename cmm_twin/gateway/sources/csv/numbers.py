@@ -70,13 +70,13 @@ class Numbers:
                 if limits and name == "measured_mm":  # the zone's errors come before the later columns'
                     self._zones(numbers, size, lines, bad)
                 numbers[name] = self.convert(name, columns[name], lines, bad, tolerance_optional=limits)
-        for name in NUMBER_COLUMNS:
-            if name not in numbers:
-                numbers[name] = np.full(size, np.nan)
         if not limits:
             tolerance = numbers["tolerance_mm"]
             numbers["lower_tol_mm"] = -tolerance
             numbers["upper_tol_mm"] = tolerance.copy()
+        for name in NUMBER_COLUMNS:
+            if name not in numbers:
+                numbers[name] = np.full(size, np.nan)
         return numbers
 
     def _zones(
