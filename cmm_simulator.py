@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""CMM simulator: writes one CSV file per measured part into an inbox (see `--help`).
+"""CMM simulator: writes the measurements of each part into an inbox, as a CSV file or in a real
+CMM format (`--format dfq|calypso|qif`; see `--help`).
 
 Thin entry point; the code lives in `cmm_twin.simulator` (argument parsing and logging in `cli.main`).
 """

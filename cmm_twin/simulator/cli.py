@@ -1,11 +1,11 @@
 """Command line of the CMM simulator (README, "The simulator").
 
 `cmm_simulator.py --outdir DIR [--machines N] [--count N] [--rate HZ] [--seed S] [--truth-dir DIR]
-[--speedup X] [--start ISO8601] [--log-level LEVEL]`. Every flag has an environment variable
-`CMM_SIM_<FLAG>` (`CMM_SIM_OUTDIR`, `CMM_SIM_RATE`, `CMM_SIM_TRUTH_DIR`, ...) used when the flag is
-absent; an empty variable counts as unset (see `cmm_twin.options`). Invalid values exit with code 2
-and one line on stderr naming the flag or variable. SIGINT and SIGTERM finish the file in hand and
-exit 0.
+[--speedup X] [--start ISO8601] [--format csv|dfq|calypso|qif] [--timezone ZONE] [--log-level LEVEL]`.
+Every flag has an environment variable `CMM_SIM_<FLAG>` (`CMM_SIM_OUTDIR`, `CMM_SIM_RATE`,
+`CMM_SIM_TRUTH_DIR`, ...) used when the flag is absent; an empty variable counts as unset (see
+`cmm_twin.options`). Invalid values exit with code 2 and one line on stderr naming the flag or
+variable. SIGINT and SIGTERM finish the file in hand and exit 0.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.gateway.sources.inputs import InputSettings
 from cmm_twin.logs import setup_logging
 from cmm_twin.options import (
     ConfigErrorParser,
@@ -38,6 +39,7 @@ from cmm_twin.options import (
     parse_whole,
     resolve,
 )
+from cmm_twin.simulator.formats import FORMATS
 from cmm_twin.simulator.shop import BLOCK_PARTS, MAX_MACHINES, ShopModel, ShopScenario
 from cmm_twin.simulator.writer import PartFileWriter, format_timestamp
 
@@ -64,6 +66,10 @@ class SimulatorSettings:
     """Shop seconds per wall second of time stamps."""
     start: datetime | None = None
     """Time stamp of part 0; None means now, truncated to the second."""
+    format: str = "csv"
+    """File format of the parts: csv, dfq (Q-DAS), calypso (Zeiss Calypso tables) or qif (QIF 3)."""
+    timezone: str | None = None
+    """IANA zone the local times of dfq and calypso files are written in; None: the host's."""
     log_level: str = "INFO"
 
     @property
@@ -98,6 +104,23 @@ def _parse_start(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _parse_format(text: str) -> str:
+    name = text.strip().lower()
+    if name not in FORMATS:
+        raise ValueError(f"expected one of {', '.join(FORMATS)}, got {text!r}")
+    return name
+
+
+def _parse_timezone(text: str) -> str:
+    """An IANA zone name, checked as the gateway checks `[inputs] timezone`."""
+    name = text.strip()
+    try:
+        InputSettings(timezone=name)
+    except ConfigError as exc:
+        raise ValueError(exc.reason) from None
+    return name
+
+
 ENV_PREFIX = "CMM_SIM_"
 OPTIONS: tuple[Option, ...] = option_table(
     ENV_PREFIX,
@@ -106,7 +129,7 @@ OPTIONS: tuple[Option, ...] = option_table(
             "--outdir",
             parse_path,
             None,
-            "inbox directory the CSV files go to (created if missing)",
+            "inbox directory the files go to (created if missing)",
             "DIR",
             required=True,
         ),
@@ -123,6 +146,22 @@ OPTIONS: tuple[Option, ...] = option_table(
             "X",
         ),
         Option("--start", _parse_start, None, "time stamp of part 0 (off: now, to the second)", "ISO8601"),
+        Option(
+            "--format",
+            _parse_format,
+            "csv",
+            "file format: csv (one file per part), dfq (Q-DAS), calypso (a _hdr.txt and a _chr.txt per part)"
+            " or qif (QIF 3 results)",
+            "FORMAT",
+        ),
+        Option(
+            "--timezone",
+            _parse_timezone,
+            None,
+            "IANA zone of the local times in dfq and calypso files, e.g. Europe/Berlin; set the gateway's"
+            " [inputs] timezone alike (off: the host's zone, the gateway's default too)",
+            "ZONE",
+        ),
         Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL"),
     ),
 )
@@ -132,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; values stay text here and are validated by `parse_settings`."""
     parser = ConfigErrorParser(
         prog=PROG,
-        description="Simulate CMMs in a shop with drifting temperature; write one CSV file per part.",
+        description="Simulate CMMs in a shop with drifting temperature; write the measurements of each part as"
+        " an inbox file (CSV, or Q-DAS, Calypso or QIF with --format).",
         epilog=f"Every flag can also be set by the environment variable {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}RATE=0.",
         allow_abbrev=False,
     )
@@ -176,11 +216,16 @@ def run(settings: SimulatorSettings, stop_requested: Callable[[], bool] = lambda
         start,
         settings.wall_step_s,
         truth_dir=settings.truth_dir,
+        fmt=settings.format,
+        timezone=settings.timezone,
     )
     writer.prepare()
     log.info(
-        "simulator started: outdir=%s machines=%d count=%s seed=%d rate=%g Hz speedup=%g start=%s truth_dir=%s",
+        "simulator started: outdir=%s format=%s timezone=%s machines=%d count=%s seed=%d rate=%g Hz speedup=%g"
+        " start=%s truth_dir=%s",
         settings.outdir,
+        settings.format,
+        writer.inputs.zone,
         settings.machines,
         "unlimited" if settings.count is None else settings.count,
         settings.seed,

@@ -1,11 +1,15 @@
-"""Atomic CSV output of the simulator: one inbox file per part (README, "The CSV format (inbox)"), optional truth.
+"""Atomic output of the simulator: one inbox file per part (README, "The CSV format (inbox)"; or
+the files of one part in another format, `formats`), optional truth.
 
-Every file is written under a dot-name of its own that does not end in `.csv`
-(`.cmmsim-<pid>-<name>.csv.tmp`), flushed and fsynced, renamed into place with `os.replace` and the
-directory fsynced. A reader taking `*.csv` therefore sees a file whole or not at all, even if the
-simulator is killed with SIGKILL. The temp file such a kill leaves behind is removed at the next
-start (`remove_stale_temp_files`): only temp files of this writer's prefix whose process is gone.
-Temp files of other writers, and of a simulator still running, are never touched.
+Every file is written under a dot-name of its own ending in `.tmp` (`.cmmsim-<pid>-<name>.tmp`),
+which no source of the gateway claims, flushed and fsynced, renamed into place with `os.replace`
+and the directory fsynced. A reader therefore sees a file whole or not at all, even if the
+simulator is killed with SIGKILL. The files of one part in a format of two files (Calypso's
+`_hdr.txt`, then `_chr.txt`) are both written first, then renamed in that order, the one that
+completes the unit last.
+The temp file such a kill leaves behind is removed at the next start (`remove_stale_temp_files`):
+only temp files of this writer's prefix whose process is gone. Temp files of other writers, and
+of a simulator still running, are never touched.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cmm_twin.durable_io import fsync_directory
+from cmm_twin.gateway.sources.inputs import InputSettings
 from cmm_twin.records import INBOX_COLUMNS, measurement_id
+from cmm_twin.simulator.formats import FORMATS, encode, part_report, read_back_moment
 from cmm_twin.simulator.shop import PartBatch
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,7 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "true_part_temp_c",
     "true_cte_per_k",
 )
-"""Columns of a truth file (same name as the inbox file, in the truth directory)."""
+"""Columns of a truth file (`truth_file_name`, in the truth directory)."""
 
 TEMP_PREFIX = ".cmmsim-"
 TEMP_SUFFIX = ".tmp"
@@ -59,14 +65,25 @@ def part_timestamp(start: datetime, part_index: int, wall_step_s: float) -> date
     return start + timedelta(microseconds=round(part_index * wall_step_s * 1e6))
 
 
-def part_file_name(machine_id: str, part_index: int, moment: datetime) -> str:
-    """File name of a part, e.g. `CMM-01_20260105T060000123_00000042.csv`.
+def part_file_stem(machine_id: str, part_index: int, moment: datetime) -> str:
+    """Stem of the file(s) of a part, e.g. `CMM-01_20260105T060000123_00000042`.
 
     The part's time (to the millisecond, UTC) is in the name so that a second run, whose part
     numbers start at 0 again, never replaces a file of an earlier run still waiting in the inbox.
     """
     stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
-    return f"{machine_id}_{stamp}_{part_index:08d}.csv"
+    return f"{machine_id}_{stamp}_{part_index:08d}"
+
+
+def part_file_name(machine_id: str, part_index: int, moment: datetime) -> str:
+    """File name of a part in CSV, e.g. `CMM-01_20260105T060000123_00000042.csv`."""
+    return part_file_stem(machine_id, part_index, moment) + ".csv"
+
+
+def truth_file_name(stem: str, fmt: str) -> str:
+    """Name of the truth file of a part: the inbox file's name for CSV (`<stem>.csv`), else
+    `<stem>.<format>.csv` (so runs in several formats can share a truth directory)."""
+    return f"{stem}.csv" if fmt == "csv" else f"{stem}.{fmt}.csv"
 
 
 def temp_name(name: str, pid: int | None = None) -> str:
@@ -76,20 +93,36 @@ def temp_name(name: str, pid: int | None = None) -> str:
 
 def atomic_write_text(directory: Path, name: str, text: str) -> Path:
     """Write `text` (UTF-8) to `directory/name` atomically: temp dot-file, fsync, rename, fsync dir."""
-    final = directory / name
-    temp = directory / temp_name(name)
+    return atomic_write_bytes(directory, name, text.encode("utf-8"))
+
+
+def atomic_write_bytes(directory: Path, name: str, data: bytes) -> Path:
+    """Write `data` to `directory/name` atomically: temp dot-file, fsync, rename, fsync dir."""
+    return atomic_write_files(directory, [(name, data)])[-1]
+
+
+def atomic_write_files(directory: Path, files: Sequence[tuple[str, bytes]]) -> list[Path]:
+    """Write the files `(name, data)` into `directory` atomically, each under a temp dot-name
+    (written and fsynced all first), then renamed in the order given, then the directory fsynced:
+    the renames of files that belong together follow each other closely (a kill between them
+    leaves a unit's first files without the last one only in that short window)."""
+    finals = [directory / name for name, _ in files]
+    temps = [directory / temp_name(name) for name, _ in files]
     try:
-        with open(temp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
+        for temp, (_, data) in zip(temps, files, strict=True):
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for temp, final in zip(temps, finals, strict=True):
+            os.replace(temp, final)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        for temp in temps:
+            temp.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # no directory fsync where directories cannot be opened (Windows)
         fsync_directory(directory)
-    return final
+    return finals
 
 
 def process_alive(pid: int) -> bool:
@@ -126,10 +159,12 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
 
 
 class PartFileWriter:
-    """Writes each part as one inbox CSV file in `outdir` and, optionally, its truth file in `truth_dir`.
+    """Writes each part as one inbox CSV file in `outdir` (or the files of `fmt`, see `formats`)
+    and, optionally, its truth file in `truth_dir`.
 
     Part k is stamped `start + k * wall_step_s`. The truth file is written before the inbox file,
-    so every inbox file that exists has its truth.
+    so every inbox file that exists has its truth. `timezone`: the IANA zone local times are
+    written in (Q-DAS, Calypso); None: the host's, as the gateway's default.
     """
 
     def __init__(
@@ -141,9 +176,16 @@ class PartFileWriter:
         wall_step_s: float,
         *,
         truth_dir: Path | None = None,
+        fmt: str = "csv",
+        timezone: str | None = None,
     ) -> None:
         if start.tzinfo is None:
             raise ValueError("start needs a UTC offset")
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        self.fmt = fmt
+        self.inputs = InputSettings(timezone=timezone)
+        """The zone of local times and the gateway's rule reading them."""
         self.outdir = outdir
         self.truth_dir = truth_dir
         self.machine_ids = tuple(machine_ids)
@@ -164,7 +206,8 @@ class PartFileWriter:
         return count
 
     def write_part(self, part: PartBatch) -> Path:
-        """Write the rows of one part (a batch of its features); returns the inbox file's path."""
+        """Write the rows of one part (a batch of its features); returns the path of the inbox file
+        that leads its unit (the one written last)."""
         if len(part) == 0:
             raise ValueError("a part needs at least one row")
         part_index = int(part.part_index[0])
@@ -173,20 +216,28 @@ class PartFileWriter:
         machine = self.machine_ids[int(part.machine_index[0])]
         part_id = str(part.part_id[0])
         moment = part_timestamp(self.start, part_index, self.wall_step_s)
-        timestamp = format_timestamp(moment)
-        name = part_file_name(machine, part_index, moment)
+        stem = part_file_stem(machine, part_index, moment)
         features = [str(f) for f in part.feature.tolist()]
+        if self.fmt == "csv":
+            timestamp = format_timestamp(moment)
+            read_back = datetime.fromisoformat(timestamp)  # the instant a reader of the CSV derives
+        else:
+            read_back = read_back_moment(self.fmt, moment, self.inputs)
+            timestamp = format_timestamp(read_back)
 
         if self.truth_dir is not None:
-            moment = datetime.fromisoformat(timestamp)  # the instant a reader of the CSV derives
             truth_lines = [",".join(TRUTH_COLUMNS)]
             for i, feature in enumerate(features):
                 truth_lines.append(
-                    f"{measurement_id(machine, part_id, feature, moment)},{machine},{part_id},{feature},{timestamp},"
+                    f"{measurement_id(machine, part_id, feature, read_back)},{machine},{part_id},{feature},{timestamp},"
                     f"{float(part.true_length_20c_mm[i]):.6f},{float(part.true_part_temp_c[i]):.4f},"
                     f"{float(part.true_cte_per_k[i]):.6e}"
                 )
-            atomic_write_text(self.truth_dir, name, "\n".join(truth_lines) + "\n")
+            atomic_write_text(self.truth_dir, truth_file_name(stem, self.fmt), "\n".join(truth_lines) + "\n")
+
+        if self.fmt != "csv":
+            report = part_report(self.fmt, part, machine, self.material, moment)
+            return atomic_write_files(self.outdir, encode(self.fmt, report, self.inputs, stem))[-1]
 
         lines = [",".join(CSV_COLUMNS)]
         for i, feature in enumerate(features):
@@ -195,4 +246,4 @@ class PartFileWriter:
                 f"{float(part.nominal_mm[i]):.4f},{float(part.tolerance_mm[i]):.4f},{float(part.measured_mm[i]):.5f},"
                 f"{float(part.part_temp_c[i]):.3f},{float(part.air_temp_c[i]):.3f}"
             )
-        return atomic_write_text(self.outdir, name, "\n".join(lines) + "\n")
+        return atomic_write_text(self.outdir, stem + ".csv", "\n".join(lines) + "\n")

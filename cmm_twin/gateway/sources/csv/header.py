@@ -10,10 +10,18 @@ from cmm_twin.gateway.sources.csv.lines import MAX_LINE_BYTES, not_utf8
 from cmm_twin.gateway.sources.rows import FileRejected
 from cmm_twin.records import INBOX_COLUMNS, INBOX_OPTIONAL_COLUMNS
 
-OPTIONAL_COLUMNS: tuple[str, ...] = INBOX_OPTIONAL_COLUMNS
+LIMIT_COLUMNS: tuple[str, ...] = ("lower_tol_mm", "upper_tol_mm")
+"""Optional columns of an asymmetric or one-sided tolerance (signed, relative to the nominal): the
+alternative to `tolerance_mm`; a header needs `tolerance_mm` or at least one of them."""
+TOLERANCE_COLUMNS: tuple[str, ...] = ("tolerance_mm", *LIMIT_COLUMNS)
+OPTIONAL_COLUMNS: tuple[str, ...] = (*INBOX_OPTIONAL_COLUMNS, *LIMIT_COLUMNS)
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in INBOX_COLUMNS if c not in OPTIONAL_COLUMNS)
-CONTRACT_COLUMNS: tuple[str, ...] = INBOX_COLUMNS
-"""Contract columns in contract order: a row's errors are looked for in this order."""
+"""Required columns (`tolerance_mm` unless a limit column stands in for it)."""
+_AT_TOLERANCE = INBOX_COLUMNS.index("tolerance_mm") + 1
+CONTRACT_COLUMNS: tuple[str, ...] = (*INBOX_COLUMNS[:_AT_TOLERANCE], *LIMIT_COLUMNS, *INBOX_COLUMNS[_AT_TOLERANCE:])
+"""Contract columns in contract order (the limit columns after `tolerance_mm`): a row's errors
+are looked for in this order."""
+MISSING_TOLERANCE = "tolerance_mm (or lower_tol_mm / upper_tol_mm)"
 
 LAYOUT_CACHE_ENTRIES = 256
 """Header lines and layouts remembered across files (cleared when full)."""
@@ -83,7 +91,12 @@ class Headers:
 
 def _layout(header: tuple[str, ...]) -> Layout | str:
     """The layout of `header`, or the reason it rejects the file."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    has_tolerance = any(c in header for c in TOLERANCE_COLUMNS)
+    missing = [
+        MISSING_TOLERANCE if c == "tolerance_mm" else c
+        for c in REQUIRED_COLUMNS
+        if c not in header and not (c == "tolerance_mm" and has_tolerance)
+    ]
     duplicates = [c for c in CONTRACT_COLUMNS if header.count(c) > 1]
     if missing:
         return f"missing required column(s): {', '.join(missing)}"

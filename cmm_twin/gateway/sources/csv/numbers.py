@@ -8,10 +8,21 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from cmm_twin.gateway.sources.csv.header import OPTIONAL_COLUMNS
+from cmm_twin.gateway.sources.csv.header import LIMIT_COLUMNS, OPTIONAL_COLUMNS
+from cmm_twin.gateway.sources.csv.zones import zones
 from cmm_twin.gateway.sources.rows import IngestSettings, RowError
 
-NUMBER_COLUMNS = ("nominal_mm", "tolerance_mm", "measured_mm", "part_temp_c", "air_temp_c", "scale_temp_c")
+NUMBER_COLUMNS = (
+    "nominal_mm",
+    "tolerance_mm",
+    "lower_tol_mm",
+    "upper_tol_mm",
+    "measured_mm",
+    "part_temp_c",
+    "air_temp_c",
+    "scale_temp_c",
+)
+"""Numeric columns in contract order (a row's first error is looked for in this order)."""
 _EMPTY = "nan"
 """Stands for an empty optional value while a column is converted (found again by identity)."""
 
@@ -28,13 +39,16 @@ class Numbers:
     def convert_all(
         self, columns: dict[str, list[str]], lines: NDArray[np.int64], bad: dict[int, RowError]
     ) -> dict[str, NDArray[np.float64]]:
-        """The numeric columns as float64 (`convert` of each); row errors into `bad`.
+        """The numeric columns as float64 (`convert` of each); row errors into `bad`. Also the
+        specification zone of each row: `lower_tol_mm`, `upper_tol_mm` (-tol, +tol of a symmetric
+        tolerance) and `tolerance_mm` (NaN for an asymmetric or one-sided zone); see `zones`.
 
         Fast path: NumPy converts all numeric columns at once and a row-wise min and max show
         that every value is valid; otherwise each column goes through `convert`.
         """
         size = len(lines)
         names = [name for name in NUMBER_COLUMNS if name in columns]
+        limits = any(name in columns for name in LIMIT_COLUMNS)
         values: list[str] = []
         for name in names:
             values += columns[name]
@@ -48,12 +62,32 @@ class Numbers:
         numbers: dict[str, NDArray[np.float64]]
         if block is not None and self._all_valid(names, block):
             numbers = dict(zip(names, block, strict=True))
+            if limits:
+                self._zones(numbers, size, lines, bad)
         else:
-            numbers = {name: self.convert(name, columns[name], lines, bad) for name in names}
+            numbers = {}
+            for name in names:
+                if limits and name == "measured_mm":  # the zone's errors come before the later columns'
+                    self._zones(numbers, size, lines, bad)
+                numbers[name] = self.convert(name, columns[name], lines, bad, tolerance_optional=limits)
+        if not limits:
+            tolerance = numbers["tolerance_mm"]
+            numbers["lower_tol_mm"] = -tolerance
+            numbers["upper_tol_mm"] = tolerance.copy()
         for name in NUMBER_COLUMNS:
             if name not in numbers:
                 numbers[name] = np.full(size, np.nan)
         return numbers
+
+    def _zones(
+        self, numbers: dict[str, NDArray[np.float64]], size: int, lines: NDArray[np.int64], bad: dict[int, RowError]
+    ) -> None:
+        """Replace the tolerance columns in `numbers` (those given, NaN where empty) by the rows' zones."""
+        no_value = np.full(size, np.nan)
+        tolerance, lower, upper = (numbers.get(name, no_value) for name in ("tolerance_mm", *LIMIT_COLUMNS))
+        numbers["tolerance_mm"], numbers["lower_tol_mm"], numbers["upper_tol_mm"] = zones(
+            tolerance, lower, upper, lines, bad
+        )
 
     def _all_valid(self, names: list[str], block: NDArray[np.float64]) -> bool:
         """Whether `convert` finds no error in the rows of `block` (every value given, as in `block`)."""
@@ -64,20 +98,29 @@ class Numbers:
             if name.endswith("_temp_c"):
                 if not (lo >= minimum and hi <= maximum):
                     return False
+            elif name in LIMIT_COLUMNS:
+                if not (lo >= -self._settings.max_length_mm and hi <= self._settings.max_length_mm):
+                    return False
             elif not (lo > 0.0 and hi <= self._settings.max_length_mm):
                 return False
         return True
 
     def convert(
-        self, name: str, column: list[str], lines: NDArray[np.int64], bad: dict[int, RowError]
+        self,
+        name: str,
+        column: list[str],
+        lines: NDArray[np.int64],
+        bad: dict[int, RowError],
+        tolerance_optional: bool = False,
     ) -> NDArray[np.float64]:
         """The column as float64 (NaN where an optional value is empty); row errors into `bad`.
+        `tolerance_optional`: `tolerance_mm` may be empty too (a file with limit columns).
 
         Fast path: NumPy converts the whole column (Python `float` syntax), in an optional column
         with its empty values filled in first; only when that fails (a malformed value) is each
         value converted on its own.
         """
-        optional = name in OPTIONAL_COLUMNS
+        optional = name in OPTIONAL_COLUMNS or (tolerance_optional and name == "tolerance_mm")
         reasons: dict[int, str] = {}
         found = _at_once(column, optional)
         if isinstance(found, float):
@@ -113,6 +156,11 @@ class Numbers:
     ) -> None:
         """The reason of each finite value of column `name` out of its range, into `reasons`."""
         temperature = name.endswith("_temp_c")
+        limit = self._settings.max_length_mm
+        if name in LIMIT_COLUMNS:  # signed: any value within +-max_length_mm
+            for i in np.flatnonzero(finite & (np.abs(values) > limit)).tolist():
+                reasons[i] = f"must be within +-{limit:g} mm (limits.max_length_mm), got {float(values[i])!r}"
+            return
         with np.errstate(invalid="ignore"):
             if temperature:
                 out_of_range = finite & (

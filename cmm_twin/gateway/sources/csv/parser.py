@@ -82,13 +82,10 @@ class ChunkParser:
             values["machine_id"], values["part_id"], values["feature"], values["timestamp"]
         )
         size = len(ids)
-        tolerance = values["tolerance_mm"]
         return (
             ValidRows(
                 measurement_id=ids,
                 **values,
-                lower_tol_mm=-tolerance,
-                upper_tol_mm=tolerance.copy(),
                 part_temp_u_k=np.full(size, np.nan),
                 compensation=np.full(size, self._shared.compensation, dtype=np.int8),
                 flags=np.zeros(size, dtype=np.int32),

@@ -21,6 +21,14 @@ Decisions, beyond the contract:
   yielded. Chunks are decoded again as they are read, so a file changed under the reader can
   still raise `FileRejected` after chunks were yielded: the caller must then treat the WHOLE file
   as rejected (take nothing more from it and report it rejected, as for a bad file).
+- Tolerances: `tolerance_mm` (symmetric, > 0), or the optional columns `lower_tol_mm` /
+  `upper_tol_mm` (signed, relative to the nominal; any value within +-max_length_mm). A header
+  needs `tolerance_mm` or at least one limit column. With limit columns, each row gives either
+  `tolerance_mm` (zone -tol..+tol) or its limits (an empty limit: none on that side, a one-sided
+  zone; `tolerance_mm` of the record is then null, unless lower == -upper > 0). A row giving both
+  (an error on the limit column), neither (an error on the row: the CSV contract requires a
+  limit, so such a row is not taken with the verdict UNDEFINED), or a lower limit above the upper
+  one (an error on `lower_tol_mm`) is a row error (`zones.py`).
 - A quoted comma works (`"A,1"`); a quoted line break does not (each physical line is one row):
   such lines are row errors.
 - A line longer than `MAX_LINE_BYTES` rejects the file (keeps memory bounded for junk input).
