@@ -52,19 +52,22 @@ def test_the_compensated_dfq_replaces_exactly_the_compensated_values() -> None:
     out = compensated_dfq(data, compensated_values(FIXTURES / "housing.dfq"), BERLIN)
     changes = changed_lines(data, out, "cp1252")
     factor = 1 + AL_CTE * (21.5 - 20)  # part GH-0001 at 21.5 degC
+    # one decimal more than the reading had (K2022's when more): the correction is below the last digit
     assert (
-        changes[141] == ("K0001/1 12.0071", f"K0001/1 {12.0071 / factor:.4f}") == ("K0001/1 12.0071", "K0001/1 12.0067")
+        changes[141]
+        == ("K0001/1 12.0071", f"K0001/1 {12.0071 / factor:.5f}")
+        == ("K0001/1 12.0071", "K0001/1 12.00667")
     )
-    assert f"{21.4 / factor:.1f}" == "21.4" and 151 not in changes  # µm at K2022 1: 21.3992 stays 21.4
-    assert changes[153] == ("K0001/7 1.25021", f"K0001/7 {1.25021 / factor:.5f}")  # inch
-    assert changes[163] == ("K0001/12 64,012", "K0001/12 " + f"{64.012 / factor:.3f}".replace(".", ","))
-    assert changes[173] == ("K0001/17 0.011", f"K0001/17 {0.011 / factor:.4f}")  # no K2022: one more decimal
+    assert f"{21.4 / factor:.2f}" == "21.40" and 151 not in changes  # µm: a value that does not change stays
+    assert changes[153] == ("K0001/7 1.25021", f"K0001/7 {1.25021 / factor:.6f}")  # inch
+    assert changes[163] == ("K0001/12 64,012", "K0001/12 " + f"{64.012 / factor:.4f}".replace(".", ","))
+    assert f"{0.011 / factor:.4f}" == "0.0110" and 173 not in changes  # no K2022: one more decimal, the same value
     for unchanged in (155, 157, 159, 161, 177, 192):  # angle, temperatures, attribute, no nominal, invalid
         assert unchanged not in changes, unchanged
     rows = read(FIXTURES / "housing.dfq").rows
     replaced_lines = {int(line) for line in rows.line}
     assert set(changes) <= replaced_lines
-    assert len(changes) == 25  # of 53 rows: the others round to their written text again (e.g. 21.4 µm)
+    assert len(changes) > 30  # of 53 rows: the others are the same value with one more decimal
 
 
 def test_the_compensated_dfq_reads_back_with_the_same_ids(tmp_path: Path) -> None:
@@ -87,7 +90,7 @@ def test_a_pair_comes_back_as_one_dfq(tmp_path: Path) -> None:
     assert out.startswith(dfd) and out.count(b"\xef\xbb\xbf") == 1
     lines = out[len(dfd) :].decode("utf-8").split("\r\n")
     factor = 1 + AL_CTE * (22.4 - 20)
-    assert lines[0].split("\x0f")[0].split("\x14")[0] == f"{10.0071 / factor:.4f}"
+    assert lines[0].split("\x0f")[0].split("\x14")[0] == f"{10.0071 / factor:.5f}"
     assert lines[1].split("\x0f")[1].split("\x14")[:2] == ["49.987", "255"]  # invalid: kept
     assert lines[0].split("\x0f")[4].split("\x14")[0] == "22.4"  # temperature: kept
     path = tmp_path / "bracket.dfq"

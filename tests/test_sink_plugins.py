@@ -37,11 +37,12 @@ from tests.gateway_harness import (
 
 
 def test_registry_builds_each_plugin_only_when_configured(tmp_path: Path) -> None:
-    assert [p.name for p in SINK_PLUGINS] == ["opcua", "page", "mes", "historian", "stdout"]
+    assert [p.name for p in SINK_PLUGINS] == ["opcua", "page", "mes", "historian", "stdout", "outbox"]
     off = GatewayConfig(data_dir=tmp_path, sinks_off=frozenset({"opcua"}), options={"historian": "none"})
     built = {p.name: p.build(off, {}) for p in SINK_PLUGINS}
     assert built["opcua"] is None and built["mes"] is None and built["historian"] is None
     assert built["stdout"] is None, "off unless --stdout-sink"
+    assert built["outbox"] is None, "off unless --outbox"
     assert isinstance(built["page"], PageFeed), "the page is always on"
     on = GatewayConfig(
         data_dir=tmp_path,
@@ -51,6 +52,7 @@ def test_registry_builds_each_plugin_only_when_configured(tmp_path: Path) -> Non
             "historian": "sqlite",
             "health_interval_s": 2.5,
             "stdout_sink": True,
+            "outbox": tmp_path / "outbox",
         },
     )
     sinks = {p.name: p.build(on, {"MES_TOKEN": "t0ken"}) for p in SINK_PLUGINS}

@@ -131,6 +131,8 @@ def _edits(
         # 20 degC is often below the last digit the CMM wrote, and SPC software must get it.
         places = max(decimals_of(found.text) + 1, decimals[id(reading.characteristic)] or 0)
         text = f"{value / scale:.{places}f}"
+        if float(text) == float(found.text.replace(",", ".")):
+            continue  # not corrected (an angle, a value the CMM software compensated): kept as written
         if "," in found.text:
             text = text.replace(".", ",")
         edits[found.origin].append((found.start, found.start + len(found.text), text))
