@@ -191,14 +191,17 @@ def test_without_a_named_device_the_configured_machine(tmp_path: Path) -> None:
     assert set(rows.machine_id) == {"CMM-99"}
 
 
-def test_read_as_one_unit_once_stable(tmp_path: Path) -> None:
+def test_read_as_one_unit_once_closed_or_stable(tmp_path: Path) -> None:
+    """A document whose root element is closed is read at once; one cut short (a writer still
+    at it) waits until it is stable."""
     path = tmp_path / "bracket.qif"
     shutil.copy(BRACKET, path)
     source = QifSource(BERLIN)
     size = path.stat().st_size
-    assert list(read_unit(source, path, 0, 1, -1)) == []  # not stable yet: left for later
-    (chunk,) = read_unit(source, path, 0, 1, size)
+    (chunk,) = read_unit(source, path, 0, 1, -1)  # not stable yet, but complete
     assert len(chunk.rows) == 69 and chunk.end_offset == size
+    path.write_bytes(BRACKET.read_bytes()[: size // 2])
+    assert list(read_unit(source, path, 0, 1, -1)) == []  # cut short, not stable: left for later
 
 
 def test_a_characteristic_measured_twice_on_a_part_gives_two_distinct_records(tmp_path: Path) -> None:

@@ -57,6 +57,16 @@ def ends_with_line_end(path: Path, size: int) -> bool:
         return f.read(1) == b"\n"
 
 
+def ends_with(path: Path, size: int, end: bytes) -> bool:
+    """Whether the first `size` bytes of `path` end with `end` (trailing white space aside,
+    unless `end` is white space itself, like a line end)."""
+    tail_bytes = min(size, len(end) + 4096)
+    with open(path, "rb") as f:
+        f.seek(size - tail_bytes)
+        tail = f.read(tail_bytes)
+    return (tail.rstrip(b" \t\r\n") if end.strip() else tail).endswith(end)
+
+
 class Source(ABC):
     """One file format of the inbox (see the module docstring for the contract)."""
 
@@ -97,11 +107,20 @@ class Source(ABC):
         moved with it) but does not wait for (a Calypso `_hdr.txt`; by default none)."""
         return ()
 
+    document_end: ClassVar[bytes | None] = None
+    """For a whole-document format: the bytes its files end with once written in full (after
+    trailing white space: a closing tag, a line end). A file that ends so, and that no writer
+    holds open, is read at once; one that does not waits until it is stable. None: every file
+    waits until it is stable."""
+
     def waits_for_more(self, path: Path, read_to: int, size: int, stable: bool) -> bool:
         """Whether the bytes of `path` after `read_to` (of `size`) are left for later: an
         unfinished unit a writer may still be writing. `stable`: the file has kept this size for
-        the settle time. By default: anything unread, until the file is stable."""
-        return not stable and read_to < size
+        the settle time. By default: anything unread until the file is stable, unless the file
+        already ends with `document_end`."""
+        if stable or read_to >= size:
+            return False
+        return self.document_end is None or not ends_with(path, size, self.document_end)
 
     @abstractmethod
     def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:

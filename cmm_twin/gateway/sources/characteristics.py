@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +36,7 @@ import numpy as np
 from cmm_twin.gateway.sources.ids import MeasurementIds
 from cmm_twin.gateway.sources.rows import IngestSettings, ParsedChunk, RowError, ValidRows, empty_rows
 from cmm_twin.physics.compensation import Compensation
+from cmm_twin.physics.materials import Material
 from cmm_twin.physics.thermal import Flag
 from cmm_twin.records import canonical_timestamp
 
@@ -68,7 +69,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_NAME = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Characteristic:
     """A characteristic as the file specifies it, in the file's unit."""
 
@@ -90,7 +91,7 @@ class Characteristic:
     """The file's name of the field row errors about the specification point at."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Part:
     """One measured part (a Q-DAS value line, a Calypso run, a QIF ActualComponent)."""
 
@@ -109,7 +110,7 @@ class Part:
     """Physics flags every record of the part carries (e.g. TIMESTAMP_FROM_FILE)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     """One measured value of a characteristic on a part, in the characteristic's unit."""
 
@@ -180,6 +181,8 @@ class RowBuilder:
         self.settings = settings
         self.source_format = source_format
         self.ids = MeasurementIds()
+        self._counter = 0
+        """Numbers the specs and parts of one build (reset per build)."""
 
     def build(
         self,
@@ -191,25 +194,126 @@ class RowBuilder:
     ) -> ParsedChunk | None:
         """The chunk of a whole file: its readings as rows (the temperature readings taken as
         their parts' temperatures), `errors` (the parser's) with the readings' own, in line order.
-        None when there is neither a row nor an error."""
-        temps = self._temperatures(readings)
+        None when there is neither a row nor an error.
+
+        What depends only on the characteristic (unit, nominal, limits) or only on the part
+        (temperatures, material, compensation, machine) is settled once per characteristic and
+        part; each reading adds only its value."""
+        self._counter = 0
+        specs: dict[int, _Spec | RowError | None] = {}  # None: a temperature characteristic
+        for reading in readings:
+            c = reading.characteristic
+            if id(c) not in specs:
+                specs[id(c)] = None if is_temperature(c, self.settings) else self._spec(c)
+        temps = self._temperatures(readings, specs)
         features = _feature_names(list({id(r.characteristic): r.characteristic for r in readings}.values()))
+        parts: dict[int, _PartRow | RowError] = {}
         columns = _Columns()
         row_errors = list(errors)
+        limit = self.settings.max_length_mm
         for reading in readings:
-            if is_temperature(reading.characteristic, self.settings):
+            c = reading.characteristic
+            spec = specs[id(c)]
+            if spec is None:
                 continue
-            problem = self._add(reading, temps[id(reading.part)], features[id(reading.characteristic)], columns)
-            if problem is not None:
-                row_errors.append(problem)
+            part = parts.get(id(reading.part))
+            if part is None:
+                part = parts[id(reading.part)] = self._part_row(reading.part, temps[id(reading.part)])
+            if isinstance(part, RowError):
+                row_errors.append(RowError(reading.line, reading.field, part.reason))
+                continue
+            if isinstance(spec, RowError):
+                row_errors.append(spec)
+                continue
+            value = reading.value * spec.scale
+            if not math.isfinite(value):
+                row_errors.append(RowError(reading.line, reading.field, f"not a finite number: {reading.value!r}"))
+                continue
+            if abs(value) > limit:
+                reason = f"must be within +-{limit:g} mm, got {value!r} mm"
+                row_errors.append(RowError(reading.line, reading.field, reason))
+                continue
+            moment = reading.timestamp or reading.part.timestamp
+            if moment is None:
+                row_errors.append(RowError(reading.line, reading.field, "no date and time for this value"))
+                continue
+            columns.line.append(reading.line)
+            columns.timestamp.append(moment)
+            columns.machine_id.append(self._machine(reading.machine_id) if reading.machine_id else part.machine_id)
+            columns.part_id.append(part.part_id)
+            columns.feature.append(features[id(c)])
+            columns.part_index.append(part.index)
+            columns.spec_index.append(spec.index)
+            columns.value.append(value)
         row_errors += [t.error for t in temps.values() if t.error is not None]
         row_errors.sort(key=lambda e: e.line)
         if not columns.line and not row_errors:
             return None
-        return ParsedChunk(self._rows(columns, source_file), row_errors, end_offset, end_line)
+        spec_list = [s for s in specs.values() if isinstance(s, _Spec)]
+        part_list = [p for p in parts.values() if isinstance(p, _PartRow)]
+        return ParsedChunk(self._rows(columns, spec_list, part_list, source_file), row_errors, end_offset, end_line)
 
-    def _temperatures(self, readings: Sequence[Reading]) -> dict[int, _PartTemps]:
-        """Part and air temperatures of every part (by id()), from the parts and the readings."""
+    def _spec(self, c: Characteristic) -> _Spec | RowError:
+        """The characteristic's specification in mm (or degrees), checked; the RowError of the
+        first problem instead."""
+        unit = c.unit.strip().lower()
+        if unit in LENGTH_UNITS_MM:
+            scale, record_unit = LENGTH_UNITS_MM[unit], "mm"
+        elif unit in ANGLE_UNITS_DEG:
+            scale, record_unit = ANGLE_UNITS_DEG[unit], "deg"
+        else:
+            return RowError(c.line, "unit", f"unknown unit {c.unit!r} of characteristic {c.description!r}")
+        if c.nominal is None:
+            return RowError(c.line, c.field, f"characteristic {c.description!r} has no nominal value")
+        limit = self.settings.max_length_mm
+        nominal = c.nominal * scale
+        lower = math.nan if c.lower is None else c.lower * scale
+        upper = math.nan if c.upper is None else c.upper * scale
+        for name, number in (("nominal", nominal), ("lower limit", lower), ("upper limit", upper)):
+            if math.isinf(number) or abs(number) > limit or (name == "nominal" and math.isnan(number)):
+                return RowError(c.line, c.field, f"{name} of {c.description!r} invalid: {number!r}")
+        if lower > upper:
+            return RowError(c.line, c.field, f"lower limit {lower!r} above upper limit {upper!r} of {c.description!r}")
+        symmetric = c.lower is not None and c.upper is not None and upper > 0 and lower == -upper
+        return _Spec(self._next_index(), scale, record_unit, nominal, upper if symmetric else math.nan, lower, upper)
+
+    def _part_row(self, part: Part, temps: _PartTemps) -> _PartRow | RowError:
+        """What every record of `part` shares; a RowError (its line unused) when its temperature is invalid."""
+        settings = self.settings
+        if temps.error is not None:
+            return RowError(0, None, f"its part's temperature is invalid (line {temps.error.line})")
+        material = (settings.inputs.part(part.part_number).material or settings.default_material).strip().upper()
+        flags = part.flags
+        if temps.part:
+            part_temp, temp_u = sum(temps.part) / len(temps.part), math.nan
+        else:
+            part_temp, temp_u = settings.inputs.assumed_temp_c, settings.inputs.assumed_temp_u_k
+            flags |= Flag.TEMPERATURE_ASSUMED
+        source = settings.inputs.compensated_by_source(part.part_number)
+        return _PartRow(
+            self._next_index(),
+            part.part_id,
+            self._machine(part.machine_id) if part.machine_id else settings.inputs.machine_id,
+            material,
+            part_temp,
+            sum(temps.air) / len(temps.air) if temps.air else math.nan,
+            temp_u,
+            int(Compensation.SOURCE if source else Compensation.GATEWAY),
+            int(flags),
+        )
+
+    def _machine(self, raw: str) -> str:
+        return safe_name(raw, self.settings.inputs.machine_id)
+
+    def _next_index(self) -> int:
+        self._counter += 1
+        return self._counter - 1
+
+    def _temperatures(
+        self, readings: Sequence[Reading], specs: Mapping[int, _Spec | RowError | None]
+    ) -> dict[int, _PartTemps]:
+        """Part and air temperatures of every part (by id()), from the parts and the readings
+        of temperature characteristics (None in `specs`)."""
         inputs = self.settings.inputs
         low, high = self.settings.plausible_min_c, self.settings.plausible_max_c
         temps: dict[int, _PartTemps] = {}
@@ -222,7 +326,7 @@ class RowBuilder:
                     if value is not None:
                         self._take_temp(found, value, is_air, part.temp_line, "part temperature", low, high)
             c = reading.characteristic
-            if is_temperature(c, self.settings):
+            if specs[id(c)] is None:
                 is_air = bool(inputs.air_temp_regex.search(c.description))
                 if (part.air_temp_c if is_air else part.part_temp_c) is not None:
                     continue  # the temperature the file states directly comes first
@@ -242,112 +346,97 @@ class RowBuilder:
             return
         (temps.air if is_air else temps.part).append(value)
 
-    def _add(self, reading: Reading, temps: _PartTemps, feature: str, out: _Columns) -> RowError | None:
-        """Append `reading` to `out`; the RowError instead when it cannot be a row."""
-        c = reading.characteristic
-        settings = self.settings
-        if temps.error is not None:
-            return RowError(reading.line, reading.field, f"its part's temperature is invalid (line {temps.error.line})")
-        unit = c.unit.strip().lower()
-        if unit in LENGTH_UNITS_MM:
-            scale, record_unit = LENGTH_UNITS_MM[unit], "mm"
-        elif unit in ANGLE_UNITS_DEG:
-            scale, record_unit = ANGLE_UNITS_DEG[unit], "deg"
-        else:
-            return RowError(c.line, "unit", f"unknown unit {c.unit!r} of characteristic {c.description!r}")
-        if c.nominal is None:
-            return RowError(c.line, c.field, f"characteristic {c.description!r} has no nominal value")
-        limit = settings.max_length_mm
-        value, nominal = reading.value * scale, c.nominal * scale
-        lower = math.nan if c.lower is None else c.lower * scale
-        upper = math.nan if c.upper is None else c.upper * scale
-        if not math.isfinite(value):
-            return RowError(reading.line, reading.field, f"not a finite number: {reading.value!r}")
-        if abs(value) > limit:
-            return RowError(reading.line, reading.field, f"must be within +-{limit:g} mm, got {value!r} mm")
-        for name, number in (("nominal", nominal), ("lower limit", lower), ("upper limit", upper)):
-            if math.isinf(number) or abs(number) > limit or (name == "nominal" and math.isnan(number)):
-                return RowError(c.line, c.field, f"{name} of {c.description!r} invalid: {number!r}")
-        if lower > upper:
-            return RowError(c.line, c.field, f"lower limit {lower!r} above upper limit {upper!r} of {c.description!r}")
-        moment = reading.timestamp or reading.part.timestamp
-        if moment is None:
-            return RowError(reading.line, reading.field, "no date and time for this value")
-        part = reading.part
-        machine = reading.machine_id or part.machine_id
-        catalogue = settings.inputs.part(part.part_number)
-        material = (catalogue.material or settings.default_material).strip().upper()
-        flags = part.flags
-        if temps.part:
-            part_temp, temp_u = sum(temps.part) / len(temps.part), math.nan
-        else:
-            part_temp, temp_u = settings.inputs.assumed_temp_c, settings.inputs.assumed_temp_u_k
-            flags |= Flag.TEMPERATURE_ASSUMED
-        if record_unit == "deg":
-            compensation = Compensation.NONE
-        elif settings.inputs.compensated_by_source(part.part_number):
-            compensation = Compensation.SOURCE
-        else:
-            compensation = Compensation.GATEWAY
-        symmetric = c.lower is not None and c.upper is not None and upper > 0 and lower == -upper
-        out.line.append(reading.line)
-        out.timestamp.append(moment)
-        out.machine_id.append(safe_name(machine, settings.inputs.machine_id) if machine else settings.inputs.machine_id)
-        out.part_id.append(part.part_id)
-        out.feature.append(feature)
-        out.material.append(material)
-        out.floats.append(
-            (
-                nominal,
-                upper if symmetric else math.nan,
-                value,
-                part_temp,
-                sum(temps.air) / len(temps.air) if temps.air else math.nan,
-                lower,
-                upper,
-                temp_u,
-            )
-        )
-        out.compensation.append(int(compensation))
-        out.flags.append(int(flags))
-        out.unit.append(record_unit)
-        return None
-
-    def _rows(self, columns: _Columns, source_file: str) -> ValidRows:
+    def _rows(self, columns: _Columns, specs: list[_Spec], parts: list[_PartRow], source_file: str) -> ValidRows:
         size = len(columns.line)
         if not size:
             return empty_rows()
-        timestamps = [canonical_timestamp(t) for t in columns.timestamp]
-        stamps_ns = np.array([_unix_ns(t) for t in columns.timestamp], dtype=np.int64)
+        stamps: dict[datetime, tuple[str, int]] = {}
+        for moment in columns.timestamp:
+            if moment not in stamps:
+                stamps[moment] = (canonical_timestamp(moment), _unix_ns(moment))
+        timestamps = [stamps[t][0] for t in columns.timestamp]
         materials = self.settings.materials
-        floats = np.array(columns.floats, dtype=np.float64).reshape(size, 8).T
-        nominal, tolerance, measured, part_temp, air_temp, lower, upper, temp_u = floats
+        # per characteristic: nominal, tolerance, lower, upper; per part: temperatures, u(T), codes
+        spec_rows = np.empty(self._counter, dtype=np.intp)
+        spec_rows[[s.index for s in specs]] = np.arange(len(specs))
+        spec_floats = np.array([(s.nominal, s.tolerance, s.lower, s.upper) for s in specs], dtype=np.float64)
+        spec_floats = spec_floats.reshape(len(specs), 4)[spec_rows[np.array(columns.spec_index, dtype=np.intp)]]
+        part_rows = np.empty(self._counter, dtype=np.intp)
+        part_rows[[p.index for p in parts]] = np.arange(len(parts))
+        row_parts = part_rows[np.array(columns.part_index, dtype=np.intp)]
+        part_floats = np.array(
+            [
+                (
+                    p.part_temp_c,
+                    p.air_temp_c,
+                    p.temp_u_k,
+                    materials[p.material].cte_per_k,
+                    materials[p.material].cte_u_per_k,
+                )
+                for p in parts
+            ],
+            dtype=np.float64,
+        ).reshape(len(parts), 5)[row_parts]
+        compensation = np.array([p.compensation for p in parts], dtype=np.int8)[row_parts]
+        angles = np.array([s.unit == "deg" for s in specs], dtype=bool)[
+            spec_rows[np.array(columns.spec_index, dtype=np.intp)]
+        ]
+        compensation[angles] = Compensation.NONE
+        units_by_spec = {s.index: s.unit for s in specs}
         return ValidRows(
             line=np.array(columns.line, dtype=np.int64),
             measurement_id=self.ids(columns.machine_id, columns.part_id, columns.feature, timestamps),
             timestamp=timestamps,
-            timestamp_ns=stamps_ns,
+            timestamp_ns=np.array([stamps[t][1] for t in columns.timestamp], dtype=np.int64),
             machine_id=columns.machine_id,
             part_id=columns.part_id,
             feature=columns.feature,
-            material=columns.material,
-            cte_per_k=np.array([materials[m].cte_per_k for m in columns.material], dtype=np.float64),
-            cte_u_per_k=np.array([materials[m].cte_u_per_k for m in columns.material], dtype=np.float64),
-            nominal_mm=nominal.copy(),
-            tolerance_mm=tolerance.copy(),
-            measured_mm=measured.copy(),
-            part_temp_c=part_temp.copy(),
-            air_temp_c=air_temp.copy(),
+            material=[parts[i].material for i in row_parts.tolist()],
+            cte_per_k=np.ascontiguousarray(part_floats[:, 3]),
+            cte_u_per_k=np.ascontiguousarray(part_floats[:, 4]),
+            nominal_mm=np.ascontiguousarray(spec_floats[:, 0]),
+            tolerance_mm=np.ascontiguousarray(spec_floats[:, 1]),
+            measured_mm=np.array(columns.value, dtype=np.float64),
+            part_temp_c=np.ascontiguousarray(part_floats[:, 0]),
+            air_temp_c=np.ascontiguousarray(part_floats[:, 1]),
             scale_temp_c=np.full(size, math.nan),
-            lower_tol_mm=lower.copy(),
-            upper_tol_mm=upper.copy(),
-            part_temp_u_k=temp_u.copy(),
-            compensation=np.array(columns.compensation, dtype=np.int8),
-            flags=np.array(columns.flags, dtype=np.int32),
-            unit=columns.unit,
+            lower_tol_mm=np.ascontiguousarray(spec_floats[:, 2]),
+            upper_tol_mm=np.ascontiguousarray(spec_floats[:, 3]),
+            part_temp_u_k=np.ascontiguousarray(part_floats[:, 2]),
+            compensation=compensation,
+            flags=np.array([p.flags for p in parts], dtype=np.int32)[row_parts],
+            unit=[units_by_spec[i] for i in columns.spec_index],
             source_format=[self.source_format] * size,
             source_file=[source_file] * size,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """A characteristic's specification as records carry it (mm, or degrees for an angle)."""
+
+    index: int
+    scale: float
+    unit: str
+    nominal: float
+    tolerance: float
+    lower: float
+    upper: float
+
+
+@dataclass(frozen=True, slots=True)
+class _PartRow:
+    """What every record of one part shares."""
+
+    index: int
+    part_id: str
+    machine_id: str
+    material: str
+    part_temp_c: float
+    air_temp_c: float
+    temp_u_k: float
+    compensation: int
+    flags: int
 
 
 @dataclass
@@ -357,12 +446,13 @@ class _Columns:
     machine_id: list[str] = field(default_factory=list)
     part_id: list[str] = field(default_factory=list)
     feature: list[str] = field(default_factory=list)
-    material: list[str] = field(default_factory=list)
-    floats: list[tuple[float, ...]] = field(default_factory=list)
-    """nominal, tolerance, measured, part temp, air temp, lower, upper, u(T) per row."""
-    compensation: list[int] = field(default_factory=list)
-    flags: list[int] = field(default_factory=list)
-    unit: list[str] = field(default_factory=list)
+    part_index: list[int] = field(default_factory=list)
+    spec_index: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+
+
+def _cte(material: Material) -> tuple[float, float]:
+    return material.cte_per_k, material.cte_u_per_k
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

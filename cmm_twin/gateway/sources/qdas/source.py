@@ -36,6 +36,7 @@ class QdasSource(Source):
 
     name = "qdas"
     patterns = ("*.dfq", "*.dfd", "*.dfx")
+    document_end = b"\n"  # a last line with its line end (the settle time for a file still open)
 
     def __init__(self, settings: IngestSettings) -> None:
         super().__init__(settings)

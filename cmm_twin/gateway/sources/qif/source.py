@@ -26,6 +26,7 @@ class QifSource(Source):
 
     name = "qif"
     patterns = ("*.qif",)
+    document_end = b"QIFDocument>"  # the root element closed
     max_document_bytes: ClassVar[int] = MAX_DOCUMENT_BYTES
     """Larger files are rejected unread."""
 
