@@ -175,6 +175,23 @@ def test_run_starts_the_twin_streams_its_logs_and_ctrl_c_stops_everything(start_
     assert re.search(r"^mes       \| .*INFO: batch: accepted=", out, re.MULTILINE)
 
 
+def test_run_with_a_real_cmm_format_and_the_outbox(start_twin: Callable[..., Twin]) -> None:
+    """`run --format dfq --outbox`: the simulated CMMs write Q-DAS files, the gateway delivers
+    them to the MES and writes compensated QIF and DFQ files to data/outbox."""
+    twin = start_twin("--format", "dfq", "--outbox")
+    mes_stats = f"http://127.0.0.1:{twin.mes_port}/api/v1/stats"
+    twin.wait_until(lambda: (twin.get_json(mes_stats) or {}).get("count", 0) > 0, 60, "records in the MES")
+    outbox = twin.data / "outbox"
+
+    def written() -> set[str]:
+        return {p.suffix for p in outbox.iterdir() if not p.name.startswith(".")} if outbox.is_dir() else set()
+
+    twin.wait_until(lambda: written() == {".qif", ".dfq"}, 60, "compensated QIF and DFQ files in the outbox")
+    records = twin.get_json(f"http://127.0.0.1:{twin.mes_port}/api/v1/measurements?after=0&limit=5") or []
+    assert records and {r["source_format"] for r in records} == {"qdas"}
+    assert_stopped_cleanly(twin, [p for ps in twin.child_pids().values() for p in ps])
+
+
 def test_chaos_kills_the_mes_and_the_gateway_buffers_then_flushes(start_twin: Callable[..., Twin]) -> None:
     twin = start_twin("--chaos-after", "3", "--chaos-down", "4")
     twin.wait_until(lambda: "chaos: MES restarted" in twin.output(), 60, "the MES to be restarted")

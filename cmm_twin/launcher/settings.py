@@ -22,9 +22,11 @@ from cmm_twin.options import (
     option_table,
     parse_number,
     parse_path,
+    parse_switch,
     parse_whole,
     resolve,
 )
+from cmm_twin.simulator.formats import FORMATS
 from cmm_twin.simulator.shop import MAX_MACHINES
 
 PROG = "python -m cmm_twin run"
@@ -42,6 +44,13 @@ def _port(low: int) -> Callable[[str], int]:
         return int(text)
 
     return parse
+
+
+def _format(value: str) -> str:
+    name = value.strip().lower()
+    if name not in FORMATS:
+        raise ValueError(f"expected one of {', '.join(FORMATS)}, got {value!r}")
+    return name
 
 
 RUN_ENV_PREFIX = ENV_PREFIX + "RUN_"
@@ -67,6 +76,20 @@ OPTIONS: tuple[Option, ...] = option_table(
             "X",
         ),
         Option("--machines", parse_whole(1, MAX_MACHINES), 3, f"simulated CMMs, 1..{MAX_MACHINES}", "N"),
+        Option(
+            "--format",
+            _format,
+            "csv",
+            f"file format the simulated CMMs write: {', '.join(FORMATS)} (Q-DAS, Zeiss Calypso, QIF 3)",
+            "FORMAT",
+        ),
+        Option(
+            "--outbox",
+            parse_switch,
+            False,
+            "the gateway also writes compensated QIF (and DFQ for Q-DAS) files to DATA_DIR/outbox",
+            is_switch=True,
+        ),
         Option(
             "--chaos-after",
             parse_number(0.0, low_open=True),
@@ -98,6 +121,10 @@ class LauncherSettings:
     speedup: float
     """Shop seconds per wall second: a shop day lasts 86,400 / speedup wall seconds."""
     machines: int
+    format: str
+    """What the simulator writes: csv, dfq, calypso or qif."""
+    outbox: bool
+    """Whether the gateway writes compensated files to DATA_DIR/outbox."""
     chaos_after: float | None
     """Seconds after start-up at which the MES is killed; None: no chaos."""
     chaos_down: float

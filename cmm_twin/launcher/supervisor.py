@@ -166,6 +166,8 @@ class Launcher:
         self.mes_port = int(match.group(1))
         mes.argv = [*mes.argv[:2], *self._mes_args(self.mes_port)]  # a restart takes the same port
 
+        if s.outbox:  # the outbox directory stands for a share that exists (a missing one buffers)
+            (s.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
         gateway_args = [
             "--data-dir", str(s.data_dir),
             "--mes-url", f"http://{HOST}:{self.mes_port}",
@@ -173,6 +175,7 @@ class Launcher:
             "--opcua-endpoint", self.opcua_endpoint,
             "--historian", "sqlite",
             "--health-interval-s", "1",
+            *(["--outbox", str(s.data_dir / "outbox")] if s.outbox else []),
         ]  # fmt: skip
         match = await self._start(self._child("gateway", GATEWAY_READY_RE, "cmm_edge_gateway.py", gateway_args))
         if match is None:
@@ -185,6 +188,7 @@ class Launcher:
             "--machines", str(s.machines),
             "--rate", str(s.rate),
             "--speedup", str(s.speedup),
+            "--format", s.format,
         ]  # fmt: skip
         return (
             await self._start(self._child("simulator", SIMULATOR_READY_RE, "cmm_simulator.py", simulator_args))
