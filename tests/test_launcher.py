@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from typing import Any
 
 import pytest
 
+from cmm_twin.gateway.sources.inputs import InputSettings
+from cmm_twin.gateway.sources.qif import QifSource
+from cmm_twin.gateway.sources.rows import IngestSettings
 from tests.gateway_harness import ROOT, free_ports
 
 PREFIXES = ("mes       | ", "gateway   | ", "simulator | ", "launcher  | ")
@@ -187,9 +191,21 @@ def test_run_with_a_real_cmm_format_and_the_outbox(start_twin: Callable[..., Twi
         return {p.suffix for p in outbox.iterdir() if not p.name.startswith(".")} if outbox.is_dir() else set()
 
     twin.wait_until(lambda: written() == {".qif", ".dfq"}, 60, "compensated QIF and DFQ files in the outbox")
-    records = twin.get_json(f"http://127.0.0.1:{twin.mes_port}/api/v1/measurements?after=0&limit=5") or []
-    assert records and {r["source_format"] for r in records} == {"qdas"}
     assert_stopped_cleanly(twin, [p for ps in twin.child_pids().values() for p in ps])
+    # The round trip: the outbox's QIF, read back by the QIF source, holds the values at 20 degC
+    # the MES received for that input file.
+    stored = [
+        json.loads(row[0])
+        for row in sqlite3.connect(twin.data / "mes.sqlite").execute("SELECT record FROM measurements")
+    ]
+    assert stored and {r["source_format"] for r in stored} == {"qdas"}
+    document = sorted(outbox.glob("*.qif"))[0]
+    by_key = {(r["part_id"], r["feature"]): r for r in stored if Path(r["source_file"]).stem == document.stem}
+    read_back = QifSource(IngestSettings(inputs=InputSettings(already_compensated=True))).read(document)
+    assert read_back is not None and not read_back.errors and len(read_back.rows) == len(by_key) > 0
+    for i in range(len(read_back.rows)):
+        record = by_key[(read_back.rows.part_id[i], read_back.rows.feature[i])]
+        assert read_back.rows.measured_mm[i] == pytest.approx(record["compensated_mm"], abs=1e-5)
 
 
 def test_chaos_kills_the_mes_and_the_gateway_buffers_then_flushes(start_twin: Callable[..., Twin]) -> None:
