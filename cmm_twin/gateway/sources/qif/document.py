@@ -111,8 +111,10 @@ class _PrologCheck:
 
 _SKIPPED = rb"!--.*?-->|!\[CDATA\[.*?\]\]>|\?.*?\?>|"
 """Comments, CDATA sections and processing instructions: their text may look like start tags."""
-_START_TAGS = rb"<(?:%s(?:[^\s<>/:=!?\"']+:)?(%s)(?=[\s/>]))"
-"""The start tags of some local names (any prefix), in document order."""
+_PREFIX = rb"(?:[^\s<>/:=!?\"']++:)?"
+"""A namespace prefix (sought only when the text holds `:<name>` at all: it is the slow part)."""
+_START_TAGS = rb"<(?:%s%s(%s)(?=[\s/>]))"
+"""The start tags of some local names, in document order."""
 _TOGETHER = frozenset({"Value", "TargetValue", "ActualComponent", "ObjectTemperature", "AmbientTemperature"})
 """Local names whose lines every reading needs: found in one pass."""
 
@@ -147,13 +149,20 @@ class Document:
         namespace, _, name = tag.rpartition("}")
         names = sorted(_TOGETHER) if name in _TOGETHER else [name]
         tags = {n: f"{namespace}}}{n}" if namespace else n for n in names}
-        elements = {n: list(self.root.iter(t)) for n, t in tags.items()}
+        elements: dict[str, list[Element]] = {n: [] for n in names}
+        by_tag = {t: elements[n] for n, t in tags.items()}
+        for element in self.root.iter():  # one walk for all the names
+            found = by_tag.get(element.tag)
+            if found is not None:
+                found.append(element)
         offsets: dict[str, list[int]] = {n: [] for n in names}
         if self._all_lines is None:
             data = self._data
             skipped = _SKIPPED if data.find(b"<?", 1) >= 0 or b"<!" in data else b""
-            alternatives = b"|".join(re.escape(n.encode("utf-8", "replace")) for n in names)
-            for match in re.finditer(_START_TAGS % (skipped, alternatives), data, re.DOTALL):
+            encoded = [n.encode("utf-8", "replace") for n in names]
+            prefix = _PREFIX if any(b":" + n in data for n in encoded) else b""
+            alternatives = b"|".join(re.escape(n) for n in encoded)
+            for match in re.finditer(_START_TAGS % (skipped, prefix, alternatives), data, re.DOTALL):
                 if match.lastindex:
                     offsets[match[1].decode()].append(match.start())
         for n, t in tags.items():
