@@ -59,7 +59,7 @@ def first_id(element: Element | None, list_name: str) -> str | None:
     """The first Id of the reference list `list_name` under `element` (None when there is none)."""
     if element is None:
         return None
-    text = text_at(element, q(list_name), _ID)
+    text = text_at(element, _LISTS.get(list_name) or q(list_name), _ID)
     return text.strip() if text and text.strip() else None
 
 
@@ -141,4 +141,6 @@ class Components:
 
 
 _ID = q("Id")
+_LISTS = {"MeasurementDeviceIds": q("MeasurementDeviceIds")}
+"""The Clark names of the reference lists looked up for every measurement."""
 _TEMP_FIELD = {"ObjectTemperature": "part_temp_c", "AmbientTemperature": "air_temp_c"}

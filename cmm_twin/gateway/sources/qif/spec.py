@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cache
 from xml.etree.ElementTree import Element
 
 from cmm_twin.gateway.sources.characteristics import Characteristic
@@ -35,14 +36,18 @@ _NAME, _DESCRIPTION, _TARGET = q("Name"), q("Description"), q("TargetValue")
 _NOMINAL_ID, _DEFINITION_ID = q("CharacteristicNominalId"), q("CharacteristicDefinitionId")
 _TOLERANCE, _MAX, _MIN = q("Tolerance"), q("MaxValue"), q("MinValue")
 _ZONE, _OUTER, _UNEQUAL = q("ToleranceValue"), q("OuterDisposition"), q("UnequallyDisposedZone")
+_BY_REFERENCE, _AS_LIMIT, _FITS = q("DefinitionId"), q("DefinedAsLimit"), q("LimitsAndFitsSpecification")
+_UNIT_ATTRIBUTE = {kind: f"{kind}Unit" for kind in ("linear", "angular", "temperature")}
 
 
+@cache
 def kind_of(tag: str, suffix: str) -> str:
     """`Diameter` of `{ns}DiameterCharacteristicMeasurement` (suffix `CharacteristicMeasurement`)."""
     name = local_name(tag)
     return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
+@cache
 def unit_kind(kind: str) -> str | None:
     """linear, angular or temperature; None for a kind without such a value."""
     if kind in ANGULAR_KINDS:
@@ -163,10 +168,10 @@ class Specifications:
         target = values["TargetValue"]
         tolerance = definition.find(_TOLERANCE)
         if tolerance is not None:
-            if tolerance.find(q("DefinitionId")) is not None:
+            if tolerance.find(_BY_REFERENCE) is not None:
                 return RowError(line_of(tolerance), "DefinitionId", "a tolerance given by reference is not supported")
             high, low = values["MaxValue"], values["MinValue"]
-            if (tolerance.findtext(q("DefinedAsLimit")) or "").strip() not in ("true", "1"):
+            if (tolerance.findtext(_AS_LIMIT) or "").strip() not in ("true", "1"):
                 return _Limits(target, low, high)
             if target is None and high is not None and low is not None:
                 target = _clean((high + low) / 2.0)  # limits without a nominal: the middle of the zone
@@ -185,7 +190,7 @@ class Specifications:
             if outer is None:
                 return _Limits(target, -zone / 2.0, zone / 2.0)
             return _Limits(target, _clean(outer - zone), outer)
-        if definition.find(q("LimitsAndFitsSpecification")) is not None:
+        if definition.find(_FITS) is not None:
             return RowError(
                 line_of(definition),
                 "LimitsAndFitsSpecification",
@@ -198,18 +203,18 @@ class Specifications:
         names a unit other than the characteristic's."""
         if element is None:
             return None
-        attribute = element.get(f"{unit_of}Unit")
+        attribute = element.get(_UNIT_ATTRIBUTE[unit_of])
         if attribute is not None and self.units.for_attribute(unit_of, attribute) != unit:
             return RowError(
                 self.document.line(element),
                 name,
                 f"unit {attribute!r} differs from the document's {unit_of} unit {unit!r}",
             )
-        text = (element.text or "").strip()
+        text = element.text or ""
         try:
-            return float(text)
+            return float(text)  # float() ignores the whitespace around the number, as strip() does
         except ValueError:
-            return RowError(self.document.line(element), name, f"not a number: {text!r}")
+            return RowError(self.document.line(element), name, f"not a number: {text.strip()!r}")
 
 
 def _clean(number: float) -> float:
