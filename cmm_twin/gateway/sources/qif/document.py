@@ -112,7 +112,7 @@ class _PrologCheck:
 _SKIPPED = rb"!--.*?-->|!\[CDATA\[.*?\]\]>|\?.*?\?>|"
 """Comments, CDATA sections and processing instructions: their text may look like start tags."""
 _PREFIX = rb"(?:[^\s<>/:=!?\"']++:)?"
-"""A namespace prefix (sought only when the text holds `:<name>` at all: it is the slow part)."""
+"""A namespace prefix (sought only when the text declares one: it is the slow part)."""
 _START_TAGS = rb"<(?:%s%s(%s)(?=[\s/>]))"
 """The start tags of some local names, in document order."""
 _TOGETHER = frozenset({"Value", "TargetValue", "ActualComponent", "ObjectTemperature", "AmbientTemperature"})
@@ -152,35 +152,30 @@ class Document:
         elements: dict[str, list[Element]] = {n: [] for n in names}
         by_tag = {t: elements[n] for n, t in tags.items()}
         for element in self.root.iter():  # one walk for all the names
-            found = by_tag.get(element.tag)
-            if found is not None:
-                found.append(element)
-        offsets: dict[str, list[int]] = {n: [] for n in names}
+            listed = by_tag.get(element.tag)
+            if listed is not None:
+                listed.append(element)
+        found: dict[bytes, list[int]] = {n.encode(): [] for n in names}
         if self._all_lines is None:
             data = self._data
-            skipped = _SKIPPED if data.find(b"<?", 1) >= 0 or b"<!" in data else b""
-            encoded = [n.encode("utf-8", "replace") for n in names]
-            prefix = _PREFIX if any(b":" + n in data for n in encoded) else b""
-            alternatives = b"|".join(re.escape(n) for n in encoded)
-            for match in re.finditer(_START_TAGS % (skipped, prefix, alternatives), data, re.DOTALL):
+            prefix = _PREFIX if b"xmlns:" in data else b""  # no prefix declared: no prefixed tag
+            alternatives = b"|".join(re.escape(n) for n in found)
+            line, done = 1, 0
+            for match in re.finditer(_START_TAGS % (_SKIPPED, prefix, alternatives), data, re.DOTALL):
                 if match.lastindex:
-                    offsets[match[1].decode()].append(match.start())
+                    start = match.start()
+                    line += data.count(b"\n", done, start)
+                    done = start
+                    found[match[1]].append(line)
         for n, t in tags.items():
-            if self._all_lines is None and len(offsets[n]) != len(elements[n]):
-                log.debug(
-                    "lines of <%s> from an expat pass (%d elements, %d tags)", t, len(elements[n]), len(offsets[n])
-                )
+            lines = found[n.encode()]
+            if self._all_lines is None and len(lines) != len(elements[n]):
+                log.debug("lines of <%s> from an expat pass (%d elements, %d tags)", t, len(elements[n]), len(lines))
                 self._all_lines = _element_lines(self.root, self._data)
             if self._all_lines is not None:
                 self._lines[t] = {element: self._all_lines.get(element, 1) for element in elements[n]}
-                continue
-            lines: dict[Element, int] = {}
-            line, done = 1, 0
-            for element, offset in zip(elements[n], offsets[n], strict=True):
-                line += self._data.count(b"\n", done, offset)
-                done = offset
-                lines[element] = line
-            self._lines[t] = lines
+            else:
+                self._lines[t] = dict(zip(elements[n], lines, strict=True))
 
 
 def _element_lines(root: Element, data: bytes) -> dict[Element, int]:
