@@ -6,12 +6,15 @@ it in the file as written."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from xml.parsers import expat
 
 import numpy as np
 import pytest
 
+from cmm_twin.formats.qif import write_qif_results
+from cmm_twin.formats.report import Report, ReportCharacteristic, ReportPart, ReportValue
 from cmm_twin.gateway.sources.rows import RowError
 from tests.qif_helpers import FIXTURES, line_of, read, rejection
 
@@ -100,3 +103,22 @@ def test_malformed_xml_is_reported_where_it_is_in_the_file(tmp_path: Path, old: 
     exc = rejection(path)
     assert (exc.reason, exc.line) == (f"malformed XML: {message}", line)
     assert line == line_of(path, new)
+
+
+def test_a_document_of_several_megabytes_keeps_every_value_and_line(tmp_path: Path) -> None:
+    """Compacted and parsed in pieces of 1 MB: no value and no line lost at a piece's edge."""
+    count = 3000
+    specs = [ReportCharacteristic(i + 1, f"L{i + 1:05d}", "mm", 10.0 + i % 50, -0.01, 0.02, 4) for i in range(count)]
+    values = [ReportValue(round(10.0 + i % 50 + (i % 7) * 1e-4, 4)) for i in range(count)]
+    part = ReportPart("P1", "CMM-01", datetime(2026, 1, 5, 6, 0, tzinfo=UTC), values, part_temp_c=20.0)
+    path = tmp_path / "big.qif"
+    path.write_bytes(write_qif_results(Report("4711-A", "big part", specs, [part])))
+    assert path.stat().st_size > 3 * 1024 * 1024
+    chunk = read(path)
+    assert chunk.errors == []
+    text = path.read_text().splitlines()
+    value_lines = [n for n, line in enumerate(text, start=1) if "<Value>" in line]
+    assert [int(n) for n in chunk.rows.line] == value_lines
+    assert [float(text[n - 1].split(">")[1].split("<")[0]) for n in value_lines] == [v.value for v in values]
+    assert list(chunk.rows.measured_mm) == [v.value for v in values]
+    assert list(chunk.rows.feature) == [s.name for s in specs]

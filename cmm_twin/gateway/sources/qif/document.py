@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError, XMLParser
 from xml.parsers import expat
@@ -223,26 +224,43 @@ def parse_document(data: bytes) -> Document:
 
 
 _BETWEEN_TAGS = re.compile(rb">\s+<")
+_PIECE = 1 << 20
+"""Bytes compacted and fed to the parser at a time."""
 
 
 def _tree(data: bytes) -> Element:
     """The element tree of `data`, by the C parser (no DTD: refused before, so no entity to expand).
-    The whitespace between tags is dropped first (unless a CDATA section could hold such text):
-    it would be a text object per element, twice the time and memory of the tree, and every value
-    read is stripped. A malformed document is parsed again as it is, for the error's position."""
-    compact = data if b"<![CDATA[" in data else b"><".join(_BETWEEN_TAGS.split(data))
+    The whitespace between tags is dropped first (unless a CDATA section could hold such text, or
+    the encoding is not ASCII-compatible): it would be a text object per element, twice the time
+    and memory of the tree, and every value read is stripped. A malformed document is parsed again
+    as it is, for the error's position."""
+    compact = b"<![CDATA[" not in data and b"\x00" not in data[:4] and not data.startswith((b"\xff\xfe", b"\xfe\xff"))
     parser = XMLParser()
     try:
-        parser.feed(compact)
+        for piece in _compacted(data) if compact else (data,):
+            parser.feed(piece)
         root: Element = parser.close()
     except ParseError:
-        if compact is data:
+        if not compact:
             raise
-        del compact, parser
         parser = XMLParser()
         parser.feed(data)
         root = parser.close()
     return root
+
+
+def _compacted(data: bytes) -> Iterator[bytes]:
+    """`data` without the whitespace between tags, in pieces of about `_PIECE` bytes (each cut
+    before a `<`, so no whitespace between two tags is split)."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"<", start + _PIECE)
+        end = len(data) if end < 0 else end
+        piece = data[start:end]
+        if end < len(data) and piece.rstrip().endswith(b">"):
+            piece = piece.rstrip()
+        yield b"><".join(_BETWEEN_TAGS.split(piece))
+        start = end
 
 
 def check_results_document(document: Document) -> None:
