@@ -1,8 +1,8 @@
 """The QIF source: inbox files `*.qif`, QIF 3 (ISO 23952) results documents, read whole.
 
-The document is parsed with defusedxml (no DTD, no entities, nothing external; at most
-`MAX_DOCUMENT_BYTES`), checked to be QIF 3 results, and its measurements turned into neutral
-readings (`reader`) that the shared `RowBuilder` makes rows of (docs/formats/qif.md).
+The document is parsed safely (any DTD refused, so no entity and nothing external; at most
+`MAX_DOCUMENT_BYTES`; see `document`), checked to be QIF 3 results, and its measurements turned
+into neutral readings (`reader`) that the shared `RowBuilder` makes rows of (docs/formats/qif.md).
 """
 
 from __future__ import annotations
