@@ -3,6 +3,7 @@ temperatures, times and machines, and the records the physics makes of them."""
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from cmm_twin.gateway.sources.rows import IngestSettings, ValidRows
 from cmm_twin.physics.compensation import Compensation
 from cmm_twin.physics.decision import Verdict
 from cmm_twin.physics.thermal import Flag, PhysicsConfig
-from tests.qif_helpers import BERLIN, FIXTURES, line_of, read
+from tests.qif_helpers import BERLIN, FIXTURES, line_of, read, rejection
 
 BRACKET = FIXTURES / "bracket_3_parts.qif"
 FEATURES = [
@@ -225,3 +226,19 @@ def test_a_characteristic_measured_twice_on_a_part_gives_two_distinct_records(tm
         ("SN-0002", "D_BORE1_6.2", 25.0101),  # the item id (6) and the repetition
         ("SN-0003", "D_BORE1_6", 25.001),
     ]
+
+
+def test_the_garbage_collector_is_paused_only_while_a_document_is_read(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.qif"
+    bad.write_text("<QIFDocument>")
+    assert gc.isenabled()
+    read(BRACKET)
+    assert gc.isenabled()
+    rejection(bad)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        read(BRACKET)
+        assert not gc.isenabled()  # paused by someone else before: left paused
+    finally:
+        gc.enable()

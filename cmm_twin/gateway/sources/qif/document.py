@@ -1,15 +1,15 @@
-"""Safe parsing of a QIF document: defusedxml's parser (no DTD, no entity declarations, no external
-entities), a bound on the size read, the line of every element, and the checks that the document
-is a QIF 3 results document at all."""
+"""Safe parsing of a QIF document: any DTD refused (so no entity is ever declared or expanded and
+nothing external read), a bound on the size read, the line of elements, and the checks that the
+document is a QIF 3 results document at all."""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from xml.etree.ElementTree import Element, ParseError
-
-from defusedxml.ElementTree import DefusedXMLParser
+from xml.etree.ElementTree import Element, ParseError, XMLParser
+from xml.parsers import expat
 
 from cmm_twin.gateway.sources.rows import FileRejected
 
@@ -25,26 +25,55 @@ def q(name: str) -> str:
     return f"{{{QIF_NS}}}{name}"
 
 
+def find_path(element: Element, first: str, second: str) -> Element | None:
+    """`element.find("first/second")` for Clark names, without ElementPath (a simple tag is found in
+    C): the first `second` of the first `first` that has one."""
+    for child in element.findall(first):
+        found = child.find(second)
+        if found is not None:
+            return found
+    return None
+
+
+def text_at(element: Element, first: str, second: str) -> str | None:
+    """`element.findtext("first/second")` for Clark names (see `find_path`)."""
+    found = find_path(element, first, second)
+    return None if found is None else (found.text or "")
+
+
 def local_name(tag: str) -> str:
     """`name` of a `{namespace}name` tag."""
     return tag.rpartition("}")[2]
 
 
-class _LineParser(DefusedXMLParser):  # type: ignore[misc]
-    """defusedxml's expat parser that remembers the line each element starts on, and refuses a
-    DTD (after its entity declarations were refused one by one, with their own reason)."""
+class _PrologEndError(Exception):
+    """The first element is reached: the prolog held no DTD."""
+
+
+class _PrologCheck:
+    """An expat pass over the prolog only (it stops at the first element): refuses a document type
+    declaration, after its entity declarations were refused one by one with their own reason. A
+    document that passes has no DTD, hence no entity declaration and no external entity."""
 
     def __init__(self) -> None:
-        super().__init__(forbid_dtd=False, forbid_entities=True, forbid_external=True)
-        self.lines: dict[Element, int] = {}
-        self.parser.EndDoctypeDeclHandler = self._end_doctype
+        self.parser = expat.ParserCreate()
         self.parser.StartDoctypeDeclHandler = self._start_doctype
+        self.parser.EndDoctypeDeclHandler = self._end_doctype
+        self.parser.EntityDeclHandler = self._entity_decl
+        self.parser.UnparsedEntityDeclHandler = self._unparsed_entity_decl
+        self.parser.StartElementHandler = self._start_element
         self.doctype = ""
 
-    def _start(self, tag: str, attr_list: Any) -> Element:
-        element: Element = super()._start(tag, attr_list)
-        self.lines[element] = self.parser.CurrentLineNumber
-        return element
+    def check(self, data: bytes) -> None:
+        try:
+            self.parser.Parse(data, True)
+        except _PrologEndError:
+            return
+        except expat.ExpatError as exc:
+            raise FileRejected(f"malformed XML: {exc}", exc.lineno) from None
+
+    def _start_element(self, name: str, attributes: object) -> None:
+        raise _PrologEndError
 
     def _start_doctype(self, name: str, sysid: str | None, pubid: str | None, has_internal_subset: bool) -> None:
         self.doctype = name + (f" SYSTEM {sysid!r}" if sysid else "")
@@ -55,7 +84,7 @@ class _LineParser(DefusedXMLParser):  # type: ignore[misc]
             self.parser.CurrentLineNumber,
         )
 
-    def defused_entity_decl(
+    def _entity_decl(
         self,
         name: str,
         is_parameter_entity: bool,
@@ -66,9 +95,8 @@ class _LineParser(DefusedXMLParser):  # type: ignore[misc]
         notation_name: str | None,
     ) -> None:
         if sysid or pubid:
-            where = sysid or pubid
             raise FileRejected(
-                f"external entity {name!r} ({where}) refused: a QIF document may not refer to other files",
+                f"external entity {name!r} ({sysid or pubid}) refused: a QIF document may not refer to other files",
                 self.parser.CurrentLineNumber,
             )
         raise FileRejected(
@@ -76,30 +104,92 @@ class _LineParser(DefusedXMLParser):  # type: ignore[misc]
             self.parser.CurrentLineNumber,
         )
 
-    def defused_unparsed_entity_decl(
+    def _unparsed_entity_decl(
         self, name: str, base: str | None, sysid: str | None, pubid: str | None, notation_name: str | None
     ) -> None:
         raise FileRejected(f"unparsed entity {name!r} ({sysid or pubid}) refused", self.parser.CurrentLineNumber)
 
-    def defused_external_entity_ref_handler(
-        self, context: str | None, base: str | None, sysid: str | None, pubid: str | None
-    ) -> None:
-        raise FileRejected(f"external entity reference ({sysid or pubid}) refused", self.parser.CurrentLineNumber)
+
+_SKIPPED = rb"!--.*?-->|!\[CDATA\[.*?\]\]>|\?.*?\?>|"
+"""Comments, CDATA sections and processing instructions: their text may look like start tags."""
+_PREFIX = rb"(?:[^\s<>/:=!?\"']++:)?"
+"""A namespace prefix (sought only when the text declares one: it is the slow part)."""
+_START_TAGS = rb"<(?:%s%s(%s)(?=[\s/>]))"
+"""The start tags of some local names, in document order."""
+_TOGETHER = frozenset({"Value", "TargetValue", "ActualComponent", "ObjectTemperature", "AmbientTemperature"})
+"""Local names whose lines every reading needs: found in one pass."""
 
 
 class Document:
-    """A parsed QIF document: its root and the line of each element."""
+    """A parsed QIF document: its root and the line each element starts on (found on demand)."""
 
-    def __init__(self, root: Element, lines: dict[Element, int], line_count: int, size: int) -> None:
+    def __init__(self, root: Element, data: bytes) -> None:
         self.root = root
-        self._lines = lines
-        self.line_count = line_count
+        self._data = data
+        self._lines: dict[str, dict[Element, int]] = {}
+        self._all_lines: dict[Element, int] | None = None
+        self.line_count = data.count(b"\n") + (not data.endswith(b"\n"))
         """Lines of the file (the last one counted even without a line end)."""
-        self.size = size
+        self.size = len(data)
 
     def line(self, element: Element | None) -> int:
         """The line the element starts on (1 when unknown)."""
-        return self._lines.get(element, 1) if element is not None else 1
+        if element is None:
+            return 1
+        lines = self._lines.get(element.tag)
+        if lines is None:
+            self._index(element.tag)
+            lines = self._lines[element.tag]
+        return lines.get(element, 1)
+
+    def _index(self, tag: str) -> None:
+        """The lines of the elements `tag` (and of the `_TOGETHER` ones with it): their start tags
+        are found in the text by one regex pass and paired with the elements in document order.
+        When the text holds start tags of that local name in another namespace, or is not in an
+        ASCII-compatible encoding (the counts then differ), the lines come from an expat pass."""
+        namespace, _, name = tag.rpartition("}")
+        names = sorted(_TOGETHER) if name in _TOGETHER else [name]
+        tags = {n: f"{namespace}}}{n}" if namespace else n for n in names}
+        elements: dict[str, list[Element]] = {n: [] for n in names}
+        by_tag = {t: elements[n] for n, t in tags.items()}
+        for element in self.root.iter():  # one walk for all the names
+            listed = by_tag.get(element.tag)
+            if listed is not None:
+                listed.append(element)
+        found: dict[bytes, list[int]] = {n.encode(): [] for n in names}
+        if self._all_lines is None:
+            data = self._data
+            prefix = _PREFIX if b"xmlns:" in data else b""  # no prefix declared: no prefixed tag
+            alternatives = b"|".join(re.escape(n) for n in found)
+            line, done = 1, 0
+            for match in re.finditer(_START_TAGS % (_SKIPPED, prefix, alternatives), data, re.DOTALL):
+                if match.lastindex:
+                    start = match.start()
+                    line += data.count(b"\n", done, start)
+                    done = start
+                    found[match[1]].append(line)
+        for n, t in tags.items():
+            lines = found[n.encode()]
+            if self._all_lines is None and len(lines) != len(elements[n]):
+                log.debug("lines of <%s> from an expat pass (%d elements, %d tags)", t, len(elements[n]), len(lines))
+                self._all_lines = _element_lines(self.root, self._data)
+            if self._all_lines is not None:
+                self._lines[t] = {element: self._all_lines.get(element, 1) for element in elements[n]}
+            else:
+                self._lines[t] = dict(zip(elements[n], lines, strict=True))
+
+
+def _element_lines(root: Element, data: bytes) -> dict[Element, int]:
+    """The line of every element, from an expat pass that notes where each start tag is."""
+    lines: list[int] = []
+    parser = expat.ParserCreate()
+
+    def start(name: str, attributes: object) -> None:
+        lines.append(parser.CurrentLineNumber)
+
+    parser.StartElementHandler = start
+    parser.Parse(data, True)
+    return dict(zip(root.iter(), lines, strict=True))
 
 
 def read_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
@@ -110,7 +200,9 @@ def read_document(path: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Document:
         if size > max_bytes:
             raise FileRejected(f"file of {size} bytes is larger than the {max_bytes} bytes a QIF document may have")
         handle.seek(0)
-        data = handle.read(max_bytes + 1)
+        data = handle.read(size + 1)  # not max_bytes + 1: that would allocate max_bytes at once
+        if len(data) > size:
+            data += handle.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:  # grew while being opened
         raise FileRejected(f"file larger than the {max_bytes} bytes a QIF document may have")
     return parse_document(data)
@@ -120,17 +212,55 @@ def parse_document(data: bytes) -> Document:
     """`data` parsed as a QIF 3 results document (see `read_document`)."""
     if not data.strip():
         raise FileRejected("empty file")
-    parser = _LineParser()
+    _PrologCheck().check(data)
     try:
-        parser.feed(data)
-        root: Element = parser.close()
+        root = _tree(data)
     except ParseError as exc:
         line = exc.position[0] if exc.position else None
         raise FileRejected(f"malformed XML: {exc}", line) from None
-    line_count = data.count(b"\n") + (not data.endswith(b"\n"))
-    document = Document(root, parser.lines, line_count, len(data))
+    document = Document(root, data)
     check_results_document(document)
     return document
+
+
+_BETWEEN_TAGS = re.compile(rb">\s+<")
+_PIECE = 1 << 20
+"""Bytes compacted and fed to the parser at a time."""
+
+
+def _tree(data: bytes) -> Element:
+    """The element tree of `data`, by the C parser (no DTD: refused before, so no entity to expand).
+    The whitespace between tags is dropped first (unless a CDATA section could hold such text, or
+    the encoding is not ASCII-compatible): it would be a text object per element, twice the time
+    and memory of the tree, and every value read is stripped. A malformed document is parsed again
+    as it is, for the error's position."""
+    compact = b"<![CDATA[" not in data and b"\x00" not in data[:4] and not data.startswith((b"\xff\xfe", b"\xfe\xff"))
+    parser = XMLParser()
+    try:
+        for piece in _compacted(data) if compact else (data,):
+            parser.feed(piece)
+        root: Element = parser.close()
+    except ParseError:
+        if not compact:
+            raise
+        parser = XMLParser()
+        parser.feed(data)
+        root = parser.close()
+    return root
+
+
+def _compacted(data: bytes) -> Iterator[bytes]:
+    """`data` without the whitespace between tags, in pieces of about `_PIECE` bytes (each cut
+    before a `<`, so no whitespace between two tags is split)."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"<", start + _PIECE)
+        end = len(data) if end < 0 else end
+        piece = data[start:end]
+        if end < len(data) and piece.rstrip().endswith(b">"):
+            piece = piece.rstrip()
+        yield b"><".join(_BETWEEN_TAGS.split(piece))
+        start = end
 
 
 def check_results_document(document: Document) -> None:
@@ -145,5 +275,5 @@ def check_results_document(document: Document) -> None:
     results = root.find(q("Results"))
     if results is None:
         raise FileRejected("not a QIF results document: QIFDocument has no Results", document.line(root))
-    if results.find(f"{q('MeasurementResultsSet')}/{q('MeasurementResults')}") is None:
+    if not any(s.find(q("MeasurementResults")) is not None for s in results.findall(q("MeasurementResultsSet"))):
         raise FileRejected("QIF Results hold no MeasurementResultsSet/MeasurementResults", document.line(results))

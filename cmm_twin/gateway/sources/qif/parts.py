@@ -9,7 +9,7 @@ from xml.etree.ElementTree import Element
 
 from cmm_twin.gateway.sources.characteristics import Part, to_celsius
 from cmm_twin.gateway.sources.inputs import InputSettings
-from cmm_twin.gateway.sources.qif.document import Document, q
+from cmm_twin.gateway.sources.qif.document import Document, find_path, q, text_at
 from cmm_twin.gateway.sources.qif.units import Units
 from cmm_twin.gateway.sources.rows import RowError
 
@@ -30,22 +30,21 @@ def part_number(root: Element) -> str | None:
     product = root.find(q("Product"))
     if product is None:
         return None
-    parts = product.findall(f"{q('PartSet')}/{q('Part')}")
-    root_id = (product.findtext(f"{q('RootPart')}/{q('Id')}") or "").strip()
+    parts = [part for part_set in product.findall(q("PartSet")) for part in part_set.findall(q("Part"))]
+    root_id = (text_at(product, q("RootPart"), q("Id")) or "").strip()
     part = next((p for p in parts if p.get("id") == root_id), parts[0] if parts else None)
     if part is None:
         return None
-    for path in (q("ModelNumber"), f"{q('Header')}/{q('Name')}"):
-        text = (part.findtext(path) or "").strip()
-        if text:
-            return text
+    for text in (part.findtext(q("ModelNumber")), text_at(part, q("Header"), q("Name"))):
+        if text and text.strip():
+            return text.strip()
     return None
 
 
 def devices(root: Element) -> dict[str, str]:
     """Names of the measurement devices (MeasurementResources/MeasurementDevices, any kind: CMM,
     MeasurementDevice, ...) by id."""
-    found = root.find(f"{q('MeasurementResources')}/{q('MeasurementDevices')}")
+    found = find_path(root, q("MeasurementResources"), q("MeasurementDevices"))
     if found is None:
         return {}
     names: dict[str, str] = {}
@@ -60,13 +59,14 @@ def first_id(element: Element | None, list_name: str) -> str | None:
     """The first Id of the reference list `list_name` under `element` (None when there is none)."""
     if element is None:
         return None
-    text = element.findtext(f"{q(list_name)}/{q('Id')}")
+    text = text_at(element, _LISTS.get(list_name) or q(list_name), _ID)
     return text.strip() if text and text.strip() else None
 
 
 def ids(element: Element, list_name: str) -> list[str]:
     """Every Id of the reference list `list_name` under `element`."""
-    return [(e.text or "").strip() for e in element.findall(f"{q(list_name)}/{q('Id')}") if (e.text or "").strip()]
+    found = (e for listed in element.findall(q(list_name)) for e in listed.findall(_ID))
+    return [(e.text or "").strip() for e in found if (e.text or "").strip()]
 
 
 class Components:
@@ -82,7 +82,7 @@ class Components:
         self.errors: list[RowError] = []
         self.parts: dict[str, Part] = {}
         self._fallback: dict[str, Part] = {}
-        sets = document.root.find(f"{q('Results')}/{q('ActualComponentSets')}")
+        sets = find_path(document.root, q("Results"), q("ActualComponentSets"))
         for component in sets.iter(q("ActualComponent")) if sets is not None else ():
             self.parts[component.get("id", "").strip()] = self._part(component)
 
@@ -111,7 +111,10 @@ class Components:
         start = trace.find(q("InspectionStart"))
         if start is not None:
             part.timestamp = self._time(start, "InspectionStart")
-        for environment in trace.findall(f"{q('ProductEnvironments')}/{q('Environment')}"):
+        environments = (
+            e for listed in trace.findall(q("ProductEnvironments")) for e in listed.findall(q("Environment"))
+        )
+        for environment in environments:
             if part.timestamp is None and environment.find(q("DateAndTime")) is not None:
                 part.timestamp = self._time(environment.find(q("DateAndTime")), "DateAndTime")
             for name in ("ObjectTemperature", "AmbientTemperature"):
@@ -137,4 +140,7 @@ class Components:
         return moment
 
 
+_ID = q("Id")
+_LISTS = {"MeasurementDeviceIds": q("MeasurementDeviceIds")}
+"""The Clark names of the reference lists looked up for every measurement."""
 _TEMP_FIELD = {"ObjectTemperature": "part_temp_c", "AmbientTemperature": "air_temp_c"}

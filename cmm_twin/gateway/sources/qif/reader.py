@@ -10,7 +10,7 @@ from xml.etree.ElementTree import Element
 
 from cmm_twin.gateway.sources.characteristics import Part, Reading
 from cmm_twin.gateway.sources.inputs import InputSettings
-from cmm_twin.gateway.sources.qif.document import Document, q
+from cmm_twin.gateway.sources.qif.document import Document, q, text_at
 from cmm_twin.gateway.sources.qif.parts import Components, first_id, ids, parse_time
 from cmm_twin.gateway.sources.qif.spec import Specifications, kind_of, unit_kind
 from cmm_twin.gateway.sources.qif.units import file_units
@@ -19,6 +19,8 @@ from cmm_twin.physics.thermal import Flag
 
 _BAD_STATUS = frozenset({"SYSERROR"})
 """Statuses that say the CMM could not measure the value: such a value is a row error."""
+_ITEM_ID, _STATUS, _STATUS_ENUM = q("CharacteristicItemId"), q("Status"), q("CharacteristicStatusEnum")
+_VALUE, _TIME_STAMP, _COMPONENT_ID = q("Value"), q("TimeStamp"), q("ActualComponentId")
 
 
 @dataclass
@@ -37,10 +39,21 @@ def document_readings(document: Document, inputs: InputSettings, stem: str, file
     specs = Specifications(document, units)
     components = Components(document, units, inputs, stem)
     out = Readings(errors=list(components.errors))
-    all_results = document.root.findall(f"{q('Results')}/{q('MeasurementResultsSet')}/{q('MeasurementResults')}")
+    all_results = [
+        results
+        for top in document.root.findall(q("Results"))
+        for results_set in top.findall(q("MeasurementResultsSet"))
+        for results in results_set.findall(q("MeasurementResults"))
+    ]
     for results in all_results:
         reader = _ResultsReader(document, inputs, specs, components, results, len(all_results) == 1, file_time)
-        for measurement in results.iterfind(f"{q('MeasuredCharacteristics')}/{q('CharacteristicMeasurements')}/*"):
+        measurements = (
+            measurement
+            for measured in results.findall(q("MeasuredCharacteristics"))
+            for listed in measured.findall(q("CharacteristicMeasurements"))
+            for measurement in listed
+        )
+        for measurement in measurements:
             found = reader.reading(measurement)
             if isinstance(found, RowError):
                 out.errors.append(found)
@@ -74,19 +87,25 @@ class _ResultsReader:
     def reading(self, measurement: Element) -> Reading | RowError:
         """The reading of one `<Kind>CharacteristicMeasurement` (or why it is none)."""
         line_of = self.document.line
-        line = line_of(measurement)
         kind = kind_of(measurement.tag, "CharacteristicMeasurement")
-        item_id = (measurement.findtext(q("CharacteristicItemId")) or "").strip()
+        item_id = (measurement.findtext(_ITEM_ID) or "").strip()
         if not item_id:
-            return RowError(line, "CharacteristicItemId", f"{kind} measurement names no characteristic item")
+            return RowError(
+                line_of(measurement), "CharacteristicItemId", f"{kind} measurement names no characteristic item"
+            )
         characteristic = self.specs.characteristic(item_id)
         if isinstance(characteristic, RowError):  # a specification error: each value names its own line
+            line = line_of(measurement)
             where = "" if characteristic.line in (0, line) else f"; see line {characteristic.line}"
             return RowError(line, characteristic.column, characteristic.reason + where)
-        status = (measurement.findtext(f"{q('Status')}/{q('CharacteristicStatusEnum')}") or "").strip()
-        value_element = measurement.find(q("Value"))
+        status = (text_at(measurement, _STATUS, _STATUS_ENUM) or "").strip()
+        value_element = measurement.find(_VALUE)
         if value_element is None:
-            return RowError(line, "Value", f"no Value for {characteristic.description!r} (status {status or 'none'})")
+            return RowError(
+                line_of(measurement),
+                "Value",
+                f"no Value for {characteristic.description!r} (status {status or 'none'})",
+            )
         line = line_of(value_element)
         if status in _BAD_STATUS:
             return RowError(line, "Status", f"the measuring system reports {status} for this value")
@@ -99,7 +118,7 @@ class _ResultsReader:
         if isinstance(part, RowError):
             return part
         moment = None
-        stamp = measurement.find(q("TimeStamp"))
+        stamp = measurement.find(_TIME_STAMP)
         if stamp is not None:
             moment = parse_time(stamp.text or "", self.inputs)
             if moment is None:
@@ -116,7 +135,7 @@ class _ResultsReader:
     def _part(self, measurement: Element, line: int) -> Part | RowError:
         """The part measured: the measurement's ActualComponentId, else the one of its
         MeasurementResults, else the document's only ActualComponent, else the file's stem."""
-        component_id = (measurement.findtext(q("ActualComponentId")) or "").strip()
+        component_id = (measurement.findtext(_COMPONENT_ID) or "").strip()
         if not component_id:
             if len(self.component_ids) > 1:
                 return RowError(

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cache
 from xml.etree.ElementTree import Element
 
 from cmm_twin.gateway.sources.characteristics import Characteristic
-from cmm_twin.gateway.sources.qif.document import Document, local_name, q
+from cmm_twin.gateway.sources.qif.document import Document, find_path, local_name, q
 from cmm_twin.gateway.sources.qif.units import Units
 from cmm_twin.gateway.sources.rows import RowError
 
@@ -31,14 +32,22 @@ NOT_NUMERIC_KINDS = frozenset(
 """Kinds that carry no length, angle or temperature (weld kinds are recognised by their prefix)."""
 PROFILE_KINDS = frozenset({"PointProfile", "LineProfile", "SurfaceProfile"})
 """Geometric tolerances whose zone lies on both sides of the true profile."""
+_NAME, _DESCRIPTION, _TARGET = q("Name"), q("Description"), q("TargetValue")
+_NOMINAL_ID, _DEFINITION_ID = q("CharacteristicNominalId"), q("CharacteristicDefinitionId")
+_TOLERANCE, _MAX, _MIN = q("Tolerance"), q("MaxValue"), q("MinValue")
+_ZONE, _OUTER, _UNEQUAL = q("ToleranceValue"), q("OuterDisposition"), q("UnequallyDisposedZone")
+_BY_REFERENCE, _AS_LIMIT, _FITS = q("DefinitionId"), q("DefinedAsLimit"), q("LimitsAndFitsSpecification")
+_UNIT_ATTRIBUTE = {kind: f"{kind}Unit" for kind in ("linear", "angular", "temperature")}
 
 
+@cache
 def kind_of(tag: str, suffix: str) -> str:
     """`Diameter` of `{ns}DiameterCharacteristicMeasurement` (suffix `CharacteristicMeasurement`)."""
     name = local_name(tag)
     return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
+@cache
 def unit_kind(kind: str) -> str | None:
     """linear, angular or temperature; None for a kind without such a value."""
     if kind in ANGULAR_KINDS:
@@ -98,7 +107,7 @@ class Specifications:
         item = self.items.get(item_id)
         if item is None:
             return RowError(0, "CharacteristicItemId", f"refers to no characteristic item (id {item_id})")
-        nominal_id = (item.findtext(q("CharacteristicNominalId")) or "").strip()
+        nominal_id = (item.findtext(_NOMINAL_ID) or "").strip()
         nominal = self.nominals.get(nominal_id)
         if nominal is None:
             return RowError(
@@ -106,7 +115,7 @@ class Specifications:
                 "CharacteristicNominalId",
                 f"characteristic item {item_id} refers to no characteristic nominal (id {nominal_id or 'missing'})",
             )
-        definition_id = (nominal.findtext(q("CharacteristicDefinitionId")) or "").strip()
+        definition_id = (nominal.findtext(_DEFINITION_ID) or "").strip()
         definition = self.definitions.get(definition_id)
         if definition is None:
             return RowError(
@@ -125,10 +134,10 @@ class Specifications:
         if isinstance(limits, RowError):
             return limits
         name = next(
-            (text.strip() for e in (item, nominal, definition) if (text := e.findtext(q("Name"))) and text.strip()),
-            (item.findtext(q("Description")) or "").strip(),
+            (text.strip() for e in (item, nominal, definition) if (text := e.findtext(_NAME)) and text.strip()),
+            (item.findtext(_DESCRIPTION) or "").strip(),
         )
-        target = nominal.find(q("TargetValue"))
+        target = nominal.find(_TARGET)
         return Characteristic(
             number=item_id,
             description=name,
@@ -143,27 +152,26 @@ class Specifications:
     def _limits(self, kind: str, nominal: Element, definition: Element, unit_of: str, unit: str) -> _Limits | RowError:
         """Nominal and limits relative to it, from the nominal and its definition."""
         line_of = self.document.line
-        target_element = nominal.find(q("TargetValue"))
         values: dict[str, float | None] = {}
         for name, element in (
-            ("TargetValue", target_element),
-            ("ToleranceValue", definition.find(q("ToleranceValue"))),
-            ("MaxValue", definition.find(f"{q('Tolerance')}/{q('MaxValue')}")),
-            ("MinValue", definition.find(f"{q('Tolerance')}/{q('MinValue')}")),
-            ("OuterDisposition", definition.find(q("OuterDisposition"))),
-            ("UnequallyDisposedZone", definition.find(q("UnequallyDisposedZone"))),
+            ("TargetValue", nominal.find(_TARGET)),
+            ("ToleranceValue", definition.find(_ZONE)),
+            ("MaxValue", find_path(definition, _TOLERANCE, _MAX)),
+            ("MinValue", find_path(definition, _TOLERANCE, _MIN)),
+            ("OuterDisposition", definition.find(_OUTER)),
+            ("UnequallyDisposedZone", definition.find(_UNEQUAL)),
         ):
             number = self.number(element, name, unit_of, unit)
             if isinstance(number, RowError):
                 return number
             values[name] = number
         target = values["TargetValue"]
-        tolerance = definition.find(q("Tolerance"))
+        tolerance = definition.find(_TOLERANCE)
         if tolerance is not None:
-            if tolerance.find(q("DefinitionId")) is not None:
+            if tolerance.find(_BY_REFERENCE) is not None:
                 return RowError(line_of(tolerance), "DefinitionId", "a tolerance given by reference is not supported")
             high, low = values["MaxValue"], values["MinValue"]
-            if (tolerance.findtext(q("DefinedAsLimit")) or "").strip() not in ("true", "1"):
+            if (tolerance.findtext(_AS_LIMIT) or "").strip() not in ("true", "1"):
                 return _Limits(target, low, high)
             if target is None and high is not None and low is not None:
                 target = _clean((high + low) / 2.0)  # limits without a nominal: the middle of the zone
@@ -182,7 +190,7 @@ class Specifications:
             if outer is None:
                 return _Limits(target, -zone / 2.0, zone / 2.0)
             return _Limits(target, _clean(outer - zone), outer)
-        if definition.find(q("LimitsAndFitsSpecification")) is not None:
+        if definition.find(_FITS) is not None:
             return RowError(
                 line_of(definition),
                 "LimitsAndFitsSpecification",
@@ -195,15 +203,18 @@ class Specifications:
         names a unit other than the characteristic's."""
         if element is None:
             return None
-        line = self.document.line(element)
-        attribute = element.get(f"{unit_of}Unit")
+        attribute = element.get(_UNIT_ATTRIBUTE[unit_of])
         if attribute is not None and self.units.for_attribute(unit_of, attribute) != unit:
-            return RowError(line, name, f"unit {attribute!r} differs from the document's {unit_of} unit {unit!r}")
-        text = (element.text or "").strip()
+            return RowError(
+                self.document.line(element),
+                name,
+                f"unit {attribute!r} differs from the document's {unit_of} unit {unit!r}",
+            )
+        text = element.text or ""
         try:
-            return float(text)
+            return float(text)  # float() ignores the whitespace around the number, as strip() does
         except ValueError:
-            return RowError(line, name, f"not a number: {text!r}")
+            return RowError(self.document.line(element), name, f"not a number: {text.strip()!r}")
 
 
 def _clean(number: float) -> float:
