@@ -15,8 +15,12 @@ import xmlschema
 
 from cmm_twin.formats.qif import write_qif_results
 from cmm_twin.formats.report import Report, ReportCharacteristic, ReportPart, ReportValue
-from cmm_twin.gateway.sources.rows import RowError
-from cmm_twin.physics.thermal import Flag
+from cmm_twin.gateway.ingest.records import to_records
+from cmm_twin.gateway.sinks.outbox.outputs import report_of
+from cmm_twin.gateway.sources.inputs import InputSettings
+from cmm_twin.gateway.sources.qdas import QdasSource
+from cmm_twin.gateway.sources.rows import IngestSettings, RowError
+from cmm_twin.physics.thermal import Flag, PhysicsConfig
 from tests.qif_helpers import FIXTURES, read
 
 CET = timezone(timedelta(hours=1))
@@ -64,6 +68,16 @@ def qif_schema() -> xmlschema.XMLSchema:
     return xmlschema.XMLSchema(str(path))
 
 
+def outbox_document() -> bytes:
+    """The QIF the outbox writes for the Q-DAS fixture housing.dfq (angles, one-sided limits,
+    values the gateway rejected), from the records the gateway makes of it."""
+    settings = IngestSettings(inputs=InputSettings(timezone="Europe/Berlin"))
+    chunk = QdasSource(settings).read(Path(__file__).parent / "fixtures" / "qdas" / "housing.dfq")
+    assert chunk is not None
+    records = to_records(chunk.rows, PhysicsConfig()).to_dicts()
+    return write_qif_results(report_of(records, coverage_factor=2.0))
+
+
 def written(tmp_path: Path, report: Report, name: str = "out.qif") -> Path:
     path = tmp_path / name
     path.write_bytes(write_qif_results(report))
@@ -78,6 +92,7 @@ def test_written_documents_and_the_fixtures_are_valid_qif() -> None:
         "compensated": write_qif_results(compensated(RAW)),
         "empty": write_qif_results(Report("", "", [], [])),
         "temperature characteristic": write_qif_results(PROBED),
+        "outbox, from a Q-DAS file": outbox_document(),
         **{name: (FIXTURES / name).read_bytes() for name in ("bracket_3_parts.qif", "shaft_inch.qif")},
     }
     for name, document in documents.items():
