@@ -15,7 +15,7 @@ from cmm_twin.gateway.ingest.records import to_records
 from cmm_twin.gateway.sources import source_for
 from cmm_twin.gateway.sources.inputs import InputSettings, PartSettings
 from cmm_twin.gateway.sources.qdas import QdasSource
-from cmm_twin.gateway.sources.qdas.numbers import decimals_of, parse_time
+from cmm_twin.gateway.sources.qdas.numbers import decimals_of, parse_int, parse_number, parse_time
 from cmm_twin.gateway.sources.registry import SOURCES
 from cmm_twin.gateway.sources.rows import FileRejected, IngestSettings, ParsedChunk, RowError
 from cmm_twin.physics.thermal import PhysicsConfig
@@ -449,6 +449,52 @@ def test_an_empty_value_key_is_not_measured_but_keeps_the_count(tmp_path: Path) 
 )
 def test_decimal_places_as_written(text: str, places: int) -> None:
     assert decimals_of(text) == places
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("12,345", 12.345),
+        (" -0.5 ", -0.5),
+        ("+.5", 0.5),
+        ("5.", 5.0),
+        (",25", 0.25),
+        ("1.5E-03", 0.0015),
+        ("\u0661\u0662", 12.0),  # Arabic-Indic digits are digits to both float() and the pattern
+        ("1e999", math.inf),  # written as a number: kept (the row builder rejects what is not finite)
+        ("1_000", None),
+        ("nan", None),
+        ("inf", None),
+        ("-Infinity", None),
+        ("1,5.3", None),
+        ("1,,5", None),
+        ("1 5", None),
+        ("0x10", None),
+        ("", None),
+    ],
+)
+def test_number_forms(text: str, number: float | None) -> None:
+    assert parse_number(text) == number
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("5", 5),
+        (" -12 ", -12),
+        ("+7", 7),
+        ("123456789", 123456789),
+        ("1234567890", None),
+        ("+", None),
+        ("", None),
+        ("1_0", None),
+        ("1.0", None),
+        ("--1", None),
+        ("\u00b2", None),  # superscript two: a digit, not a decimal digit
+    ],
+)
+def test_whole_number_forms(text: str, number: int | None) -> None:
+    assert parse_int(text) == number
 
 
 def test_limits_in_exponent_form_keep_their_size(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from cmm_twin.gateway.sources.characteristics import Part, Reading
 from cmm_twin.gateway.sources.inputs import InputSettings
-from cmm_twin.gateway.sources.qdas.keys import Description, Spec, key_line
+from cmm_twin.gateway.sources.qdas.keys import CODE, LINED_KEYS, Description, Spec, key_name
 from cmm_twin.gateway.sources.qdas.numbers import parse_int, parse_number, parse_time
 from cmm_twin.gateway.sources.qdas.text import Text
 from cmm_twin.gateway.sources.qdas.values import (
@@ -27,6 +28,16 @@ from cmm_twin.gateway.sources.rows import FileRejected, RowError
 INVALID_ATTRIBUTES = frozenset({255, 256})
 """K0002 attributes of a value marked invalid (255) or deleted (256): skipped."""
 _TIME_FORMS = "dd.MM.yyyy/HH:mm:ss, M/d/yy HH:mm:ss or ISO 8601"
+_LINE = re.compile(r"K(\d{4})(?:/(\d{1,6})(?:/(\d{1,9}))?)?(?: ([^\r\n]*))?\r?\n|([^\r\n]*)\r?\n")
+"""One physical line with its line end: a K-field line `Kxxxx[/n[/m]] value` (key, index, value
+number, value as written; "" for a part not given), else the whole line (a compact value line, a
+blank or a malformed line). A text holds CR only before LF (`decode`), so the matches cover it line
+after line."""
+_K2XXX = {f"{key:04d}": key for key in range(2000, 3000)}
+"""The characteristics' keys as written (ASCII digits; others take the general way)."""
+_CHUNK = 1 << 13
+"""Characters of text matched at once: findall's list of a few hundred lines is freed before it
+could set off a garbage collection."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ class Document:
     def file_names(self, errors: list[RowError]) -> list[str]:
         """The name of the file each row error (of this document) points into: that of the value
         it is about, else (the specification's errors) the first file."""
-        if len(self.texts) == 1:
+        if len(self.texts) == 1 or not errors:
             return [self.texts[0].name] * len(errors)
         origins = {(r.line, r.field): f.origin for r, f in zip(self.readings, self.fields, strict=True)}
         names = []
@@ -63,23 +74,7 @@ def parse(texts: list[Text], inputs: InputSettings) -> Document:
     description = Description()
     values = Values()
     for origin, text in enumerate(texts):
-        for number in range(1, len(text.lines) + 1):
-            line = text.line(number)
-            if not line.strip():
-                continue
-            if not line.startswith("K"):
-                values.add_compact(text, number, origin)
-                continue
-            key = key_line(text, number)
-            if key.key < 100:
-                values.add_key(key, origin)
-            elif origin > 0 and key.key >= 1000:
-                raise FileRejected(
-                    f"{text.label}description key {key.name} in the values file (it belongs in {texts[0].name})",
-                    number,
-                )
-            else:
-                description.add(key, text)
+        _scan(text, origin, texts[0].name, description, values)
     specs = description.specs(texts[0])
     part_number = description.part_number
     if part_number is None:
@@ -92,6 +87,81 @@ def parse(texts: list[Text], inputs: InputSettings) -> Document:
     for value_set in sorted(values.sets):
         _read_set(value_set, values.sets[value_set], specs, part_number, times, readings, fields, errors)
     return Document(texts, specs, part_number, readings, fields, errors)
+
+
+def _scan(text: Text, origin: int, leader: str, description: Description, values: Values) -> None:
+    """Every line of `text` (file `origin` of the document led by the file named `leader`) into
+    `description` and `values`; raises FileRejected at the first line that cannot be taken."""
+    source = text.text
+    stored, first, lines = description.values, description.first, description.lines
+    number = 0
+    position, end = text.start, len(source)
+    while position < end:
+        stop = source.find("\n", position + _CHUNK) + 1 or end
+        for key_text, index_text, number_text, raw, other in _LINE.findall(source, position, stop):
+            number += 1
+            if not key_text:
+                if other.startswith("K"):
+                    raise FileRejected(
+                        f"{text.label}malformed K-field line {other[:40]!r} (expected 'Kxxxx[/n[/m]] value',"
+                        " the key and its value separated by one space)",
+                        number,
+                    )
+                if other.strip():
+                    values.add_compact(text, other, number, origin)
+                continue
+            key = _K2XXX.get(key_text)
+            if key is not None and index_text and not number_text and not origin:
+                # The bulk of a description, stored here without a call (see CODE).
+                index = int(index_text)
+                code = index * CODE + key
+                if index and code not in stored:
+                    stored[code] = raw.strip()
+                    if index not in first:
+                        first[index] = number
+                    if key in LINED_KEYS:
+                        lines[code] = number
+                    continue
+                if index:
+                    continue  # given before: the first is kept
+            _key_line(text, origin, leader, int(key_text), index_text, number_text, raw, number, description, values)
+        position = stop
+
+
+def _key_line(
+    text: Text,
+    origin: int,
+    leader: str,
+    key: int,
+    index_text: str,
+    number_text: str,
+    raw: str,
+    line: int,
+    description: Description,
+    values: Values,
+) -> None:
+    """Take K-field line `line` (but a K2xxx one `_scan` stores): `index_text` and `number_text` are
+    "" when not given."""
+    index = int(index_text) if index_text else None
+    value_number = int(number_text) if number_text else None
+    value = raw.strip()
+    if key < 100:
+        # Where the value starts in the line: after `Kxxxx`, `/n`, `/m` and the space.
+        column = 6 + (len(index_text) + 1 if index_text else 0) + (len(number_text) + 1 if number_text else 0)
+        column += len(raw) - len(raw.lstrip())
+        values.add_key(key, index, value_number, value, line, column, text, origin)
+    elif origin and key >= 1000:
+        raise FileRejected(
+            f"{text.label}description key {key_name(key, index, value_number)} in the values file"
+            f" (it belongs in {leader})",
+            line,
+        )
+    elif value_number is not None:
+        raise FileRejected(
+            f"{text.label}{key_name(key, index, value_number)}: a value number on a description key", line
+        )
+    else:
+        description.add(key, index, value, line, text)
 
 
 class _Times:
@@ -132,10 +202,11 @@ def _read_set(
         found = by_index[index]
         spec = specs[index]
         value = found.get(VALUE)
-        problem = _problem(spec, found, value)
-        if problem is not None:
-            errors.append(problem)
-            continue
+        if spec.attribute_type is not None or spec.problem is not None or ATTRIBUTE in found:
+            problem = _problem(spec, found, value)
+            if problem is not None:
+                errors.append(problem)
+                continue
         if value is None:
             continue  # not measured on this part
         number = parse_number(value.text)

@@ -16,15 +16,22 @@ _US = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4}|\d{2})\s+(\d{1,2}):(\d{2})(?::(\d{
 def parse_number(text: str) -> float | None:
     """`text` (stripped) as a number, with a decimal point or a decimal comma; None when it is not one."""
     text = text.strip()
-    if _NUMBER.fullmatch(text) is None:
+    try:
+        number = float(text.replace(",", "."))
+    except ValueError:
         return None
-    return float(text.replace(",", "."))
+    # float() reads what _NUMBER does (with the comma made a point), and besides only `1_000`,
+    # `nan` and `inf`: those (and an overflow like 1e999, which _NUMBER takes) go the slow way.
+    if number - number == 0.0 and "_" not in text:
+        return number
+    return number if _NUMBER.fullmatch(text) is not None else None
 
 
 def parse_int(text: str) -> int | None:
-    """`text` (stripped) as a whole number; None when it is not one."""
+    """`text` (stripped) as a whole number (`[+-]?\\d{1,9}`); None when it is not one."""
     text = text.strip()
-    return int(text) if re.fullmatch(r"[+-]?\d{1,9}", text) else None
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    return int(text) if 0 < len(digits) <= 9 and digits.isdecimal() else None
 
 
 def decimals_of(text: str) -> int:

@@ -60,7 +60,7 @@ class QdasSource(Source):
         dfx = path.with_name(companions[0]).read_bytes() if companions else None
         document = read_document(data, path.name, self.settings, dfx)
         chunk = self.builder.build(
-            document.readings, document.errors, path.name, len(data), len(document.texts[0].lines)
+            document.readings, document.errors, path.name, len(data), document.texts[0].line_count
         )
         if chunk is None or len(document.texts) == 1:
             return chunk

@@ -7,8 +7,8 @@ parameter, gauge)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from cmm_twin.gateway.sources.qdas.keys import KeyLine
 from cmm_twin.gateway.sources.qdas.text import CHARACTERISTIC_SEPARATOR, FIELD_SEPARATOR, Text
 from cmm_twin.gateway.sources.rows import FileRejected, RowError
 
@@ -25,19 +25,24 @@ COMPACT_KEYS = (VALUE, ATTRIBUTE, TIME, 5, 6, 7, 8, MACHINE, 11, 12)
 """The keys of the fields of one characteristic in a compact value line, in order."""
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One value field as written."""
 
     text: str
     """Stripped."""
     line: int
-    start: int
-    """Character offset of `text` in its file's text."""
+    column: int
+    """Character offset of `text` in its line."""
     origin: int
     """Which file of the document (0: the .dfq or .dfd, 1: the .dfx)."""
     name: str
     """The key it stands for, with the characteristic's index (`K0001/3`), for row errors."""
+    file: Text
+
+    @property
+    def start(self) -> int:
+        """Character offset of `text` in its file's text."""
+        return self.file.line_start(self.line) + self.column
 
 
 @dataclass
@@ -53,30 +58,38 @@ class Values:
     _last_set: int = 0
     """The highest value set given so far (by a key or a line)."""
 
-    def add_key(self, key: KeyLine, origin: int) -> None:
-        """Take a value key line (K0001...K0099). Without `/m`, a key takes the value set after the
-        last one it (with this characteristic index) was given for."""
-        if key.key not in READ_KEYS:
+    def add_key(
+        self,
+        key: int,
+        index: int | None,
+        number: int | None,
+        value: str,
+        line: int,
+        column: int,
+        text: Text,
+        origin: int,
+    ) -> None:
+        """Take value key `key` (K0001...K0099) of line `line` of `text`: `/index/number` as written
+        (None: not given), its value (stripped) and where that starts in the line. Without `/m`, a
+        key takes the value set after the last one it (with this characteristic index) was given for."""
+        if key not in READ_KEYS:
             return
-        index = 1 if key.index is None else key.index
-        number = key.value_number
+        if index is None:
+            index = 1
         if number is None:
-            number = self._counters.get((index, key.key), 0) + 1
-        self._counters[(index, key.key)] = number
+            number = self._counters.get((index, key), 0) + 1
+        self._counters[(index, key)] = number
         self._last_set = max(self._last_set, number)
-        if not key.value:
+        if not value:
             return  # an empty field, as in a compact line: not given (the set is still counted)
-        name = f"K{key.key:04d}/{index}"
-        self._put(number, index, key.key, Field(key.value, key.line, key.start, origin, name))
+        self._put(number, index, key, Field(value, line, column, origin, f"K{key:04d}/{index}", text))
 
-    def add_compact(self, text: Text, number: int, origin: int) -> None:
-        """Take compact value line `number` of `text`: a new value set."""
-        start, _ = text.lines[number - 1]
-        line = text.line(number)
+    def add_compact(self, text: Text, line: str, number: int, origin: int) -> None:
+        """Take compact value line `line` (line `number` of `text`): a new value set."""
         value_set = self._last_set = self._last_set + 1
         portions = line.split(CHARACTERISTIC_SEPARATOR)
         self.compact_lines.append((text, number, len(portions)))
-        offset = start
+        offset = 0
         for index, portion in enumerate(portions, start=1):
             position = offset
             for key, raw in zip(COMPACT_KEYS, portion.split(FIELD_SEPARATOR), strict=False):
@@ -84,14 +97,20 @@ class Values:
                 if stripped:
                     lead = len(raw) - len(raw.lstrip())
                     name = f"K{key:04d}/{index}"
-                    self._put(value_set, index, key, Field(stripped, number, position + lead, origin, name))
+                    self._put(value_set, index, key, Field(stripped, number, position + lead, origin, name, text))
                 position += len(raw) + 1
             for key in COMPACT_KEYS:
                 self._counters[(index, key)] = value_set
             offset += len(portion) + 1
 
     def _put(self, value_set: int, index: int, key: int, found: Field) -> None:
-        fields = self.sets.setdefault(value_set, {}).setdefault(index, {})
+        by_index = self.sets.get(value_set)
+        if by_index is None:
+            by_index = self.sets[value_set] = {}
+        fields = by_index.get(index)
+        if fields is None:
+            by_index[index] = {key: found}
+            return
         first = fields.get(key)
         if first is not None:
             self.errors.append(
