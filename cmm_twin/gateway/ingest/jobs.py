@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmm_twin.gateway.sources import ChunkedReading, ParsedChunk, Source
+from cmm_twin.gateway.sources.base import collector_paused
 from cmm_twin.gateway.state import FileProgress, StoredRowError
 from cmm_twin.records import RecordBatch
 
@@ -81,6 +82,7 @@ def _whole(source: Source, path: Path, offset: int, complete_at: int) -> Iterato
     size = path.stat().st_size
     if offset or source.waits_for_more(path, 0, size, complete_at == size):
         return
-    chunk = source.read(path, complete_at)
+    with collector_paused():
+        chunk = source.read(path, complete_at)
     if chunk is not None:
         yield chunk

@@ -69,7 +69,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_NAME = 64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Characteristic:
     """A characteristic as the file specifies it, in the file's unit."""
 
@@ -110,7 +110,7 @@ class Part:
     """Physics flags every record of the part carries (e.g. TIMESTAMP_FROM_FILE)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Reading:
     """One measured value of a characteristic on a part, in the characteristic's unit."""
 

@@ -7,15 +7,12 @@ into neutral readings (`reader`) that the shared `RowBuilder` makes rows of (doc
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from cmm_twin.gateway.sources.base import Source
+from cmm_twin.gateway.sources.base import Source, collector_paused
 from cmm_twin.gateway.sources.characteristics import RowBuilder
 from cmm_twin.gateway.sources.qif.document import MAX_DOCUMENT_BYTES, read_document
 from cmm_twin.gateway.sources.qif.reader import document_readings
@@ -40,7 +37,7 @@ class QifSource(Source):
     def read(self, path: Path, complete_at: int | None = None) -> ParsedChunk | None:
         """The rows and row errors of the document `path`; FileRejected when nothing of it can be
         taken (see `document.read_document`)."""
-        with _collector_paused():
+        with collector_paused():
             document = read_document(path, self.max_document_bytes)
             file_time = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
             found = document_readings(document, self.settings.inputs, path.stem, file_time)
@@ -49,18 +46,3 @@ class QifSource(Source):
         chunk = self.builder.build(found.readings, found.errors, path.name, size, lines)
         log.debug("read %s: %d readings, %d row errors", path, len(found.readings), len(chunk.errors) if chunk else 0)
         return chunk
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while a document is parsed: the tree is hundreds of
-    thousands of new container objects, and the full collections they trigger, each walking the
-    growing tree again, took about half the time of the parse. Reference counting still frees
-    everything; the collector runs again afterwards (unless something else had paused it)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
