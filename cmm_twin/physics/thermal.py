@@ -54,6 +54,9 @@ class Flag(enum.IntFlag):
     uncertainty of the assumption (set by the source, not by `evaluate`)."""
     TIMESTAMP_FROM_FILE = 16
     """The file gave no measurement time: the file's modification time was used (set by the source)."""
+    RESIDUAL_THERMAL_SLOPE = 32
+    """The compensated deviations of this characteristic still trend with the part temperature
+    (the compensation-health monitor's alarm is on: a wrong CTE, sensor or part catalogue)."""
 
 
 FLAG_NAMES: dict[Flag, str] = {f: str(f.name).lower() for f in Flag}
