@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from cmm_twin.errors import ConfigError
 from cmm_twin.physics.materials import MATERIALS
 from cmm_twin.records import measurement_id
-from cmm_twin.simulator.cli import main
 from cmm_twin.simulator.catalogue import CATALOGUE, part_type_index
+from cmm_twin.simulator.cli import main
 from cmm_twin.simulator.scenario import ShopScenario
 from cmm_twin.simulator.shop import BLOCK_PARTS, PartBatch, ShopModel
 from cmm_twin.simulator.writer import CSV_COLUMNS, TRUTH_COLUMNS, format_timestamp, temp_name
