@@ -112,8 +112,8 @@ def test_cte_is_shared_per_lot_of_50_parts_of_a_type() -> None:
         table = MATERIALS[part_type.material].cte_per_k
         assert all(abs(next(iter(c)) / table - 1.0) <= 0.1 for c in ctes)
     narrow = ShopModel(ShopScenario(cte_lot_half_width_rel=0.01), seed=4).parts(0, 500)
-    table = np.array([MATERIALS[m].cte_per_k for m in narrow.material.tolist()])
-    assert np.abs(narrow.true_cte_per_k / table - 1.0).max() <= 0.01
+    tables = np.array([MATERIALS[m].cte_per_k for m in narrow.material.tolist()])
+    assert np.abs(narrow.true_cte_per_k / tables - 1.0).max() <= 0.01
 
 
 def test_catalogue_covers_materials_kinds_and_zones_over_20000_features() -> None:
