@@ -116,7 +116,7 @@ def check_inbox_file(path: Path, machines: int = 3) -> list[dict[str, str]]:
         assert row["machine_id"] == f"CMM-{match.group(1)}"
         assert row["part_id"] == f"P{int(match.group(2)):07d}"
         assert TIMESTAMP_RE.fullmatch(row["timestamp"]), row["timestamp"]
-        assert re.fullmatch(r"\d+\.\d{5}", row["measured_mm"]), row
+        assert re.fullmatch(r"\d+\.\d{4}" if row["unit"] == "deg" else r"\d+\.\d{5}", row["measured_mm"]), row
         assert re.fullmatch(r"\d+\.\d{4}", row["nominal_mm"])
         assert re.fullmatch(r"-?\d+\.\d{3}", row["part_temp_c"])
         assert re.fullmatch(r"-?\d+\.\d{3}", row["air_temp_c"])
