@@ -68,6 +68,8 @@ class PartBatch:
     lower_tol: FloatArray
     """Signed, relative to the nominal; NaN: open on that side."""
     upper_tol: FloatArray
+    tolerance: FloatArray
+    """The symmetric tolerance (+-); NaN for an asymmetric or one-sided zone."""
     measured: FloatArray
     true_value: FloatArray
     """True size at 20 degC (an angle: its true value)."""
@@ -96,16 +98,9 @@ class PartBatch:
     def __len__(self) -> int:
         return int(self.part_index.shape[0])
 
-    @property
-    def tolerance(self) -> FloatArray:
-        """The symmetric tolerance (+-) of each row; NaN for an asymmetric or one-sided zone."""
-        with np.errstate(invalid="ignore"):
-            symmetric = (self.upper_tol > 0.0) & (self.lower_tol == -self.upper_tol)
-        return np.where(symmetric, self.upper_tol, np.nan)
-
     def select(self, rows: slice | NDArray[np.intp] | NDArray[np.bool_]) -> PartBatch:
         """The batch restricted to `rows` (a slice, index array or mask)."""
-        return PartBatch(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
+        return PartBatch(**{name: getattr(self, name)[rows] for name in _FIELDS})
 
     def per_part(self) -> Iterator[PartBatch]:
         """Yield one batch per part (its features), in order."""
@@ -120,9 +115,10 @@ class PartBatch:
         """One batch holding the rows of `batches` in order (at least one batch)."""
         if not batches:
             raise ValueError("concat needs at least one batch")
-        return PartBatch(
-            **{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(PartBatch)}
-        )
+        return PartBatch(**{name: np.concatenate([getattr(b, name) for b in batches]) for name in _FIELDS})
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PartBatch))
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,6 +296,7 @@ class ShopModel:
         deviation = true_value - nominal
         with np.errstate(invalid="ignore"):
             conforming = ~(deviation < lower) & ~(deviation > upper)
+            tolerance = np.where((upper > 0.0) & (lower == -upper), upper, np.nan)
 
         valid = np.arange(f) < types.count[kind_of_part][:, np.newaxis]
         per_row = valid.sum(axis=1)
@@ -326,6 +323,7 @@ class ShopModel:
             nominal=rows(nominal),
             lower_tol=rows(lower),
             upper_tol=rows(upper),
+            tolerance=rows(tolerance),
             measured=rows(measured),
             true_value=rows(true_value),
             conforming=rows(conforming),
