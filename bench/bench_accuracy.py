@@ -28,6 +28,7 @@ from cmm_twin.accuracy.goals import (
 )
 from cmm_twin.accuracy.report import TABLE_NOTE, goals_markdown, markdown_table
 from cmm_twin.accuracy.run import AccuracySettings
+from cmm_twin.logs import setup_logging
 
 FULL_FEATURES = 20_000
 QUICK_FEATURES = 2_000
@@ -92,6 +93,7 @@ def main() -> None:
     add_common_arguments(parser)
     args = parser.parse_args()
     features = args.features or (QUICK_FEATURES if args.quick else FULL_FEATURES)
+    setup_logging("INFO")
     progress(f"accuracy: {features:,} features per scenario through real gateways ...")
     started = time.monotonic()
     results, _ = run(AccuracySettings(features=features))

@@ -220,6 +220,21 @@ def test_bad_options_exit_2_with_one_line(args: list[str], expected: str) -> Non
     assert done.stdout == ""
 
 
+def test_a_used_workdir_and_a_json_file_in_no_directory_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "work" / "shop").mkdir(parents=True)
+    done = run_accuracy("--scenarios", "shop", "--workdir", str(tmp_path / "work"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("python -m cmm_twin.accuracy: error: --workdir: ")
+    assert "shop' exists (a previous run's?)" in done.stderr and done.stderr.count("\n") == 1
+    missing = tmp_path / "nowhere" / "figures.json"
+    done = run_accuracy("--json", str(missing))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"python -m cmm_twin.accuracy: error: --json: directory {str(missing.parent)!r} does not exist\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["shop"]
+
+
 def test_small_run_end_to_end_through_the_real_gateway(tmp_path: Path) -> None:
     """2,000 features per scenario through a real gateway each: every truth row joined, the coverage
     band held on every cell of >= 500 features, the table and the JSON complete."""

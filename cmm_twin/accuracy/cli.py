@@ -99,6 +99,16 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Ac
     values["json_path"] = values.pop("json")
     settings = AccuracySettings(**values)
     check_simulator_options(settings, Path(tempfile.gettempdir()) / "cmm-accuracy-check")
+    if settings.json_path is not None and not settings.json_path.parent.is_dir():
+        raise ConfigError("--json", f"directory {str(settings.json_path.parent)!r} does not exist")
+    if settings.workdir is not None:
+        taken = [name for name in settings.scenarios if (settings.workdir / name).exists()]
+        if taken:
+            raise ConfigError(
+                "--workdir",
+                f"{str(settings.workdir / taken[0])!r} exists (a previous run's?): remove it or choose another"
+                " directory",
+            )
     return settings
 
 
@@ -136,11 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results, elapsed_s = run(settings)
     except (CmmTwinError, OSError) as exc:
-        if isinstance(exc, ConfigError):
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     goals = check_goals(results)
     print(
         f"Accuracy against the simulator's truth: {settings.features} features per scenario, seed {settings.seed},"
