@@ -15,9 +15,11 @@ import pytest
 from cmm_twin.accuracy.goals import ScenarioFigures, check_goals
 from cmm_twin.accuracy.join import join, read_store, read_truth
 from cmm_twin.accuracy.metrics import CellFigures, Features, cell_figures, grouped_figures, raw_verdict
+from cmm_twin.accuracy.run import parts_for
 from cmm_twin.gateway.sinks.historian.sqlite import HistoryStore
 from cmm_twin.physics.decision import Verdict
 from cmm_twin.records import RecordBatch
+from cmm_twin.simulator.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parent.parent
 NAN = math.nan
@@ -96,6 +98,16 @@ def test_raw_verdict_is_the_simple_rule_on_the_reading_with_open_sides() -> None
         ("mm", 8.0, 99.0, 8.0, 1.0, P, 8.0, -0.04, NAN, True),  # far above, no upper limit: PASS
     ]
     assert raw_verdict(features(rows)).tolist() == [P, F, F, P]
+
+
+def test_parts_for_writes_the_fewest_whole_parts_that_reach_the_features() -> None:
+    sizes = [len(t.features) for t in CATALOGUE]
+    # part k is of type (k // machines) % types: with 2 machines parts 0, 1 are type 0, parts 2, 3 type 1
+    assert parts_for(1, 2) == 1
+    assert parts_for(sizes[0], 2) == 1
+    assert parts_for(sizes[0] + 1, 2) == 2
+    assert parts_for(2 * sizes[0] + sizes[1], 2) == 3
+    assert parts_for(2 * sizes[0] + sizes[1] + 1, 2) == 4
 
 
 def cell(n: int, coverage: float, *, rms_raw: float = 5.0, rms_comp: float = 0.5, fp: float = 0.0) -> CellFigures:
