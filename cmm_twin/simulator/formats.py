@@ -31,6 +31,8 @@ LOCAL_TIME_FORMATS: Final = ("dfq", "calypso")
 """Formats whose times are local, written in `--timezone`."""
 LENGTH_DECIMALS = 5
 """Decimal places of lengths (0.01 um, as in the CSV files)."""
+ANGLE_DECIMALS = 4
+"""Decimal places of angles (0.0001 degree, as in the CSV files and the gateway's outbox)."""
 TEMPERATURE_DECIMALS = 3
 PART_TEMPERATURE = "part temperature"
 AIR_TEMPERATURE = "air temperature"
@@ -70,7 +72,7 @@ def part_report(fmt: str, part: PartBatch, machine: str, moment: datetime) -> Re
             nominal=nominal,
             lower=_limit(lower),
             upper=_limit(upper),
-            decimals=LENGTH_DECIMALS,
+            decimals=ANGLE_DECIMALS if unit == "deg" else LENGTH_DECIMALS,
         )
         for i, (name, unit, nominal, lower, upper) in enumerate(
             zip(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,9 +14,20 @@ from numpy.typing import NDArray
 from cmm_twin.simulator.scenario import ShopScenario
 
 FloatArray = NDArray[np.float64]
-MachineMpe = tuple[float, float]
-"""(A in um, K in mm/um) of E0 = A + L/K."""
-DEFAULT_MPE: Final[tuple[MachineMpe, ...]] = ((1.5, 333.0),)
+
+
+class MachineMpe(NamedTuple):
+    """The MPE of a machine, E0 = A + L/K (ISO 10360-2)."""
+
+    a_um: float
+    k_mm_per_um: float
+
+    def __str__(self) -> str:
+        """As `--mpe` takes it: `A:K`."""
+        return f"{self.a_um:g}:{self.k_mm_per_um:g}"
+
+
+DEFAULT_MPE: Final[tuple[MachineMpe, ...]] = (MachineMpe(1.5, 333.0),)
 MACHINE_KEY: Final = 2**31
 """First spawn key of the machines' SeedSequence children (part blocks use 0 .. 2**31 - 1)."""
 
@@ -43,23 +54,23 @@ def parse_mpe(text: str) -> tuple[MachineMpe, ...]:
             raise ValueError(f"A must be a finite number >= 0 um, got {parts[0].strip()!r} in {item!r}")
         if not (math.isfinite(k) and k > 0.0):
             raise ValueError(f"K must be a finite number > 0 mm/um, got {parts[1].strip()!r} in {item!r}")
-        entries.append((a_um, k))
+        entries.append(MachineMpe(a_um, k))
     return tuple(entries)
 
 
-def format_mpe(mpe: Sequence[MachineMpe]) -> str:
+def format_mpe(mpe: Sequence[tuple[float, float]]) -> str:
     """The `--mpe` text of `mpe`."""
-    return ",".join(f"{a:g}:{k:g}" for a, k in mpe)
+    return ",".join(str(MachineMpe(*entry)) for entry in mpe)
 
 
-def machine_mpe(mpe: Sequence[MachineMpe], machines: int) -> list[MachineMpe]:
+def machine_mpe(mpe: Sequence[tuple[float, float]], machines: int) -> list[MachineMpe]:
     """The MPE of each of `machines` machines: the list `mpe` cycled."""
     if not mpe:
         raise ValueError("mpe needs at least one entry")
-    return [mpe[i % len(mpe)] for i in range(machines)]
+    return [MachineMpe(*mpe[i % len(mpe)]) for i in range(machines)]
 
 
-def machines_table(machines: int, mpe: Sequence[MachineMpe] = DEFAULT_MPE) -> dict[str, dict[str, float]]:
+def machines_table(machines: int, mpe: Sequence[tuple[float, float]] = DEFAULT_MPE) -> dict[str, dict[str, float]]:
     """Machine id -> {"cmm_mpe_a_um": A, "cmm_mpe_k_mm_per_um": K}: the gateway's `[machines."<id>"]`."""
     return {
         machine_id(i): {"cmm_mpe_a_um": a, "cmm_mpe_k_mm_per_um": k}
@@ -82,7 +93,7 @@ class Machines:
     air_sensor_offset_k: FloatArray
 
     @staticmethod
-    def draw(seed: int, machines: int, mpe: Sequence[MachineMpe], s: ShopScenario) -> Machines:
+    def draw(seed: int, machines: int, mpe: Sequence[tuple[float, float]], s: ShopScenario) -> Machines:
         """The constants of `machines` machines for `seed` (see the class)."""
         units = np.empty((machines, 4), dtype=np.float64)
         for m in range(machines):

@@ -205,7 +205,7 @@ class ShopModel:
         scenario: ShopScenario | None = None,
         seed: int = 0,
         machines: int = 3,
-        mpe: Sequence[MachineMpe] = DEFAULT_MPE,
+        mpe: Sequence[tuple[float, float]] = DEFAULT_MPE,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
@@ -216,7 +216,7 @@ class ShopModel:
         self.scenario = scenario or ShopScenario()
         self.seed = seed
         self.machines = machines
-        self.mpe: tuple[MachineMpe, ...] = tuple(mpe)
+        self.mpe: tuple[MachineMpe, ...] = tuple(MachineMpe(*entry) for entry in mpe)
         self.machine_ids: tuple[str, ...] = tuple(machine_id(i) for i in range(machines))
         self.constants = Machines.draw(seed, machines, self.mpe, self.scenario)
         self._types = _Types.build(self.scenario)

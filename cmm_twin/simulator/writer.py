@@ -26,7 +26,7 @@ from pathlib import Path
 from cmm_twin.durable_io import fsync_directory
 from cmm_twin.gateway.sources.inputs import InputSettings
 from cmm_twin.records import measurement_id
-from cmm_twin.simulator.formats import FORMATS, encode, part_report, read_back_moment
+from cmm_twin.simulator.formats import ANGLE_DECIMALS, FORMATS, LENGTH_DECIMALS, encode, part_report, read_back_moment
 from cmm_twin.simulator.shop import PartBatch
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,9 @@ def csv_text(part: PartBatch, machine: str, timestamp: str) -> str:
     part_id, part_c, air_c = str(part.part_id[0]), float(part.part_temp_c[0]), float(part.air_temp_c[0])
     for feature, material, nominal, tol, lower, upper, measured, unit in columns:
         zone = f"{tol:.4f},," if not math.isnan(tol) else f",{_limit(lower, 4)},{_limit(upper, 4)}"
+        places = ANGLE_DECIMALS if unit == "deg" else LENGTH_DECIMALS
         lines.append(
-            f"{timestamp},{machine},{part_id},{feature},{material},{nominal:.4f},{zone},{measured:.5f},"
+            f"{timestamp},{machine},{part_id},{feature},{material},{nominal:.4f},{zone},{measured:.{places}f},"
             f"{part_c:.3f},{air_c:.3f},{unit}"
         )
     return "\n".join(lines) + "\n"
