@@ -26,7 +26,7 @@ from cmm_twin.physics.decision import Verdict
 
 log = logging.getLogger(__name__)
 
-TRUTH_COLUMNS: tuple[str, ...] = (
+COMPARED_TRUTH_COLUMNS: tuple[str, ...] = (
     "measurement_id",
     "machine_id",
     "part_id",
@@ -98,7 +98,7 @@ def read_truth(truth_dir: Path) -> Truth:
     for path in sorted(truth_dir.glob("*.csv")):
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in TRUTH_COLUMNS if c not in (reader.fieldnames or ())]
+            missing = [c for c in COMPARED_TRUTH_COLUMNS if c not in (reader.fieldnames or ())]
             if missing:
                 raise AccuracyDataError(f"{path}: truth file lacks the column(s) {', '.join(missing)}")
             for number, row in enumerate(reader, start=2):
