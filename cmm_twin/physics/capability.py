@@ -1,0 +1,195 @@
+"""Process capability and compensation health of one characteristic (pure NumPy, no I/O).
+
+- `capability`: Cp and Cpk of a sample per ISO 22514-2 (the "process capability" indices of a
+  stable, normally distributed characteristic, estimated from the sample mean and the sample
+  standard deviation s, ddof = 1):
+      Cp  = (USL - LSL) / (6 s)
+      Cpk = min(Cpu, Cpl),  Cpu = (USL - mean) / (3 s),  Cpl = (mean - LSL) / (3 s)
+  A one-sided specification has no Cp and its Cpk is the one side's index (Cpu or Cpl). An
+  index that cannot be estimated (n < 2, s = 0, no limit at all) is NaN, never infinite.
+- `thermal_slope`: the ordinary least squares slope of the compensated deviation against the
+  part temperature, its standard error and its two-sided confidence interval with Student's t
+  for n - 2 degrees of freedom (e.g. Montgomery & Runger, Applied Statistics and Probability for
+  Engineers, 11-3: b +- t(1 - a/2, n - 2) * sqrt(s^2 / Sxx), s^2 = SSE / (n - 2)).
+- `slope_alarm`: the compensation-health rule (docs/capability.md): |slope| > limit AND the
+  confidence interval excludes zero, with at least `min_samples` values.
+- `t_quantile`: Student's t quantile by bisection on its distribution function, written with
+  the regularized incomplete beta function (continued fraction, modified Lentz): no SciPy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "Capability",
+    "ThermalSlope",
+    "capability",
+    "regularized_incomplete_beta",
+    "slope_alarm",
+    "t_cdf",
+    "t_quantile",
+    "thermal_slope",
+]
+
+_BETA_EPS = 1e-15
+_BETA_MAX_ITERATIONS = 500
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Capability of one sample; NaN where an index cannot be estimated."""
+
+    n: int
+    mean_um: float
+    s_um: float
+    """Sample standard deviation (ddof = 1)."""
+    cp: float
+    cpk: float
+
+
+@dataclass(frozen=True)
+class ThermalSlope:
+    """OLS slope of deviation against part temperature; NaN when degenerate (n < 3, one temperature)."""
+
+    n: int
+    slope_um_per_k: float
+    stderr_um_per_k: float
+    ci_low_um_per_k: float
+    ci_high_um_per_k: float
+    confidence: float
+
+    @property
+    def defined(self) -> bool:
+        """True when a slope could be estimated."""
+        return math.isfinite(self.slope_um_per_k)
+
+
+def capability(values_um: ArrayLike, lower_um: float, upper_um: float) -> Capability:
+    """Cp and Cpk (ISO 22514-2) of the finite values of `values_um` against the limits
+    `lower_um` and `upper_um` (deviations from the nominal; NaN: no limit on that side)."""
+    values = np.asarray(values_um, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    n = int(values.size)
+    mean = float(values.mean()) if n else math.nan
+    s = float(values.std(ddof=1)) if n >= 2 else math.nan
+    has_low, has_high = math.isfinite(lower_um), math.isfinite(upper_um)
+    if not (s > 0.0) or not (has_low or has_high):
+        return Capability(n, mean, s, math.nan, math.nan)
+    cpu = (upper_um - mean) / (3.0 * s) if has_high else math.nan
+    cpl = (mean - lower_um) / (3.0 * s) if has_low else math.nan
+    if has_low and has_high:
+        return Capability(n, mean, s, (upper_um - lower_um) / (6.0 * s), min(cpu, cpl))
+    return Capability(n, mean, s, math.nan, cpu if has_high else cpl)
+
+
+def thermal_slope(deviation_um: ArrayLike, part_temp_c: ArrayLike, confidence: float = 0.95) -> ThermalSlope:
+    """OLS slope (um/K) of `deviation_um` against `part_temp_c` over the pairs where both are
+    finite, with its standard error and two-sided `confidence` interval (Student's t, n - 2 df)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    y = np.asarray(deviation_um, dtype=np.float64).ravel()
+    x = np.asarray(part_temp_c, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"deviation_um and part_temp_c differ in length: {y.size} and {x.size}")
+    both = np.isfinite(x) & np.isfinite(y)
+    x, y = x[both], y[both]
+    n = int(x.size)
+    if n < 3 or float(np.ptp(x)) == 0.0:
+        return ThermalSlope(n, math.nan, math.nan, math.nan, math.nan, confidence)
+    dx = x - x.mean()
+    dy = y - y.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ dy) / sxx
+    residuals = dy - slope * dx
+    sse = float(residuals @ residuals)
+    stderr = math.sqrt(sse / (n - 2) / sxx)
+    half = t_quantile(0.5 + confidence / 2.0, n - 2) * stderr
+    return ThermalSlope(n, slope, stderr, slope - half, slope + half, confidence)
+
+
+def slope_alarm(slope: ThermalSlope, limit_um_per_k: float = 0.5, min_samples: int = 20) -> bool:
+    """True when |slope| > `limit_um_per_k` and its confidence interval excludes zero, with at
+    least `min_samples` pairs; never for an undefined slope."""
+    if not slope.defined or slope.n < min_samples:
+        return False
+    excludes_zero = slope.ci_low_um_per_k > 0.0 or slope.ci_high_um_per_k < 0.0
+    return abs(slope.slope_um_per_k) > limit_um_per_k and excludes_zero
+
+
+def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b) for a, b > 0 and 0 <= x <= 1, by its continued fraction (modified Lentz's
+    method; Press et al., Numerical Recipes, 3rd ed., 6.4), using the symmetry
+    I_x(a, b) = 1 - I_(1-x)(b, a) where the fraction converges faster."""
+    if not (a > 0.0 and b > 0.0):
+        raise ValueError(f"a and b must be > 0, got {a!r}, {b!r}")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x must be in [0, 1], got {x!r}")
+    if x in (0.0, 1.0):
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(x, a, b) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(1.0 - x, b, a) / b
+
+
+def _beta_fraction(x: float, a: float, b: float) -> float:
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    h = d
+    for m in range(1, _BETA_MAX_ITERATIONS + 1):
+        m2 = 2 * m
+        for numerator in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > _TINY else _TINY)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > _TINY else _TINY
+            step = d * c
+            h *= step
+        if abs(step - 1.0) < _BETA_EPS:
+            return h
+    raise ArithmeticError(f"incomplete beta continued fraction did not converge (x={x}, a={a}, b={b})")
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Distribution function of Student's t with `df` > 0 degrees of freedom:
+    F(t) = 1 - I_(df/(df+t^2))(df/2, 1/2) / 2 for t >= 0, symmetric about 0."""
+    if not df > 0.0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df!r}")
+    tail = 0.5 * regularized_incomplete_beta(df / (df + t * t), df / 2.0, 0.5)
+    return 1.0 - tail if t >= 0.0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The `p` quantile of Student's t with `df` degrees of freedom (bisection on `t_cdf` to
+    about 1e-12 relative)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p!r}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    if p == 0.5:
+        return 0.0
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        low, high = high, high * 2.0
+        if high > 1e12:
+            raise ArithmeticError(f"t quantile out of range (p={p}, df={df})")
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if t_cdf(mid, df) < p:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-12 * high:
+            break
+    return 0.5 * (low + high)
