@@ -98,6 +98,8 @@ class Gateway:
         config = self.config
         durable = [s for s in self.sinks if s.durable]
         await state.call(state.store.register_sinks, [s.name for s in durable])
+        # Capability and alarms survive a restart: before a sink opens (OPC UA shows them at once).
+        await asyncio.to_thread(history.rebuild_from_config, self.quality, config)
         async with contextlib.AsyncExitStack() as stack:
             openers: dict[str, SinkOpener] = {}
             for sink in self.sinks:
@@ -146,7 +148,6 @@ class Gateway:
             )
             queue = InboxQueue(config.inbox)
             queue.rescan()
-            await asyncio.to_thread(history.rebuild_from_config, self.quality, config)
             self.pipeline = Pipeline(
                 config, state, self.status, self.metrics, self._publish, bool(durable), spooled, self.quality
             )
