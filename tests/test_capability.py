@@ -82,8 +82,9 @@ def test_thermal_slope_hand_computed() -> None:
     assert slope.ci_low_um_per_k == pytest.approx(0.8 - half, rel=1e-9)
     assert slope.ci_high_um_per_k == pytest.approx(0.8 + half, rel=1e-9)
     assert slope.confidence == 0.95
-    # |b| > 0.5 but the interval [-0.30, 1.90] holds zero: no alarm, whatever the sample size rule
-    assert not slope_alarm(slope, 0.5, min_samples=3)
+    # |b| > 0.5 but the interval [-0.30, 1.90] holds zero: no alarm by either rule
+    assert not slope_alarm(slope, 0.5, min_samples=3, rule="significant")
+    assert not slope_alarm(slope, 0.5, min_samples=3, rule="beyond_limit")
 
 
 def test_confidence_level_widens_the_interval() -> None:
@@ -116,17 +117,28 @@ def _trend(n: int, slope_um_per_k: float, noise_um: float) -> ThermalSlope:
     return thermal_slope(slope_um_per_k * (x - 20.0) + noise, x)
 
 
-def test_alarm_rule_needs_limit_significance_and_samples() -> None:
+@pytest.mark.parametrize("rule", ["beyond_limit", "significant"])
+def test_alarm_rules_need_the_limit_significance_and_samples(rule: str) -> None:
     strong = _trend(20, 1.0, 0.3)
     assert strong.ci_low_um_per_k > 0.5
-    assert slope_alarm(strong, 0.5, 20)
-    assert not slope_alarm(strong, 0.5, 21)  # too few values
-    assert not slope_alarm(strong, 1.5, 20)  # below the limit
+    assert slope_alarm(strong, 0.5, 20, rule)
+    assert not slope_alarm(strong, 0.5, 21, rule)  # too few values
+    assert not slope_alarm(strong, 1.5, 20, rule)  # below the limit
     negative = _trend(20, -1.0, 0.3)
-    assert slope_alarm(negative, 0.5, 20)
+    assert slope_alarm(negative, 0.5, 20, rule)
     small = _trend(40, 0.3, 0.05)  # significant, but within the limit
     assert small.ci_low_um_per_k > 0
-    assert not slope_alarm(small, 0.5, 20)
+    assert not slope_alarm(small, 0.5, 20, rule)
+
+
+def test_the_rules_differ_when_the_interval_straddles_the_limit() -> None:
+    # a slope of 0.8 um/K whose interval [0.39, 1.21] excludes zero but holds the limit 0.5
+    slope = ThermalSlope(30, 0.8, 0.2, 0.39, 1.21, 0.95)
+    assert slope_alarm(slope, 0.5, 20, "significant")  # |b| > 0.5 and 0 outside [0.39, 1.21]
+    assert not slope_alarm(slope, 0.5, 20, "beyond_limit")  # 0.5 inside: not shown to exceed the limit
+    assert slope_alarm(ThermalSlope(30, -0.8, 0.1, -1.0, -0.6, 0.95), 0.5, 20, "beyond_limit")
+    with pytest.raises(ValueError, match="rule must be"):
+        slope_alarm(slope, 0.5, 20, "loose")
 
 
 def test_a_perfect_fit_has_a_zero_width_interval() -> None:

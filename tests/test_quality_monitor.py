@@ -189,7 +189,8 @@ def test_capability_document_shape_and_nulls() -> None:
     monitor = QualityMonitor()
     monitor.observe(batch([20.0], [1.0], tolerance_mm=math.nan, upper_mm=0.004))
     doc = capability_document(monitor)
-    assert (doc["window"], doc["slope_limit_um_per_k"], doc["confidence"], doc["min_samples"]) == (125, 0.5, 0.95, 20)
+    settings = [doc[k] for k in ("window", "slope_limit_um_per_k", "confidence", "min_samples", "rule")]
+    assert settings == [125, 0.5, 0.95, 20, "beyond_limit"]
     entry = doc["machines"]["CMM-01"]["bore"]
     assert entry["n"] == 1 and entry["window"] == 125 and entry["alarm"] is False
     assert entry["limits"] == {"lower_um": None, "upper_um": 4.0}
@@ -211,11 +212,11 @@ def write_toml(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_quality_table_is_read(tmp_path: Path) -> None:
-    args = write_toml(
-        tmp_path, "[quality]\nwindow = 50\nslope_limit_um_per_k = 0.8\nconfidence = 0.99\nmin_samples = 10\n"
-    )
-    assert load_config(args, {}).quality == QualitySettings(50, 0.8, 0.99, 10)
-    assert load_config(["--data-dir", str(tmp_path)], {}).quality == QualitySettings(125, 0.5, 0.95, 20)
+    table = "[quality]\nwindow = 50\nslope_limit_um_per_k = 0.8\nconfidence = 0.99\nmin_samples = 10\n"
+    args = write_toml(tmp_path, table + 'rule = "significant"\n')
+    assert load_config(args, {}).quality == QualitySettings(50, 0.8, 0.99, 10, "significant")
+    default = load_config(["--data-dir", str(tmp_path)], {}).quality
+    assert default == QualitySettings(125, 0.5, 0.95, 20, "beyond_limit")
 
 
 @pytest.mark.parametrize(
@@ -228,6 +229,7 @@ def test_quality_table_is_read(tmp_path: Path) -> None:
         ("confidence = 95", "quality.confidence", "expected a level in [0.5, 1)"),
         ("min_samples = 200", "quality.min_samples", "must not exceed quality.window (125)"),
         ("windw = 10", "quality.windw", "unknown key"),
+        ('rule = "loose"', "quality.rule", "expected beyond_limit or significant, got 'loose'"),
     ],
 )
 def test_bad_quality_settings_name_the_key(tmp_path: Path, table: str, key: str, reason: str) -> None:

@@ -11,8 +11,10 @@
   part temperature, its standard error and its two-sided confidence interval with Student's t
   for n - 2 degrees of freedom (e.g. Montgomery & Runger, Applied Statistics and Probability for
   Engineers, 11-3: b +- t(1 - a/2, n - 2) * sqrt(s^2 / Sxx), s^2 = SSE / (n - 2)).
-- `slope_alarm`: the compensation-health rule (docs/capability.md): |slope| > limit AND the
-  confidence interval excludes zero, with at least `min_samples` values.
+- `slope_alarm`: the compensation-health rule (docs/capability.md), with at least `min_samples`
+  values: `beyond_limit` (the default) when the confidence interval lies wholly beyond +-limit
+  (the slope exceeds the limit at that confidence); `significant` when |slope| > limit and the
+  interval excludes zero.
 - `t_quantile`: Student's t quantile by bisection on its distribution function, written with
   the regularized incomplete beta function (continued fraction, modified Lentz): no SciPy.
 """
@@ -26,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "ALARM_RULES",
     "Capability",
     "ThermalSlope",
     "capability",
@@ -36,6 +39,8 @@ __all__ = [
     "thermal_slope",
 ]
 
+ALARM_RULES = ("beyond_limit", "significant")
+"""The alarm rules of `slope_alarm`."""
 _BETA_EPS = 1e-15
 _BETA_MAX_ITERATIONS = 500
 _TINY = 1e-300
@@ -113,13 +118,24 @@ def thermal_slope(deviation_um: ArrayLike, part_temp_c: ArrayLike, confidence: f
     return ThermalSlope(n, slope, stderr, slope - half, slope + half, confidence)
 
 
-def slope_alarm(slope: ThermalSlope, limit_um_per_k: float = 0.5, min_samples: int = 20) -> bool:
-    """True when |slope| > `limit_um_per_k` and its confidence interval excludes zero, with at
-    least `min_samples` pairs; never for an undefined slope."""
+def slope_alarm(
+    slope: ThermalSlope, limit_um_per_k: float = 0.5, min_samples: int = 20, rule: str = "beyond_limit"
+) -> bool:
+    """Whether a slope of at least `min_samples` pairs raises the alarm (never an undefined one).
+
+    `beyond_limit`: its confidence interval lies wholly above +limit or below -limit, i.e. the
+    slope exceeds the limit at the interval's confidence. `significant`: |slope| > limit and the
+    interval excludes zero. With few values or little temperature spread the interval is wide:
+    `significant` is then a plain test against zero repeated after every batch, which false-alarms
+    on a correct compensation (docs/capability.md gives the figures); `beyond_limit` does not."""
+    if rule not in ALARM_RULES:
+        raise ValueError(f"rule must be one of {', '.join(ALARM_RULES)}, got {rule!r}")
     if not slope.defined or slope.n < min_samples:
         return False
-    excludes_zero = slope.ci_low_um_per_k > 0.0 or slope.ci_high_um_per_k < 0.0
-    return abs(slope.slope_um_per_k) > limit_um_per_k and excludes_zero
+    low, high = slope.ci_low_um_per_k, slope.ci_high_um_per_k
+    if rule == "beyond_limit":
+        return low > limit_um_per_k or high < -limit_um_per_k
+    return abs(slope.slope_um_per_k) > limit_um_per_k and (low > 0.0 or high < 0.0)
 
 
 def regularized_incomplete_beta(x: float, a: float, b: float) -> float:

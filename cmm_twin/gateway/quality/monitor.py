@@ -175,7 +175,7 @@ class QualityMonitor:
         alarm = False
         if window.unit == "mm":
             slope = thermal_slope(window.compensated_um, window.part_temp_c, settings.confidence)
-            alarm = slope_alarm(slope, settings.slope_limit_um_per_k, settings.min_samples)
+            alarm = slope_alarm(slope, settings.slope_limit_um_per_k, settings.min_samples, settings.rule)
         return CharacteristicReport(
             key[0],
             key[1],

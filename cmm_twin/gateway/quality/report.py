@@ -66,6 +66,7 @@ def capability_document(monitor: QualityMonitor) -> dict[str, Any]:
         "slope_limit_um_per_k": settings.slope_limit_um_per_k,
         "confidence": settings.confidence,
         "min_samples": settings.min_samples,
+        "rule": settings.rule,
         "machines": machines,
         "alarms": alarms,
     }

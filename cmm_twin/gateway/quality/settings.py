@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.physics.capability import ALARM_RULES
 
 MAX_WINDOW = 100_000
 
@@ -25,6 +26,9 @@ class QualitySettings:
     """Two-sided confidence level of the slope's interval."""
     min_samples: int = 20
     """Fewest values (with a measured part temperature) before the alarm can be raised."""
+    rule: str = "beyond_limit"
+    """`beyond_limit`: the slope's confidence interval lies wholly beyond +-limit; `significant`:
+    |slope| > limit and the interval excludes zero (see `physics.capability.slope_alarm`)."""
 
 
 def _integer(value: Any, key: str, lower: int, upper: int) -> int:
@@ -41,7 +45,7 @@ def _number(value: Any, key: str) -> float:
 
 def quality_settings(table: Mapping[str, Any], where: str) -> QualitySettings:
     """The settings of a `[quality]` table (from the TOML file `where`); ConfigError naming the key."""
-    keys = {"window", "slope_limit_um_per_k", "confidence", "min_samples"}
+    keys = {"window", "slope_limit_um_per_k", "confidence", "min_samples", "rule"}
     unknown = sorted(set(table) - keys)
     if unknown:
         raise ConfigError(f"{where}: quality.{unknown[0]}", f"unknown key (known: {', '.join(sorted(keys))})")
@@ -64,4 +68,7 @@ def quality_settings(table: Mapping[str, Any], where: str) -> QualitySettings:
         raise ConfigError(
             f"{where}: quality.min_samples", f"must not exceed quality.window ({window}), got {min_samples}"
         )
-    return QualitySettings(window, limit, confidence, min_samples)
+    rule = table.get("rule", defaults.rule)
+    if rule not in ALARM_RULES:
+        raise ConfigError(f"{where}: quality.rule", f"expected {' or '.join(ALARM_RULES)}, got {rule!r}")
+    return QualitySettings(window, limit, confidence, min_samples, rule)
