@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncua import Client
+from asyncua.client.client import Client
 from playwright.sync_api import sync_playwright
 
 from cmm_twin.physics.materials import MATERIALS
@@ -147,7 +147,7 @@ def page_banner(port: int) -> tuple[str, list[Key], list[str]]:
             )
         finally:
             browser.close()
-    return banner, [tuple(t) for t in tiles], problems  # type: ignore[misc]
+    return banner, [(str(t[0]), str(t[1])) for t in tiles], problems
 
 
 def characteristics(doc: dict[str, Any]) -> Iterator[tuple[Key, dict[str, Any]]]:
