@@ -4,6 +4,7 @@ Student's t quantile: hand-computed values."""
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -11,11 +12,14 @@ import pytest
 from cmm_twin.physics.capability import (
     ThermalSlope,
     capability,
+    capability_rows,
     regularized_incomplete_beta,
     slope_alarm,
+    slope_alarms,
     t_cdf,
     t_quantile,
     thermal_slope,
+    thermal_slope_rows,
 )
 
 SAMPLE_UM = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -187,3 +191,20 @@ def test_regularized_incomplete_beta_closed_forms() -> None:
     assert regularized_incomplete_beta(0.5, 4.5, 4.5) == pytest.approx(0.5, abs=1e-14)  # symmetry
     with pytest.raises(ValueError, match="x must be"):
         regularized_incomplete_beta(1.5, 1.0, 1.0)
+
+
+def test_rows_are_computed_independently_and_match_the_one_sample_functions() -> None:
+    values = np.array([SAMPLE_UM, [0.1, 0.1, 0.1, 0.1, 0.1], [2.0, math.nan, 4.0, math.nan, 9.0]])
+    rows = capability_rows(values, np.array([-5.0, -1.0, math.nan]), np.array([10.0, 1.0, 10.0]))
+    for i in range(3):
+        one = capability(values[i], [-5.0, -1.0, math.nan][i], [10.0, 1.0, 10.0][i])
+        np.testing.assert_equal(astuple(rows.row(i)), astuple(one))  # NaN equals NaN here
+    assert rows.s_um[1] == 0.0 and math.isnan(rows.cp[1])  # equal values: s is zero (to rounding), no index
+    assert rows.n.tolist() == [5, 5, 3]
+    temps = np.array([[18.0, 19.0, 20.0, 21.0, 22.0], [20.0] * 5, [18.0, 19.0, 20.0, 21.0, 22.0]])
+    slopes = thermal_slope_rows(values, temps)
+    assert slopes.row(0) == thermal_slope(values[0], temps[0])
+    assert math.isnan(slopes.slope_um_per_k[1])  # one temperature
+    assert slopes.n.tolist() == [5, 5, 3]
+    assert slopes.row(2).slope_um_per_k == pytest.approx(1.75, rel=1e-12)  # (2, 18), (4, 20), (9, 22)
+    assert slope_alarms(slopes, 0.5, 3).tolist() == [slope_alarm(slopes.row(i), 0.5, 3) for i in range(3)]

@@ -21,26 +21,34 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "ALARM_RULES",
     "Capability",
+    "CapabilityRows",
+    "SlopeRows",
     "ThermalSlope",
     "capability",
+    "capability_rows",
     "regularized_incomplete_beta",
     "slope_alarm",
+    "slope_alarms",
     "t_cdf",
     "t_quantile",
     "thermal_slope",
+    "thermal_slope_rows",
 ]
 
 ALARM_RULES = ("beyond_limit", "significant")
 """The alarm rules of `slope_alarm`."""
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
 _BETA_EPS = 1e-15
 _BETA_MAX_ITERATIONS = 500
 _TINY = 1e-300
@@ -75,47 +83,137 @@ class ThermalSlope:
         return math.isfinite(self.slope_um_per_k)
 
 
+@dataclass(frozen=True)
+class CapabilityRows:
+    """`capability_rows`: one element per row of the input (NaN where undefined)."""
+
+    n: IntArray
+    mean_um: FloatArray
+    s_um: FloatArray
+    cp: FloatArray
+    cpk: FloatArray
+
+    def row(self, i: int) -> Capability:
+        """Row `i` as a Capability."""
+        return Capability(
+            int(self.n[i]), float(self.mean_um[i]), float(self.s_um[i]), float(self.cp[i]), float(self.cpk[i])
+        )
+
+
+@dataclass(frozen=True)
+class SlopeRows:
+    """`thermal_slope_rows`: one element per row of the input (NaN where undefined)."""
+
+    n: IntArray
+    slope_um_per_k: FloatArray
+    stderr_um_per_k: FloatArray
+    ci_low_um_per_k: FloatArray
+    ci_high_um_per_k: FloatArray
+    confidence: float
+
+    def row(self, i: int) -> ThermalSlope:
+        """Row `i` as a ThermalSlope."""
+        return ThermalSlope(
+            int(self.n[i]),
+            float(self.slope_um_per_k[i]),
+            float(self.stderr_um_per_k[i]),
+            float(self.ci_low_um_per_k[i]),
+            float(self.ci_high_um_per_k[i]),
+            self.confidence,
+        )
+
+
+def _rows(values: ArrayLike) -> FloatArray:
+    array = np.asarray(values, dtype=np.float64)
+    return array.reshape(1, -1) if array.ndim <= 1 else array
+
+
+def capability_rows(values_um: ArrayLike, lower_um: ArrayLike, upper_um: ArrayLike) -> CapabilityRows:
+    """Cp and Cpk (ISO 22514-2) of each row of `values_um` (2-D; NaN entries are left out)
+    against that row's limits `lower_um`, `upper_um` (deviations from the nominal; NaN: no limit
+    on that side). A spread of zero to rounding (s <= 64 eps max|x|) counts as zero."""
+    values = _rows(values_um)
+    rows = values.shape[0]
+    lower = np.broadcast_to(np.asarray(lower_um, dtype=np.float64), (rows,))
+    upper = np.broadcast_to(np.asarray(upper_um, dtype=np.float64), (rows,))
+    finite = np.isfinite(values)
+    n = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, values, 0.0).sum(axis=1) / n
+        dev = np.where(finite, values - mean[:, None], 0.0)
+        s = np.sqrt((dev * dev).sum(axis=1) / (n - 1))
+        scale = np.where(finite, np.abs(values), 0.0).max(axis=1, initial=0.0)
+        s = np.where(n >= 2, s, np.nan)
+        s = np.where(s <= 64 * np.finfo(np.float64).eps * scale, 0.0, s)
+        spread = np.where(s > 0.0, s, np.nan)
+        cpu = (upper - mean) / (3.0 * spread)
+        cpl = (mean - lower) / (3.0 * spread)
+        cp = (upper - lower) / (6.0 * spread)
+    has_low, has_high = np.isfinite(lower), np.isfinite(upper)
+    cpk = np.where(has_low & has_high, np.fmin(cpu, cpl), np.where(has_high, cpu, cpl))
+    cpk = np.where(np.isfinite(spread), cpk, np.nan)
+    return CapabilityRows(n.astype(np.int64), np.where(n > 0, mean, np.nan), s, cp, cpk)
+
+
 def capability(values_um: ArrayLike, lower_um: float, upper_um: float) -> Capability:
     """Cp and Cpk (ISO 22514-2) of the finite values of `values_um` against the limits
     `lower_um` and `upper_um` (deviations from the nominal; NaN: no limit on that side)."""
     values = np.asarray(values_um, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    n = int(values.size)
-    mean = float(values.mean()) if n else math.nan
-    s = float(values.std(ddof=1)) if n >= 2 else math.nan
-    has_low, has_high = math.isfinite(lower_um), math.isfinite(upper_um)
-    if not (s > 0.0) or not (has_low or has_high):
-        return Capability(n, mean, s, math.nan, math.nan)
-    cpu = (upper_um - mean) / (3.0 * s) if has_high else math.nan
-    cpl = (mean - lower_um) / (3.0 * s) if has_low else math.nan
-    if has_low and has_high:
-        return Capability(n, mean, s, (upper_um - lower_um) / (6.0 * s), min(cpu, cpl))
-    return Capability(n, mean, s, math.nan, cpu if has_high else cpl)
+    return capability_rows(values.reshape(1, -1), lower_um, upper_um).row(0)
+
+
+def thermal_slope_rows(deviation_um: ArrayLike, part_temp_c: ArrayLike, confidence: float = 0.95) -> SlopeRows:
+    """OLS slope (um/K) of each row of `deviation_um` against the same row of `part_temp_c`
+    (2-D, equal shapes) over the pairs where both are finite, with its standard error and
+    two-sided `confidence` interval (Student's t, n - 2 df). NaN with n < 3 or one temperature."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    y, x = _rows(deviation_um), _rows(part_temp_c)
+    if x.shape != y.shape:
+        raise ValueError(f"deviation_um and part_temp_c differ in shape: {y.shape} and {x.shape}")
+    both = np.isfinite(x) & np.isfinite(y)
+    n = both.sum(axis=1)
+    spread = np.where(both, x, -np.inf).max(axis=1, initial=-np.inf) - np.where(both, x, np.inf).min(
+        axis=1, initial=np.inf
+    )
+    defined = (n >= 3) & (spread > 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.where(both, x - (np.where(both, x, 0.0).sum(axis=1) / n)[:, None], 0.0)
+        dy = np.where(both, y - (np.where(both, y, 0.0).sum(axis=1) / n)[:, None], 0.0)
+        sxx = (dx * dx).sum(axis=1)
+        slope = (dx * dy).sum(axis=1) / sxx
+        residuals = dy - slope[:, None] * dx
+        stderr = np.sqrt((residuals * residuals).sum(axis=1) / (n - 2) / sxx)
+    p = 0.5 + confidence / 2.0
+    df = [float(k - 2) if ok else 0.0 for k, ok in zip(n.tolist(), defined.tolist(), strict=True)]
+    t = np.array([t_quantile(p, d) if d > 0 else math.nan for d in df])
+    slope = np.where(defined, slope, np.nan)
+    stderr = np.where(defined, stderr, np.nan)
+    half = t * stderr
+    return SlopeRows(n.astype(np.int64), slope, stderr, slope - half, slope + half, confidence)
 
 
 def thermal_slope(deviation_um: ArrayLike, part_temp_c: ArrayLike, confidence: float = 0.95) -> ThermalSlope:
     """OLS slope (um/K) of `deviation_um` against `part_temp_c` over the pairs where both are
     finite, with its standard error and two-sided `confidence` interval (Student's t, n - 2 df)."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     y = np.asarray(deviation_um, dtype=np.float64).ravel()
     x = np.asarray(part_temp_c, dtype=np.float64).ravel()
     if x.shape != y.shape:
         raise ValueError(f"deviation_um and part_temp_c differ in length: {y.size} and {x.size}")
-    both = np.isfinite(x) & np.isfinite(y)
-    x, y = x[both], y[both]
-    n = int(x.size)
-    if n < 3 or float(np.ptp(x)) == 0.0:
-        return ThermalSlope(n, math.nan, math.nan, math.nan, math.nan, confidence)
-    dx = x - x.mean()
-    dy = y - y.mean()
-    sxx = float(dx @ dx)
-    slope = float(dx @ dy) / sxx
-    residuals = dy - slope * dx
-    sse = float(residuals @ residuals)
-    stderr = math.sqrt(sse / (n - 2) / sxx)
-    half = t_quantile(0.5 + confidence / 2.0, n - 2) * stderr
-    return ThermalSlope(n, slope, stderr, slope - half, slope + half, confidence)
+    return thermal_slope_rows(y.reshape(1, -1), x.reshape(1, -1), confidence).row(0)
+
+
+def slope_alarms(
+    slopes: SlopeRows, limit_um_per_k: float = 0.5, min_samples: int = 20, rule: str = "beyond_limit"
+) -> NDArray[np.bool_]:
+    """`slope_alarm` of every row of `slopes`."""
+    if rule not in ALARM_RULES:
+        raise ValueError(f"rule must be one of {', '.join(ALARM_RULES)}, got {rule!r}")
+    low, high = slopes.ci_low_um_per_k, slopes.ci_high_um_per_k
+    enough = (slopes.n >= min_samples) & np.isfinite(slopes.slope_um_per_k)
+    if rule == "beyond_limit":
+        return enough & ((low > limit_um_per_k) | (high < -limit_um_per_k))
+    return enough & (np.abs(slopes.slope_um_per_k) > limit_um_per_k) & ((low > 0.0) | (high < 0.0))
 
 
 def slope_alarm(
@@ -128,14 +226,15 @@ def slope_alarm(
     interval excludes zero. With few values or little temperature spread the interval is wide:
     `significant` is then a plain test against zero repeated after every batch, which false-alarms
     on a correct compensation (docs/capability.md gives the figures); `beyond_limit` does not."""
-    if rule not in ALARM_RULES:
-        raise ValueError(f"rule must be one of {', '.join(ALARM_RULES)}, got {rule!r}")
-    if not slope.defined or slope.n < min_samples:
-        return False
-    low, high = slope.ci_low_um_per_k, slope.ci_high_um_per_k
-    if rule == "beyond_limit":
-        return low > limit_um_per_k or high < -limit_um_per_k
-    return abs(slope.slope_um_per_k) > limit_um_per_k and (low > 0.0 or high < 0.0)
+    rows = SlopeRows(
+        np.array([slope.n]),
+        np.array([slope.slope_um_per_k]),
+        np.array([slope.stderr_um_per_k]),
+        np.array([slope.ci_low_um_per_k]),
+        np.array([slope.ci_high_um_per_k]),
+        slope.confidence,
+    )
+    return bool(slope_alarms(rows, limit_um_per_k, min_samples, rule)[0])
 
 
 def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
@@ -186,9 +285,10 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0.0 else tail
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(p: float, df: float) -> float:
     """The `p` quantile of Student's t with `df` degrees of freedom (bisection on `t_cdf` to
-    about 1e-12 relative)."""
+    about 1e-12 relative; remembered, as a monitor asks for the same few again and again)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p!r}")
     if p < 0.5:

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmm_twin.gateway.quality.settings import QualitySettings
-from cmm_twin.physics.capability import Capability, ThermalSlope, capability, slope_alarm, thermal_slope
+from cmm_twin.physics.capability import Capability, ThermalSlope, capability_rows, slope_alarms, thermal_slope_rows
 from cmm_twin.physics.compensation import UM_PER_MM
 from cmm_twin.physics.thermal import Flag
 from cmm_twin.records import RecordBatch
@@ -103,6 +103,11 @@ class _Window:
         self.head = (self.head + k) % self.size
         self.count = min(self.size, self.count + k)
 
+    def oldest_first(self, values: FloatArray) -> FloatArray:
+        """One of the rings in arrival order (oldest first): a window rebuilt from the store (in
+        time order) then gives the same figures as the one it replaces (float sums depend on the order)."""
+        return np.roll(values, -self.head) if self.count == self.size else values
+
 
 class QualityMonitor:
     """Rolling capability and compensation health per machine and characteristic (see the module docstring)."""
@@ -114,10 +119,10 @@ class QualityMonitor:
         self._reports: dict[Key, CharacteristicReport] = {}
 
     def observe(self, records: RecordBatch, flag: bool = True) -> None:
-        """Take `records` into the windows and recompute what they touched; with `flag`, set
-        `residual_thermal_slope` on the records of every characteristic whose alarm is now on."""
-        n = len(records)
-        if not n:
+        """Take `records` into the windows and recompute what they touched (all characteristics
+        at once, vectorised); with `flag`, set `residual_thermal_slope` on the records of every
+        characteristic whose alarm is now on."""
+        if not len(records):
             return
         groups = _groups(records)
         raw = (records.measured_mm - records.nominal_mm) * UM_PER_MM
@@ -126,24 +131,11 @@ class QualityMonitor:
         alarmed: list[NDArray[np.intp]] = []
         raised: list[CharacteristicReport] = []
         with self._lock:
-            for key, rows in groups:
-                window = self._windows.get(key)
-                if window is None:
-                    window = self._windows[key] = _Window(self.settings.window)
-                last = int(rows[-1])
-                window.lower_um, window.upper_um, window.unit = (
-                    float(lower[last]),
-                    float(upper[last]),
-                    records.unit[last],
-                )
-                fresh = rows[-self.settings.window :]
-                keep = [i for i in fresh.tolist() if records.measurement_id[i] not in window.id_set]
-                if keep:
-                    index = np.asarray(keep, dtype=np.intp)
-                    ids = [records.measurement_id[i] for i in keep]
-                    window.push(ids, raw[index], records.deviation_um[index], temp[index])
+            windows = [self._take(key, rows, records, raw, temp, lower, upper) for key, rows in groups]
+            reports = self._reports_of([key for key, _ in groups], windows)
+            for (key, rows), report in zip(groups, reports, strict=True):
                 before = self._reports.get(key)
-                report = self._reports[key] = self._report(key, window)
+                self._reports[key] = report
                 if report.alarm:
                     alarmed.append(rows)
                     if before is None or not before.alarm:
@@ -167,28 +159,59 @@ class QualityMonitor:
                 report.slope.n,
             )
 
-    def _report(self, key: Key, window: _Window) -> CharacteristicReport:
+    def _take(
+        self,
+        key: Key,
+        rows: NDArray[np.intp],
+        records: RecordBatch,
+        raw: FloatArray,
+        temp: FloatArray,
+        lower: FloatArray,
+        upper: FloatArray,
+    ) -> _Window:
+        """Push the rows of one characteristic into its window (made on first sight)."""
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(self.settings.window)
+        last = int(rows[-1])
+        window.lower_um, window.upper_um = float(lower[last]), float(upper[last])
+        window.unit = records.unit[last]
+        ids = records.measurement_id
+        keep = [i for i in rows[-self.settings.window :].tolist() if ids[i] not in window.id_set]
+        if keep:
+            index = np.asarray(keep, dtype=np.intp)
+            window.push([ids[i] for i in keep], raw[index], records.deviation_um[index], temp[index])
+        return window
+
+    def _reports_of(self, keys: list[Key], windows: list[_Window]) -> list[CharacteristicReport]:
+        """The reports of these windows, computed together (one NumPy pass over all of them)."""
         settings = self.settings
-        raw = capability(window.raw_um, window.lower_um, window.upper_um)
-        comp = capability(window.compensated_um, window.lower_um, window.upper_um)
-        slope: ThermalSlope | None = None
-        alarm = False
-        if window.unit == "mm":
-            slope = thermal_slope(window.compensated_um, window.part_temp_c, settings.confidence)
-            alarm = slope_alarm(slope, settings.slope_limit_um_per_k, settings.min_samples, settings.rule)
-        return CharacteristicReport(
-            key[0],
-            key[1],
-            window.unit,
-            window.count,
-            window.size,
-            window.lower_um,
-            window.upper_um,
-            raw,
-            comp,
-            slope,
-            alarm,
-        )
+        lower = np.array([w.lower_um for w in windows])
+        upper = np.array([w.upper_um for w in windows])
+        compensated = np.stack([w.oldest_first(w.compensated_um) for w in windows])
+        raw = capability_rows(np.stack([w.oldest_first(w.raw_um) for w in windows]), lower, upper)
+        comp = capability_rows(compensated, lower, upper)
+        temps = np.stack([w.oldest_first(w.part_temp_c) for w in windows])
+        slopes = thermal_slope_rows(compensated, temps, settings.confidence)
+        alarms = slope_alarms(slopes, settings.slope_limit_um_per_k, settings.min_samples, settings.rule).tolist()
+        reports = []
+        for i, (key, window) in enumerate(zip(keys, windows, strict=True)):
+            length = window.unit == "mm"  # angles: no thermal expansion, no slope
+            reports.append(
+                CharacteristicReport(
+                    *key,
+                    window.unit,
+                    window.count,
+                    window.size,
+                    window.lower_um,
+                    window.upper_um,
+                    raw.row(i),
+                    comp.row(i),
+                    slopes.row(i) if length else None,
+                    bool(alarms[i]) and length,
+                )
+            )
+        return reports
 
     def reports(self) -> list[CharacteristicReport]:
         """Every characteristic's report, by machine and feature."""
