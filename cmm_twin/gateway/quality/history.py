@@ -106,12 +106,12 @@ def _newest_rows(db: sqlite3.Connection, present: set[str], window: int) -> list
 
 def rebuild(monitor: QualityMonitor, path: Path) -> int:
     """Fill `monitor` from the history at `path` (records keep the flags they were stored with);
-    returns how many records were read. Blocking. A store that cannot be read is logged and the
-    monitor starts empty: capability is a view, it never stops the gateway."""
+    returns how many records were read. Blocking. From a store that cannot be read (the historian
+    reports it) the monitor starts empty: capability is a view, it never stops the gateway."""
     try:
         records = newest_records(path, monitor.settings.window)
-    except sqlite3.Error as exc:
-        log.warning("capability: cannot read the history %s (%s): the windows start empty", path, exc)
+    except sqlite3.Error as exc:  # a corrupt store: the historian sink says so and what to do, once
+        log.debug("capability: cannot read the history %s (%s): the windows start empty", path, exc)
         return 0
     monitor.observe(records, flag=False)
     if len(records):
