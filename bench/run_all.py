@@ -7,7 +7,8 @@ last stdout line is its figures as JSON. The table (columns: figure, value, goal
 in the same run, ratio, met) is printed on stdout, ready to paste into the README. A missed goal is
 reported in the table; the exit status is non-zero only if a benchmark crashed.
 
-    .venv/bin/python -m bench.run_all [--quick] [--only physics,gateway,mes_raw,mes,historian,history_load,formats]
+    .venv/bin/python -m bench.run_all [--quick]
+        [--only physics,gateway,mes_raw,mes,historian,history_load,formats,accuracy]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, str] = {
     "historian": "bench.bench_historian",
     "history_load": "bench.bench_history_load",
     "formats": "bench.bench_formats",
+    "accuracy": "bench.bench_accuracy",
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cmm_twin.simulator.catalogue import CATALOGUE
 from tests.gateway_harness import (
     HEADER,
     GatewayProcess,
@@ -24,6 +25,16 @@ from tests.gateway_harness import (
 )
 
 pytestmark = pytest.mark.chaos
+
+
+def simulated_records(parts: int, machines: int = 3, machine: int | None = None) -> int:
+    """Records the simulator writes for parts 0..parts-1 (on `machine` only, if given): each part
+    has the features of its type, (k // machines) % 7 in the catalogue."""
+    return sum(
+        len(CATALOGUE[(k // machines) % len(CATALOGUE)].features)
+        for k in range(parts)
+        if machine is None or k % machines == machine
+    )
 
 
 def fast_backoff(tmp_path: Path) -> Path:
@@ -96,7 +107,7 @@ def test_mes_killed_and_restarted_while_the_shop_runs(tmp_path: Path) -> None:
         assert simulator.wait(60) == 0
         wait_delivered(gateway, 400, 60, "the backlog to drain")
         count = assert_exactly_once(mes, tmp_path / "truth")
-        assert count == 800
+        assert count == simulated_records(400) == 1829
     finally:
         simulator.kill()
         assert gateway.stop() == 0
@@ -113,16 +124,18 @@ def test_gateway_killed_during_an_outage_with_thousands_spooled(tmp_path: Path) 
     port = free_port()
     mes_url = f"http://127.0.0.1:{port}"  # the MES is down from the start
     gateway = gateway_for(tmp_path, mes_url, "gateway1")
-    simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "2000", "--rate", "0")
+    simulator = run_simulator(tmp_path / "data" / "inbox", tmp_path / "truth", "--count", "875", "--rate", "0")
     assert simulator.wait(120) == 0
-    wait_until(lambda: gateway.get_json("/health")["buffer_depth"] == 4000, 120, "4,000 records spooled")
+    records = simulated_records(875)
+    assert records == 4001
+    wait_until(lambda: gateway.get_json("/health")["buffer_depth"] == records, 120, "4,001 records spooled")
     gateway.stop(signal.SIGKILL)
     mes = MesProcess(tmp_path / "mes.sqlite", port, tmp_path / "mes.log")
     mes.wait_ready()
     gateway = gateway_for(tmp_path, mes_url, "gateway2")
     try:
         wait_until(lambda: gateway.get_json("/health")["buffer_depth"] == 0, 120, "the spool to drain")
-        assert assert_exactly_once(mes, tmp_path / "truth") == 4000
+        assert assert_exactly_once(mes, tmp_path / "truth") == records
         assert mes.get_json("/api/v1/stats")["duplicates"] == 0
     finally:
         assert gateway.stop() == 0
@@ -138,7 +151,7 @@ def test_mes_failing_30_percent_of_requests(tmp_path: Path) -> None:
     try:
         assert simulator.wait(60) == 0
         wait_delivered(gateway, 300, 120, "everything delivered")
-        assert assert_exactly_once(mes, tmp_path / "truth") == 600
+        assert assert_exactly_once(mes, tmp_path / "truth") == simulated_records(300) == 1371
     finally:
         simulator.kill()
         assert gateway.stop() == 0
@@ -162,8 +175,9 @@ def test_mes_rejecting_some_records_as_invalid(tmp_path: Path) -> None:
             json.loads(line) for line in (tmp_path / "data" / "state" / "dead_letter.jsonl").read_text().splitlines()
         ]
         dead_ids = [d["record"]["measurement_id"] for d in dead]
-        assert len(stored) == len(set(stored)) == 200  # CMM-01 and CMM-02: 100 parts x 2 features
-        assert len(dead_ids) == len(set(dead_ids)) == 100  # CMM-03: 50 parts x 2 features
+        cmm_03 = simulated_records(150, machine=2)  # 50 parts
+        assert len(stored) == len(set(stored)) == simulated_records(150) - cmm_03 == 458  # CMM-01 and CMM-02
+        assert len(dead_ids) == len(set(dead_ids)) == cmm_03 == 229
         assert sorted(stored + dead_ids) == sorted(expected)
         assert {d["record"]["machine_id"] for d in dead} == {"CMM-03"}
         assert {d["reason"] for d in dead} == {"machine_id: unknown machine 'CMM-03' (not in --known-machines)"}
@@ -189,7 +203,7 @@ def test_a_file_name_too_long_to_archive_among_a_shop_run(tmp_path: Path) -> Non
         assert simulator.wait(60) == 0
         wait_delivered(gateway, 101, 120, "every file processed and delivered")
         stored = [r["measurement_id"] for r in mes.all_records()]
-        assert len(stored) == len(set(stored)) == 201  # the simulator's 200 and the long file's row
+        assert len(stored) == len(set(stored)) == simulated_records(100) + 1 == 458  # and the long file's row
         assert set(truth_ids(tmp_path / "truth")) < set(stored)
         assert mes.get_json("/api/v1/stats")["duplicates"] == 0
         reports = list((tmp_path / "data" / "quarantine").glob("*.errors.json"))

@@ -52,7 +52,9 @@ def test_json_output_uses_result_record_names() -> None:
     assert tuple(record) == RESULT_FIELDS
     assert record["compensated_mm"] == pytest.approx(100.0, abs=1e-7)
     assert record["correction_um"] == pytest.approx(-11.8, abs=1e-4)
-    assert record["uncertainty_um"] == pytest.approx(2.8408, abs=1e-4)
+    # 2.8408 without air; air 0.5 K below the part adds the gradient term (0.2 * 0.5 K)^2 / 3
+    # to u(T)^2 = 0.2^2: u_c^2 = 0.464136 + 5.5696 * 0.043333 + 1.080360 + 0.25, U = 2 * 1.426830 at 100 mm
+    assert record["uncertainty_um"] == pytest.approx(2.8538, abs=1e-4)  # L = 100.0118 mm, not 100
     assert record["verdict"] == "PASS"
     assert record["flags"] == []
     assert record["timestamp"] == "2026-03-01T12:00:00.000000Z"

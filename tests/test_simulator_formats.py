@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from cmm_twin.gateway.sources import Source, source_for
-from cmm_twin.gateway.sources.inputs import InputSettings
+from cmm_twin.gateway.sources.inputs import InputSettings, PartSettings
 from cmm_twin.gateway.sources.registry import SOURCES
 from cmm_twin.gateway.sources.rows import IngestSettings, ParsedChunk, ValidRows, concat_rows
+from cmm_twin.physics.compensation import Compensation
 from cmm_twin.physics.thermal import Flag
+from cmm_twin.simulator.catalogue import parts_table
 from cmm_twin.simulator.cli import main, parse_settings
 from cmm_twin.simulator.formats import FORMATS, carried_moment, part_report, read_back_moment
 from cmm_twin.simulator.shop import ShopModel
@@ -30,7 +32,8 @@ from tests.gateway_harness import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ZONE = "Europe/Berlin"
-BERLIN = InputSettings(timezone=ZONE)
+CATALOGUE_PARTS = {number: PartSettings(material=str(entry["material"])) for number, entry in parts_table().items()}
+BERLIN = InputSettings(timezone=ZONE, parts=CATALOGUE_PARTS)
 START = "2026-10-25T00:59:58.250Z"
 """Two parts before 03:00 CEST (01:00 UTC), when Berlin's clocks go back to 02:00 CET, the rest
 after it: their local times 02:00:00.. come a second time (fold 1)."""
@@ -71,24 +74,34 @@ def test_a_part_as_a_report(fmt: str) -> None:
     model = ShopModel(seed=3, machines=2)
     part = next(model.parts(5, 1).per_part())
     moment = utc("2026-01-05T06:00:05.250Z")
-    report = part_report(fmt, part, "CMM-02", "AL6061", moment)
-    assert (report.part_number, report.part_description) == ("SIM-AL6061", "simulated part (AL6061)")
+    report = part_report(fmt, part, "CMM-02", moment)  # part 5 on 2 machines: type (5 // 2) % 7 = 2
+    assert (report.part_number, report.part_description) == (
+        "HSG-300-AL7075",
+        "simulated part HSG-300-AL7075 (AL7075)",
+    )
     names = [(c.number, c.name, c.unit, c.nominal, c.lower, c.upper) for c in report.characteristics]
-    lengths = [(1, "length_x", "mm", 100.0, -0.01, 0.01), (2, "length_y", "mm", 60.0, -0.01, 0.01)]
-    temperatures = [(3, "part temperature", "degC", None, None, None), (4, "air temperature", "degC", None, None, None)]
-    assert names == (lengths + temperatures if fmt == "dfq" else lengths)
+    features = [
+        (1, "bearing_bore_d", "mm", 62.0, 0.0, 0.03),
+        (2, "bore_spacing", "mm", 150.0, -0.02, 0.02),
+        (3, "housing_width", "mm", 300.0, -0.05, 0.05),
+        (4, "pin_bore_d", "mm", 10.0, 0.0, 0.015),
+        (5, "face_angle", "deg", 90.0, -0.03, 0.03),
+        (6, "wall_thickness", "mm", 8.0, -0.04, None),
+    ]
+    temperatures = [(7, "part temperature", "degC", None, None, None), (8, "air temperature", "degC", None, None, None)]
+    assert names == (features + temperatures if fmt == "dfq" else features)
     (only,) = report.parts
     assert (only.part_id, only.machine_id) == ("P0000005", "CMM-02")
     assert only.timestamp == (utc("2026-01-05T06:00:05Z") if fmt in ("dfq", "calypso") else moment)
     values = [v.value for v in only.values]
     part_temp, air_temp = float(part.part_temp_c[0]), float(part.air_temp_c[0])
-    assert values[:2] == part.measured_mm.tolist()
+    assert values[:6] == part.measured.tolist()
     if fmt == "dfq":  # the temperatures as characteristics, not as the part's
-        assert values[2:] == [part_temp, air_temp]
+        assert values[6:] == [part_temp, air_temp]
         assert (only.part_temp_c, only.air_temp_c) == (None, None)
     else:
         assert (only.part_temp_c, only.air_temp_c) == (part_temp, air_temp)
-    assert all(c.decimals == 5 for c in report.characteristics[:2])
+    assert [c.decimals for c in report.characteristics[:6]] == [5, 5, 5, 5, 4, 5]  # the angle: 0.0001 deg
 
 
 # ----------------------------------------------------------------------------- command line
@@ -201,7 +214,7 @@ def test_every_format_is_read_back_with_the_truths_ids(tmp_path: Path, fmt: str)
     assert errors == []
     truths = truth_rows(truth)
     assert sorted(rows.measurement_id) == sorted(t["measurement_id"] for t in truths)
-    assert len(rows) == 12
+    assert len(rows) == 30  # parts 0..5 on 2 machines: two of each of the first three types (5 + 4 + 6 features)
 
     model = ShopModel(seed=3, machines=2)
     expected = model.parts(0, 6)
@@ -217,15 +230,21 @@ def test_every_format_is_read_back_with_the_truths_ids(tmp_path: Path, fmt: str)
         )
         assert rows.machine_id[i] == f"CMM-0{int(expected.machine_index[j]) + 1}"
         assert rows.timestamp[i][:23] == true["timestamp"][:23]
-        assert rows.nominal_mm[i] == expected.nominal_mm[j]
+        angle = rows.unit[i] == "deg"
+        assert rows.nominal_mm[i] == expected.nominal[j]
         limits = [rows.lower_tol_mm[i], rows.upper_tol_mm[i], rows.tolerance_mm[i]]
-        assert limits == pytest.approx([-0.01, 0.01, 0.01], abs=1e-12)  # NaN tolerance: read as asymmetric
-        assert rows.measured_mm[i] == pytest.approx(float(expected.measured_mm[j]), abs=0.51e-5)
+        assert limits == pytest.approx(
+            [expected.lower_tol[j], expected.upper_tol[j], expected.tolerance[j]], abs=1e-12, nan_ok=True
+        )
+        assert rows.measured_mm[i] == pytest.approx(float(expected.measured[j]), abs=0.51e-4 if angle else 0.51e-5)
         assert rows.part_temp_c[i] == pytest.approx(float(expected.part_temp_c[j]), abs=0.006)
         assert rows.air_temp_c[i] == pytest.approx(float(expected.air_temp_c[j]), abs=0.006)
         assert not rows.flags[i] & Flag.TEMPERATURE_ASSUMED
-        assert rows.material[i] == "AL6061"
-        assert (rows.unit[i], rows.source_format[i]) == ("mm", SOURCE_FORMAT[fmt])
+        assert rows.material[i] == expected.material[j] == true["material"]
+        assert (rows.unit[i], rows.source_format[i]) == (expected.unit[j], SOURCE_FORMAT[fmt])
+        assert rows.compensation[i] == (Compensation.NONE if angle else Compensation.GATEWAY)
+    assert {rows.unit[i] for i in range(len(rows))} == {"mm", "deg"}
+    assert np.isnan(rows.upper_tol_mm).any() and np.isnan(rows.tolerance_mm).any()
     # part 2 was measured at 01:00:00.250 UTC = 02:00:00 CET, the second 02:00 of the day: a
     # Q-DAS or Calypso file says 02:00:00 local, which the gateway reads as 02:00:00 CEST
     third = [rows.timestamp[i] for i in range(len(rows)) if rows.part_id[i] == "P0000002"]
@@ -243,7 +262,8 @@ def test_the_gateway_takes_every_format_with_the_truths_ids(tmp_path: Path) -> N
         args = ["--outdir", str(inbox), "--truth-dir", str(truth), "--format", fmt, "--timezone", ZONE]
         assert main([*args, "--count", "8", "--rate", "0", "--seed", str(k), "--start", start]) == 0
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[inputs]\ntimezone = "{ZONE}"\n', encoding="utf-8")
+    parts = "".join(f'[inputs.parts."{n}"]\nmaterial = "{e["material"]}"\n' for n, e in parts_table().items())
+    config.write_text(f'[inputs]\ntimezone = "{ZONE}"\n{parts}', encoding="utf-8")
     gateway = [
         *("--data-dir", str(tmp_path), "--http", "127.0.0.1:0", "--settle-ms", "50"),
         *("--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", "--historian", "none"),
@@ -264,13 +284,17 @@ def test_the_gateway_takes_every_format_with_the_truths_ids(tmp_path: Path) -> N
     assert len(list((tmp_path / "archive").iterdir())) == 8 * 5  # calypso: two files a part
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     truths = {t["measurement_id"]: t for t in truth_rows(truth)}
-    assert len(truths) == 4 * 8 * 2
+    assert len(truths) == 4 * (3 * 5 + 3 * 4 + 2 * 6)  # 8 parts on 3 machines: types 0, 0, 0, 1, 1, 1, 2, 2
     assert sorted(r["measurement_id"] for r in records) == sorted(truths)
     for fmt in FORMATS:
-        errors_um = [
-            (r["compensated_mm"] - float(truths[r["measurement_id"]]["true_length_20c_mm"])) * 1000.0
-            for r in records
-            if r["source_format"] == SOURCE_FORMAT[fmt]
-        ]
-        assert len(errors_um) == 16
-        assert max(map(abs, errors_um)) < 5.0, (fmt, errors_um)  # probe noise 0.5 um, Pt100 error x 2.4 um/K
+        mine = [r for r in records if r["source_format"] == SOURCE_FORMAT[fmt]]
+        assert len(mine) == 39
+        lengths = [r for r in mine if r["unit"] == "mm"]
+        assert {r["material"] for r in mine} == {"AL6061", "STEEL_1020", "AL7075"}
+        errors_um = [(r["compensated_mm"] - float(truths[r["measurement_id"]]["true_value"])) * 1000.0 for r in lengths]
+        # probe noise 0.5 um, CMM error <= 1.6 um, sensor offset and surface gradient x CTE x L
+        assert max(map(abs, errors_um)) < 15.0, (fmt, errors_um)
+        angles = [r for r in mine if r["unit"] == "deg"]
+        assert len(angles) == 3 + 2  # the flanges and housings have one each
+        for r in angles:  # an angle is not corrected: the value the CMM gave, degrees
+            assert abs(r["compensated_mm"] - float(truths[r["measurement_id"]]["true_value"])) < 0.03

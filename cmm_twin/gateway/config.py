@@ -38,6 +38,7 @@ from cmm_twin.options import (
     parse_text,
     resolve,
 )
+from cmm_twin.physics.decision import DECISION_RESOLUTION_UM
 from cmm_twin.physics.materials import MATERIALS, Material, materials_with_overrides
 from cmm_twin.physics.thermal import DecisionRule, PhysicsConfig, ThermalLimits, UncertaintyInputs
 
@@ -140,7 +141,9 @@ CONFIG_OPTION = option_table(
         ),
     ),
 )[0]
-TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs", "quality")
+TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs", "machines", "quality")
+MACHINE_KEYS = ("cmm_mpe_a_um", "cmm_mpe_k_mm_per_um")
+"""Keys of a `[machines."<id>"]` table: the MPE E0 = A + L/K of that CMM (ISO 10360-2)."""
 SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
     ("ingest", "chunk_rows"): ("chunk_rows", int, 1_000_000),
     ("ingest", "files_per_commit"): ("files_per_commit", int, 10_000),
@@ -281,6 +284,27 @@ def _flatten_tables(toml_data: dict[str, Any], where: str) -> None:
         toml_data.setdefault("outbox_formats", ",".join(formats))
 
 
+def _machines(table: Mapping[str, Any], where: str, defaults: UncertaintyInputs) -> dict[str, tuple[float, float]]:
+    """The `[machines."<id>"]` tables: (A, K) of each machine's MPE; a key it omits is the
+    `[physics]` one (`defaults`)."""
+    machines: dict[str, tuple[float, float]] = {}
+    for machine, entry in table.items():
+        key = f'{where}: machines."{machine}"'
+        if not isinstance(entry, dict):
+            raise ConfigError(key, "must be a table")
+        extra = set(entry) - set(MACHINE_KEYS)
+        if extra:
+            raise ConfigError(f"{key}.{sorted(extra)[0]}", f"unknown key (known: {', '.join(MACHINE_KEYS)})")
+        values = []
+        for name in MACHINE_KEYS:
+            value = entry.get(name, getattr(defaults, name))
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key}.{name}", f"expected a number, got {value!r}")
+            values.append(float(value))
+        machines[str(machine)] = (values[0], values[1])
+    return machines
+
+
 def _read_toml(path: Path, options: Sequence[Option]) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -310,6 +334,7 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
     if rule not in [r.value for r in DecisionRule]:
         raise ConfigError(f"{where}: physics.rule", f"expected guard_banded or simple, got {rule!r}")
     scale_material = physics.pop("scale_material", None)
+    resolution = physics.pop("decision_resolution_um", DECISION_RESOLUTION_UM)
     uncertainty_keys = set(UncertaintyInputs.__dataclass_fields__)
     unknown = set(physics) - uncertainty_keys
     if unknown:
@@ -325,20 +350,26 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
     unknown = set(limits) - set(ThermalLimits.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{where}: limits.{sorted(unknown)[0]}", "unknown key")
+    inputs = input_settings(_table(sections, "inputs", where), where, materials)
     try:
+        uncertainty = UncertaintyInputs(**{k: float(v) for k, v in physics.items()})
         out["physics"] = PhysicsConfig(
-            uncertainty=UncertaintyInputs(**{k: float(v) for k, v in physics.items()}),
+            uncertainty=uncertainty,
             limits=ThermalLimits(**{k: float(v) for k, v in limits.items()}),
             rule=DecisionRule(rule),
             scale_cte_per_k=scale_cte,
             scale_cte_u_per_k=scale_u,
+            assumed_temp_c=inputs.assumed_temp_c,
+            assumed_temp_half_range_k=inputs.assumed_temp_half_range_k,
+            decision_resolution_um=float(resolution),
+            machine_mpe=_machines(_table(sections, "machines", where), where, uncertainty),
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.key}", exc.reason) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: physics", str(exc)) from None
     out["materials"] = materials
-    out["inputs"] = input_settings(_table(sections, "inputs", where), where, materials)
+    out["inputs"] = inputs
     out["quality"] = quality_settings(_table(sections, "quality", where), where)
     for section in ("ingest", "sinks"):
         table = _table(sections, section, where)

@@ -91,6 +91,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM/UM",
         help=f"CMM MPE E0 = A + L/K: K (default {defaults.cmm_mpe_k_mm_per_um:g})",
     )
+    config_defaults = PhysicsConfig()
+    parser.add_argument(
+        "--assumed-temp",
+        type=float,
+        default=config_defaults.assumed_temp_c,
+        metavar="DEGC",
+        help="temperature a scale without --scale-temp is assumed at, degC (default %(default)s)",
+    )
+    parser.add_argument(
+        "--assumed-half-range",
+        type=float,
+        default=config_defaults.assumed_temp_half_range_k,
+        metavar="K",
+        help="half-width of the shop's temperature range an assumed temperature stands for:"
+        " u = half-range / sqrt(3), K (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gradient-factor",
+        type=float,
+        default=defaults.gradient_factor,
+        metavar="F",
+        help="with --air-temp, the part's mean temperature lies within +-F*|part - air| of its reading"
+        " (default %(default)s; 0: off)",
+    )
+    parser.add_argument(
+        "--resolution-um",
+        type=float,
+        default=config_defaults.decision_resolution_um,
+        metavar="UM",
+        help="resolution the decision is taken at, um (default %(default)s: 1 nm)",
+    )
     parser.add_argument("--machine-id", help="identity fields, for measurement_id in --json")
     parser.add_argument("--part-id")
     parser.add_argument("--feature")
@@ -110,15 +141,19 @@ def compute_record(args: argparse.Namespace) -> dict[str, Any]:
             cmm_mpe_a_um=args.mpe_a_um,
             cmm_mpe_k_mm_per_um=args.mpe_k,
             repeatability_um=args.repeatability_um,
+            gradient_factor=args.gradient_factor,
         ),
         rule=DecisionRule(args.rule),
         scale_cte_per_k=scale.cte_per_k if scale else 0.0,
         scale_cte_u_per_k=scale.cte_u_per_k if scale else 0.0,
+        assumed_temp_c=args.assumed_temp,
+        assumed_temp_half_range_k=args.assumed_half_range,
+        decision_resolution_um=args.resolution_um,
     )
-    zone: dict[str, float] = {}
+    lower_mm = upper_mm = None
     if args.tol is None:  # an asymmetric or one-sided zone (main() checks that one side is given)
-        zone["lower_tol_mm"] = math.nan if args.lower_tol is None else args.lower_tol
-        zone["upper_tol_mm"] = math.nan if args.upper_tol is None else args.upper_tol
+        lower_mm = math.nan if args.lower_tol is None else args.lower_tol
+        upper_mm = math.nan if args.upper_tol is None else args.upper_tol
     result = evaluate(
         args.measured,
         args.temp,
@@ -129,7 +164,8 @@ def compute_record(args: argparse.Namespace) -> dict[str, Any]:
         air_temp_c=math.nan if args.air_temp is None else args.air_temp,
         scale_temp_c=math.nan if args.scale_temp is None else args.scale_temp,
         config=config,
-        **zone,
+        lower_tol_mm=lower_mm,
+        upper_tol_mm=upper_mm,
     )
     lower = -args.tol if args.tol is not None else args.lower_tol
     upper = args.tol if args.tol is not None else args.upper_tol
@@ -243,6 +279,10 @@ _FIELD_TO_FLAG = {
     "repeatability_um": "--repeatability-um",
     "cmm_mpe_a_um": "--mpe-a-um",
     "cmm_mpe_k_mm_per_um": "--mpe-k",
+    "gradient_factor": "--gradient-factor",
+    "assumed_temp_c": "--assumed-temp",
+    "assumed_temp_half_range_k": "--assumed-half-range",
+    "decision_resolution_um": "--resolution-um",
 }
 
 

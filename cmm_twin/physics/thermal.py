@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,7 +36,7 @@ from cmm_twin.physics.compensation import (
     compensate_part,
     compensate_to_20c,
 )
-from cmm_twin.physics.decision import VERDICT_NAMES, DecisionRule, Verdict, decide_zones
+from cmm_twin.physics.decision import DECISION_RESOLUTION_UM, VERDICT_NAMES, DecisionRule, Verdict, decide_zones
 from cmm_twin.physics.uncertainty import UncertaintyInputs, standard_uncertainty_um
 
 __all__ = ["FLAG_NAMES", "Compensation", "Evaluation", "Flag", "PhysicsConfig", "evaluate", "flag_names"]
@@ -77,10 +78,35 @@ class PhysicsConfig:
     scale_cte_per_k: float = 0.0
     """CTE of the CMM scale; 0 means the controller (or a zero-expansion scale) handles it."""
     scale_cte_u_per_k: float = 0.0
+    assumed_temp_c: float = REFERENCE_TEMP_C
+    """Temperature a scale without a thermometer reading is assumed at (flag `scale_temp_assumed_20c`)."""
+    assumed_temp_half_range_k: float = 2.0
+    """Half-width of the range an assumed temperature stands for (the shop's range): an assumed
+    scale temperature has u(T_s) = half_range / sqrt(3) (rectangular, GUM 4.3.7), not the
+    thermometer's."""
+    decision_resolution_um: float = DECISION_RESOLUTION_UM
+    """Resolution the conformity decision is taken at (`decide_zones`)."""
+    machine_mpe: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """(A um, K mm/um) of the MPE E0 = A + L/K per machine id; machines not named use `uncertainty`'s."""
 
     def __post_init__(self) -> None:
         require_finite("scale_cte_per_k", self.scale_cte_per_k, allow_zero=True)
         require_finite("scale_cte_u_per_k", self.scale_cte_u_per_k, allow_zero=True)
+        require_finite("assumed_temp_c", self.assumed_temp_c, allow_zero=True, allow_negative=True)
+        require_finite("assumed_temp_half_range_k", self.assumed_temp_half_range_k, allow_zero=False)
+        require_finite("decision_resolution_um", self.decision_resolution_um, allow_zero=False)
+        for machine, (a_um, k_mm_per_um) in self.machine_mpe.items():
+            require_finite(f"machines.{machine}.cmm_mpe_a_um", a_um, allow_zero=True)
+            require_finite(f"machines.{machine}.cmm_mpe_k_mm_per_um", k_mm_per_um, allow_zero=False)
+
+    def mpe_per_row(self, machine_ids: Sequence[str]) -> tuple[FloatArray, FloatArray] | None:
+        """(A, K) of each row's machine, or None when no machine has an MPE of its own."""
+        if not self.machine_mpe:
+            return None
+        default = (self.uncertainty.cmm_mpe_a_um, self.uncertainty.cmm_mpe_k_mm_per_um)
+        ids, inverse = np.unique(np.asarray(machine_ids, dtype=object).astype(str), return_inverse=True)
+        table = np.array([self.machine_mpe.get(str(m), default) for m in ids], dtype=np.float64).reshape(-1, 2)
+        return table[inverse, 0], table[inverse, 1]
 
 
 @dataclass(frozen=True)
@@ -114,6 +140,7 @@ def evaluate(
     upper_tol_mm: ArrayLike | None = None,
     part_temp_u_k: ArrayLike | None = None,
     compensation: ArrayLike | None = None,
+    machine_id: Sequence[str] | None = None,
 ) -> Evaluation:
     """Compensate, state the uncertainty, decide and flag a batch of rows.
 
@@ -123,7 +150,14 @@ def evaluate(
     configured thermometer's). `compensation`: Compensation codes per row (default GATEWAY);
     SOURCE rows are not corrected but keep the thermal uncertainty, NONE rows (angles, in
     degrees) are neither corrected nor given thermal or length terms: their u_c is
-    `angle_u_deg`, and their `_um` results are thousandths of a degree.
+    `angle_u_deg`, and their `_um` results are thousandths of a degree. `machine_id` per row
+    selects each row's MPE from `config.machine_mpe`.
+
+    Temperatures that were assumed count with the uncertainty of the assumption: an absent
+    scale temperature (with a scale CTE) is `config.assumed_temp_c` with u(T_s) = half-range /
+    sqrt(3); a part temperature with its `part_temp_u_k`. Where the air temperature is known,
+    u(T) of the part also holds its gradient term (`uncertainty.mean_temp_u_k`), which grows
+    with |part - air|: a part not soaked can become UNCERTAIN.
 
     Optional temperatures use NaN for "not given". Raises PhysicsInputError naming the field and
     the first offending row for a non-finite or implausible input (a temperature outside the
@@ -174,14 +208,18 @@ def evaluate(
         _set_flag(flags, _shaped(not_soaked, shape), Flag.PART_NOT_SOAKED)
     uses_scale = config.scale_cte_per_k != 0.0
     scale_temp_used: ArrayLike
+    scale_temp_u: FloatArray | None = None
     if uses_scale:
         scale_missing = _shaped(np.isnan(scale_temp), shape)
         _set_flag(flags, scale_missing, Flag.SCALE_TEMP_ASSUMED_20C)
-        scale_temp_used = np.where(np.isnan(scale_temp), REFERENCE_TEMP_C, scale_temp)
+        scale_temp_used = np.where(np.isnan(scale_temp), config.assumed_temp_c, scale_temp)
+        assumed_u_k = config.assumed_temp_half_range_k / math.sqrt(3.0)
+        scale_temp_u = np.where(np.isnan(scale_temp), assumed_u_k, config.uncertainty.scale_temp_u_k)
         compensated = compensate_to_20c(measured, part_temp, cte, scale_temp_used, config.scale_cte_per_k)
     else:  # the scale terms are exactly 1 and 0 with this scalar as with an array of 20 degC
         scale_temp_used = REFERENCE_TEMP_C
         compensated = compensate_part(measured, part_temp, cte)
+    mpe = None if machine_id is None else config.mpe_per_row(machine_id)
     u_c = standard_uncertainty_um(
         measured,
         part_temp,
@@ -192,6 +230,10 @@ def evaluate(
         config.scale_cte_per_k,
         config.scale_cte_u_per_k,
         part_temp_u_k,
+        air_temp_c=air_temp,
+        scale_temp_u_k=scale_temp_u,
+        mpe_a_um=None if mpe is None else mpe[0],
+        mpe_k_mm_per_um=None if mpe is None else mpe[1],
     )
     if compensation is not None:
         codes = np.broadcast_to(np.asarray(compensation, dtype=np.int8), shape)
@@ -210,7 +252,11 @@ def evaluate(
         standard_uncertainty_um=_fresh(u_c, shape, np.float64),
         uncertainty_um=_fresh(expanded, shape, np.float64),
         verdict=_fresh(
-            decide_zones(deviation, lower * UM_PER_MM, upper * UM_PER_MM, expanded, config.rule), shape, np.int8
+            decide_zones(
+                deviation, lower * UM_PER_MM, upper * UM_PER_MM, expanded, config.rule, config.decision_resolution_um
+            ),
+            shape,
+            np.int8,
         ),
         flags=flags,
     )

@@ -1,7 +1,8 @@
 """Command line of the CMM simulator (README, "The simulator").
 
 `cmm_simulator.py --outdir DIR [--machines N] [--count N] [--rate HZ] [--seed S] [--truth-dir DIR]
-[--speedup X] [--start ISO8601] [--format csv|dfq|calypso|qif] [--timezone ZONE] [--log-level LEVEL]`.
+[--speedup X] [--start ISO8601] [--format csv|dfq|calypso|qif] [--timezone ZONE] [--scenario lab|shop|hot-parts]
+[--mpe A:K[,A:K...]] [--log-level LEVEL]`.
 Every flag has an environment variable `CMM_SIM_<FLAG>` (`CMM_SIM_OUTDIR`, `CMM_SIM_RATE`,
 `CMM_SIM_TRUTH_DIR`, ...) used when the flag is absent; an empty variable counts as unset (see
 `cmm_twin.options`). Invalid values exit with code 2 and one line on stderr naming the flag or
@@ -40,7 +41,9 @@ from cmm_twin.options import (
     resolve,
 )
 from cmm_twin.simulator.formats import FORMATS
-from cmm_twin.simulator.shop import BLOCK_PARTS, MAX_MACHINES, ShopModel, ShopScenario
+from cmm_twin.simulator.machines import DEFAULT_MPE, MachineMpe, format_mpe, parse_mpe
+from cmm_twin.simulator.scenario import SCENARIOS
+from cmm_twin.simulator.shop import BLOCK_PARTS, MAX_MACHINES, ShopModel
 from cmm_twin.simulator.writer import PartFileWriter, format_timestamp
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,10 @@ class SimulatorSettings:
     """File format of the parts: csv, dfq (Q-DAS), calypso (Zeiss Calypso tables) or qif (QIF 3)."""
     timezone: str | None = None
     """IANA zone the local times of dfq and calypso files are written in; None: the host's."""
+    scenario: str = "shop"
+    """Preset of the shop model: lab, shop or hot-parts (`scenario.SCENARIOS`)."""
+    mpe: tuple[MachineMpe, ...] = DEFAULT_MPE
+    """(A um, K mm/um) of each machine's E0 = A + L/K, cycled over the machines."""
     log_level: str = "INFO"
 
     @property
@@ -121,6 +128,13 @@ def _parse_timezone(text: str) -> str:
     return name
 
 
+def _parse_scenario(text: str) -> str:
+    name = text.strip().lower()
+    if name not in SCENARIOS:
+        raise ValueError(f"expected one of {', '.join(SCENARIOS)}, got {text!r}")
+    return name
+
+
 ENV_PREFIX = "CMM_SIM_"
 OPTIONS: tuple[Option, ...] = option_table(
     ENV_PREFIX,
@@ -161,6 +175,21 @@ OPTIONS: tuple[Option, ...] = option_table(
             "IANA zone of the local times in dfq and calypso files, e.g. Europe/Berlin; set the gateway's"
             " [inputs] timezone alike (off: the host's zone, the gateway's default too)",
             "ZONE",
+        ),
+        Option(
+            "--scenario",
+            _parse_scenario,
+            "shop",
+            "shop model: lab (20 +- 0.5 degC, soaked parts), shop (18..26 degC, parts up to 6 K warm) or"
+            " hot-parts (parts 4..12 K warm straight from machining)",
+            "NAME",
+        ),
+        Option(
+            "--mpe",
+            parse_mpe,
+            DEFAULT_MPE,
+            "MPE E0 = A + L/K of each machine (A in um, K in mm/um), the list cycled over the machines",
+            "A:K[,A:K...]",
         ),
         Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL"),
     ),
@@ -207,12 +236,11 @@ def run(settings: SimulatorSettings, stop_requested: Callable[[], bool] = lambda
     The stop request is checked before every file: the file in hand is always finished.
     """
     start = settings.start or datetime.now(UTC).replace(microsecond=0)
-    scenario = dataclasses.replace(ShopScenario(), shop_step_s=settings.shop_step_s)
-    model = ShopModel(scenario, seed=settings.seed, machines=settings.machines)
+    scenario = dataclasses.replace(SCENARIOS[settings.scenario], shop_step_s=settings.shop_step_s)
+    model = ShopModel(scenario, seed=settings.seed, machines=settings.machines, mpe=settings.mpe)
     writer = PartFileWriter(
         settings.outdir,
         model.machine_ids,
-        model.material.key,
         start,
         settings.wall_step_s,
         truth_dir=settings.truth_dir,
@@ -221,10 +249,12 @@ def run(settings: SimulatorSettings, stop_requested: Callable[[], bool] = lambda
     )
     writer.prepare()
     log.info(
-        "simulator started: outdir=%s format=%s timezone=%s machines=%d count=%s seed=%d rate=%g Hz speedup=%g"
-        " start=%s truth_dir=%s",
+        "simulator started: outdir=%s format=%s scenario=%s mpe=%s timezone=%s machines=%d count=%s seed=%d"
+        " rate=%g Hz speedup=%g start=%s truth_dir=%s",
         settings.outdir,
         settings.format,
+        settings.scenario,
+        format_mpe(settings.mpe),
         writer.inputs.zone,
         settings.machines,
         "unlimited" if settings.count is None else settings.count,

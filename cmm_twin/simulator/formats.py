@@ -1,11 +1,12 @@
 """The simulator's parts in the real CMM formats (`--format dfq|calypso|qif`): one measurement
 report per part, written by the format writers of `cmm_twin.formats`.
 
-A part becomes a `Report`: one characteristic per feature (its nominal, limits -tol / +tol in mm,
-the measured length as its value), the part number `SIM-<material>` (the key of the gateway's part
-catalogue), and the part's temperatures where the format keeps them: Q-DAS as the characteristics
-`part temperature` and `air temperature` (degC; the gateway takes such characteristics as
-temperatures, not measurements), Calypso in the run header, QIF as the part's ObjectTemperature.
+A part becomes a `Report`: one characteristic per feature (its nominal, its limits in mm or
+degrees, None for an open side, the measured value), the part number of its type (the key of the
+gateway's part catalogue, `catalogue.parts_table`), and the part's temperatures where the format
+keeps them: Q-DAS as the characteristics `part temperature` and `air temperature` (degC; the
+gateway takes such characteristics as temperatures, not measurements), Calypso in the run header,
+QIF as the part's ObjectTemperature.
 
 Times: each format keeps the part's time at its own resolution (`carried_moment`): CSV and QIF to
 the millisecond, Q-DAS and Calypso local times to the second, written in the zone given
@@ -16,6 +17,7 @@ the ground truth and its measurement ids use it.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -29,15 +31,12 @@ LOCAL_TIME_FORMATS: Final = ("dfq", "calypso")
 """Formats whose times are local, written in `--timezone`."""
 LENGTH_DECIMALS = 5
 """Decimal places of lengths (0.01 um, as in the CSV files)."""
+ANGLE_DECIMALS = 4
+"""Decimal places of angles (0.0001 degree, as in the CSV files and the gateway's outbox)."""
 TEMPERATURE_DECIMALS = 3
 PART_TEMPERATURE = "part temperature"
 AIR_TEMPERATURE = "air temperature"
 CALYPSO_SUFFIXES = ("_hdr.txt", "_chr.txt")
-
-
-def part_number(material: str) -> str:
-    """The part number of the simulated parts (Q-DAS K1001, Calypso planid, QIF part number)."""
-    return f"SIM-{material}"
 
 
 def carried_moment(fmt: str, moment: datetime) -> datetime:
@@ -58,23 +57,35 @@ def read_back_moment(fmt: str, moment: datetime, inputs: InputSettings) -> datet
     return inputs.local(carried.astimezone(inputs.zone).replace(tzinfo=None)).astimezone(UTC)
 
 
-def part_report(fmt: str, part: PartBatch, machine: str, material: str, moment: datetime) -> Report:
+def _limit(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def part_report(fmt: str, part: PartBatch, machine: str, moment: datetime) -> Report:
     """The report of one part (the rows of `part`) measured on `machine` at `moment` (aware,
     taken at the resolution `fmt` keeps)."""
-    features = [str(f) for f in part.feature.tolist()]
     characteristics = [
         ReportCharacteristic(
             number=i + 1,
             name=name,
-            unit="mm",
-            nominal=float(part.nominal_mm[i]),
-            lower=-float(part.tolerance_mm[i]),
-            upper=float(part.tolerance_mm[i]),
-            decimals=LENGTH_DECIMALS,
+            unit=unit,
+            nominal=nominal,
+            lower=_limit(lower),
+            upper=_limit(upper),
+            decimals=ANGLE_DECIMALS if unit == "deg" else LENGTH_DECIMALS,
         )
-        for i, name in enumerate(features)
+        for i, (name, unit, nominal, lower, upper) in enumerate(
+            zip(
+                part.feature.tolist(),
+                part.unit.tolist(),
+                part.nominal.tolist(),
+                part.lower_tol.tolist(),
+                part.upper_tol.tolist(),
+                strict=True,
+            )
+        )
     ]
-    values = [ReportValue(float(v)) for v in part.measured_mm.tolist()]
+    values = [ReportValue(float(v)) for v in part.measured.tolist()]
     part_temp, air_temp = float(part.part_temp_c[0]), float(part.air_temp_c[0])
     temperatures_as_characteristics = fmt == "dfq"
     if temperatures_as_characteristics:
@@ -83,9 +94,10 @@ def part_report(fmt: str, part: PartBatch, machine: str, material: str, moment: 
                 ReportCharacteristic(len(characteristics) + 1, name, "degC", None, decimals=TEMPERATURE_DECIMALS)
             )
             values.append(ReportValue(value))
+    number, material = str(part.part_number[0]), str(part.material[0])
     return Report(
-        part_number=part_number(material),
-        part_description=f"simulated part ({material})",
+        part_number=number,
+        part_description=f"simulated part {number} ({material})",
         characteristics=characteristics,
         parts=[
             ReportPart(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -24,26 +25,59 @@ from pathlib import Path
 
 from cmm_twin.durable_io import fsync_directory
 from cmm_twin.gateway.sources.inputs import InputSettings
-from cmm_twin.records import INBOX_COLUMNS, measurement_id
-from cmm_twin.simulator.formats import FORMATS, encode, part_report, read_back_moment
+from cmm_twin.records import measurement_id
+from cmm_twin.simulator.formats import ANGLE_DECIMALS, FORMATS, LENGTH_DECIMALS, encode, part_report, read_back_moment
 from cmm_twin.simulator.shop import PartBatch
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS: tuple[str, ...] = tuple(c for c in INBOX_COLUMNS if c != "scale_temp_c")
-"""Columns of an inbox file, in the order written (the simulated CMM has no scale thermometer)."""
+CSV_COLUMNS: tuple[str, ...] = (
+    "timestamp",
+    "machine_id",
+    "part_id",
+    "feature",
+    "material",
+    "nominal_mm",
+    "tolerance_mm",
+    "lower_tol_mm",
+    "upper_tol_mm",
+    "measured_mm",
+    "part_temp_c",
+    "air_temp_c",
+    "unit",
+)
+"""Columns of an inbox file, in the order written (the simulated CMM has no scale thermometer). A
+symmetric zone gives `tolerance_mm`, another its limits; values of a `deg` row are in degrees."""
 
 TRUTH_COLUMNS: tuple[str, ...] = (
     "measurement_id",
     "machine_id",
     "part_id",
+    "part_number",
     "feature",
+    "feature_kind",
+    "material",
+    "unit",
     "timestamp",
+    "nominal",
+    "lower_tol",
+    "upper_tol",
+    "true_value",
     "true_length_20c_mm",
+    "conforming",
     "true_part_temp_c",
+    "true_surface_temp_c",
+    "true_air_temp_c",
     "true_cte_per_k",
+    "cte_lot",
+    "cmm_error_um",
+    "probe_error_um",
+    "part_sensor_offset_k",
+    "air_sensor_offset_k",
+    "cmm_mpe_a_um",
+    "cmm_mpe_k_mm_per_um",
 )
-"""Columns of a truth file (`truth_file_name`, in the truth directory)."""
+"""Columns of a truth file (`truth_file_name`, in the truth directory); docs/simulator.md, "Truth"."""
 
 TEMP_PREFIX = ".cmmsim-"
 TEMP_SUFFIX = ".tmp"
@@ -171,7 +205,6 @@ class PartFileWriter:
         self,
         outdir: Path,
         machine_ids: Sequence[str],
-        material: str,
         start: datetime,
         wall_step_s: float,
         *,
@@ -189,7 +222,6 @@ class PartFileWriter:
         self.outdir = outdir
         self.truth_dir = truth_dir
         self.machine_ids = tuple(machine_ids)
-        self.material = material
         self.start = start
         self.wall_step_s = wall_step_s
 
@@ -226,24 +258,106 @@ class PartFileWriter:
             timestamp = format_timestamp(read_back)
 
         if self.truth_dir is not None:
-            truth_lines = [",".join(TRUTH_COLUMNS)]
-            for i, feature in enumerate(features):
-                truth_lines.append(
-                    f"{measurement_id(machine, part_id, feature, read_back)},{machine},{part_id},{feature},{timestamp},"
-                    f"{float(part.true_length_20c_mm[i]):.6f},{float(part.true_part_temp_c[i]):.4f},"
-                    f"{float(part.true_cte_per_k[i]):.6e}"
-                )
-            atomic_write_text(self.truth_dir, truth_file_name(stem, self.fmt), "\n".join(truth_lines) + "\n")
+            ids = [measurement_id(machine, part_id, feature, read_back) for feature in features]
+            text = truth_text(part, ids, machine, timestamp)
+            atomic_write_text(self.truth_dir, truth_file_name(stem, self.fmt), text)
 
         if self.fmt != "csv":
-            report = part_report(self.fmt, part, machine, self.material, moment)
+            report = part_report(self.fmt, part, machine, moment)
             return atomic_write_files(self.outdir, encode(self.fmt, report, self.inputs, stem))[-1]
+        return atomic_write_text(self.outdir, stem + ".csv", csv_text(part, machine, timestamp))
 
-        lines = [",".join(CSV_COLUMNS)]
-        for i, feature in enumerate(features):
-            lines.append(
-                f"{timestamp},{machine},{part_id},{feature},{self.material},"
-                f"{float(part.nominal_mm[i]):.4f},{float(part.tolerance_mm[i]):.4f},{float(part.measured_mm[i]):.5f},"
-                f"{float(part.part_temp_c[i]):.3f},{float(part.air_temp_c[i]):.3f}"
-            )
-        return atomic_write_text(self.outdir, stem + ".csv", "\n".join(lines) + "\n")
+
+def _limit(value: float, places: int) -> str:
+    """A limit with `places` decimals; empty for an open side (NaN)."""
+    return "" if math.isnan(value) else f"{value:.{places}f}"
+
+
+def csv_text(part: PartBatch, machine: str, timestamp: str) -> str:
+    """The inbox CSV of one part (`CSV_COLUMNS`): a symmetric zone as `tolerance_mm`, another as
+    `lower_tol_mm` / `upper_tol_mm` (empty: an open side)."""
+    lines = [",".join(CSV_COLUMNS)]
+    tolerance = part.tolerance.tolist()
+    columns = zip(
+        part.feature.tolist(),
+        part.material.tolist(),
+        part.nominal.tolist(),
+        tolerance,
+        part.lower_tol.tolist(),
+        part.upper_tol.tolist(),
+        part.measured.tolist(),
+        part.unit.tolist(),
+        strict=True,
+    )
+    part_id, part_c, air_c = str(part.part_id[0]), float(part.part_temp_c[0]), float(part.air_temp_c[0])
+    for feature, material, nominal, tol, lower, upper, measured, unit in columns:
+        zone = f"{tol:.4f},," if not math.isnan(tol) else f",{_limit(lower, 4)},{_limit(upper, 4)}"
+        places = ANGLE_DECIMALS if unit == "deg" else LENGTH_DECIMALS
+        lines.append(
+            f"{timestamp},{machine},{part_id},{feature},{material},{nominal:.4f},{zone},{measured:.{places}f},"
+            f"{part_c:.3f},{air_c:.3f},{unit}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def truth_text(part: PartBatch, ids: Sequence[str], machine: str, timestamp: str) -> str:
+    """The truth file of one part (`TRUTH_COLUMNS`; docs/simulator.md, "Truth")."""
+    lines = [",".join(TRUTH_COLUMNS)]
+    part_id = str(part.part_id[0])
+    columns = zip(
+        ids,
+        part.part_number.tolist(),
+        part.feature.tolist(),
+        part.feature_kind.tolist(),
+        part.material.tolist(),
+        part.unit.tolist(),
+        part.nominal.tolist(),
+        part.lower_tol.tolist(),
+        part.upper_tol.tolist(),
+        part.true_value.tolist(),
+        part.conforming.tolist(),
+        part.true_part_temp_c.tolist(),
+        part.true_surface_temp_c.tolist(),
+        part.true_air_temp_c.tolist(),
+        part.true_cte_per_k.tolist(),
+        part.cte_lot.tolist(),
+        part.cmm_error_um.tolist(),
+        part.probe_error_um.tolist(),
+        part.part_sensor_offset_k.tolist(),
+        part.air_sensor_offset_k.tolist(),
+        part.cmm_mpe_a_um.tolist(),
+        part.cmm_mpe_k_mm_per_um.tolist(),
+        strict=True,
+    )
+    for (
+        measurement,
+        number,
+        feature,
+        kind,
+        material,
+        unit,
+        nominal,
+        lower,
+        upper,
+        true,
+        conforming,
+        mean_c,
+        surface_c,
+        air_c,
+        cte,
+        lot,
+        cmm_um,
+        probe_um,
+        part_offset,
+        air_offset,
+        mpe_a,
+        mpe_k,
+    ) in columns:
+        length = f"{true:.6f}" if unit == "mm" else ""
+        lines.append(
+            f"{measurement},{machine},{part_id},{number},{feature},{kind},{material},{unit},{timestamp},"
+            f"{nominal:.4f},{_limit(lower, 4)},{_limit(upper, 4)},{true:.6f},{length},{int(conforming)},"
+            f"{mean_c:.4f},{surface_c:.4f},{air_c:.4f},{cte:.6e},{number}/L{lot:05d},{cmm_um:.4f},{probe_um:.4f},"
+            f"{part_offset:.4f},{air_offset:.4f},{mpe_a:g},{mpe_k:g}"
+        )
+    return "\n".join(lines) + "\n"

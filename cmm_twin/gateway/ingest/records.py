@@ -32,6 +32,7 @@ def to_records(rows: ValidRows, config: PhysicsConfig) -> RecordBatch:
         upper_tol_mm=rows.upper_tol_mm,
         part_temp_u_k=rows.part_temp_u_k,
         compensation=rows.compensation,
+        machine_id=rows.machine_id,
     )
     return RecordBatch(
         measurement_id=rows.measurement_id,

@@ -14,13 +14,21 @@ LIMIT_COLUMNS: tuple[str, ...] = ("lower_tol_mm", "upper_tol_mm")
 """Optional columns of an asymmetric or one-sided tolerance (signed, relative to the nominal): the
 alternative to `tolerance_mm`; a header needs `tolerance_mm` or at least one of them."""
 TOLERANCE_COLUMNS: tuple[str, ...] = ("tolerance_mm", *LIMIT_COLUMNS)
-OPTIONAL_COLUMNS: tuple[str, ...] = (*INBOX_OPTIONAL_COLUMNS, *LIMIT_COLUMNS)
+UNIT_COLUMN = "unit"
+"""Optional column: `mm` (the default, also when empty) or `deg` (an angle: nominal, limits and value
+in degrees, never thermally corrected); case-insensitive."""
+OPTIONAL_COLUMNS: tuple[str, ...] = (*INBOX_OPTIONAL_COLUMNS, *LIMIT_COLUMNS, UNIT_COLUMN)
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in INBOX_COLUMNS if c not in OPTIONAL_COLUMNS)
 """Required columns (`tolerance_mm` unless a limit column stands in for it)."""
 _AT_TOLERANCE = INBOX_COLUMNS.index("tolerance_mm") + 1
-CONTRACT_COLUMNS: tuple[str, ...] = (*INBOX_COLUMNS[:_AT_TOLERANCE], *LIMIT_COLUMNS, *INBOX_COLUMNS[_AT_TOLERANCE:])
-"""Contract columns in contract order (the limit columns after `tolerance_mm`): a row's errors
-are looked for in this order."""
+CONTRACT_COLUMNS: tuple[str, ...] = (
+    *INBOX_COLUMNS[:_AT_TOLERANCE],
+    *LIMIT_COLUMNS,
+    *INBOX_COLUMNS[_AT_TOLERANCE:],
+    UNIT_COLUMN,
+)
+"""Contract columns in contract order (the limit columns after `tolerance_mm`, `unit` last): a
+row's errors are looked for in this order."""
 MISSING_TOLERANCE = "tolerance_mm (or lower_tol_mm / upper_tol_mm)"
 
 LAYOUT_CACHE_ENTRIES = 256

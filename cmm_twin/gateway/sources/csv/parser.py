@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cmm_twin.gateway.sources.csv.distinct import check_distinct
-from cmm_twin.gateway.sources.csv.header import Headers
+from cmm_twin.gateway.sources.csv.header import UNIT_COLUMN, Headers
 from cmm_twin.gateway.sources.csv.ids import IdColumns
 from cmm_twin.gateway.sources.csv.lines import not_utf8, split_lines
 from cmm_twin.gateway.sources.csv.numbers import Numbers
@@ -19,6 +19,11 @@ from cmm_twin.gateway.sources.csv.timestamps import Timestamps, check_timestamps
 from cmm_twin.gateway.sources.ids import MeasurementIds
 from cmm_twin.gateway.sources.rows import IngestSettings, RowError, ValidRows, empty_rows
 from cmm_twin.physics.compensation import Compensation
+
+LENGTH = "mm"
+ANGLE = "deg"
+UNITS: dict[str, str] = {"": LENGTH, LENGTH: LENGTH, ANGLE: ANGLE}
+"""Spellings of the `unit` column (stripped, lower case) and the record unit each gives."""
 
 Columns = dict[str, Any]
 """Columns of ValidRows by field name, while a chunk is validated."""
@@ -82,14 +87,18 @@ class ChunkParser:
             values["machine_id"], values["part_id"], values["feature"], values["timestamp"]
         )
         size = len(ids)
+        compensation = np.full(size, self._shared.compensation, dtype=np.int8)
+        unit: list[str] = values.pop("unit")
+        if ANGLE in unit:
+            compensation[np.array(unit) == ANGLE] = Compensation.NONE  # an angle: no thermal correction
         return (
             ValidRows(
                 measurement_id=ids,
                 **values,
                 part_temp_u_k=np.full(size, np.nan),
-                compensation=np.full(size, self._shared.compensation, dtype=np.int8),
+                compensation=compensation,
                 flags=np.zeros(size, dtype=np.int32),
-                unit=["mm"] * size,
+                unit=unit,
                 source_format=["csv"] * size,
                 source_file=[""] * size,
             ),
@@ -217,6 +226,7 @@ class ChunkParser:
             "cte_per_k": cte,
             "cte_u_per_k": cte_u,
             **self._shared.numbers.convert_all(columns, lines, bad),
+            "unit": units(columns.get(UNIT_COLUMN), lines, bad),
         }
 
     def _check_materials(self, raws: list[str]) -> list[tuple[str, str | None]]:
@@ -231,6 +241,19 @@ class ChunkParser:
             else:
                 out.append((key, None))
         return out
+
+
+def units(column: list[str] | None, lines: NDArray[np.int64], bad: dict[int, RowError]) -> list[str]:
+    """The `unit` of each row: `mm` (also when empty or the column is absent) or `deg`,
+    case-insensitive; another value is a row error naming `unit`."""
+    if column is None:
+        return [LENGTH] * len(lines)
+    known = {raw: UNITS.get(raw.strip().lower()) for raw in set(column)}
+    if None in known.values():
+        for i, raw in enumerate(column):
+            if known[raw] is None and i not in bad:
+                bad[i] = RowError(int(lines[i]), UNIT_COLUMN, f"unknown unit {raw.strip()!r}: expected mm or deg")
+    return [known[raw] or LENGTH for raw in column]
 
 
 def split_line(line: str) -> list[str] | None:
