@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cmm_twin import launcher
+from cmm_twin.accuracy import cli as accuracy_cli
 from cmm_twin.gateway import config as gateway_config
 from cmm_twin.mes import cli as mes_cli
 from cmm_twin.options import Option, show_default
@@ -61,6 +62,10 @@ def render() -> str:
         "#### Simulator (`cmm_simulator.py`)",
         "",
         *_option_rows(simulator_cli.OPTIONS),
+        "",
+        "#### Accuracy against the truth (`python -m cmm_twin.accuracy`)",
+        "",
+        *_option_rows(accuracy_cli.OPTIONS),
         "",
         "#### Secrets (environment or an untracked `.env` only)",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cmm_twin import launcher, reference
+from cmm_twin.accuracy import cli as accuracy_cli
 from cmm_twin.gateway.config import CONFIG_OPTION, gateway_options
 from cmm_twin.mes import cli as mes_cli
 from cmm_twin.simulator import cli as simulator_cli
@@ -19,7 +20,13 @@ def test_the_configuration_reference_is_generated_from_the_code() -> None:
 
 def test_every_flag_and_variable_is_in_the_reference() -> None:
     block = reference.render()
-    programs = (launcher.OPTIONS, (*gateway_options(), CONFIG_OPTION), mes_cli.OPTIONS, simulator_cli.OPTIONS)
+    programs = (
+        launcher.OPTIONS,
+        (*gateway_options(), CONFIG_OPTION),
+        mes_cli.OPTIONS,
+        simulator_cli.OPTIONS,
+        accuracy_cli.OPTIONS,
+    )
     for option in (option for options in programs for option in options):
         assert f"`{option.flag}" in block, f"{option.flag} missing from the README"
         assert f"`{option.env}`" in block, f"{option.env} missing from the README"

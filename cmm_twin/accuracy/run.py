@@ -21,11 +21,11 @@ from cmm_twin.accuracy.goals import ScenarioFigures
 from cmm_twin.accuracy.join import join, read_store, read_truth
 from cmm_twin.accuracy.metrics import cell_figures, grouped_figures
 from cmm_twin.errors import CmmTwinError, ConfigError
-from cmm_twin.gateway.config import TOML_SECTIONS
 from cmm_twin.simulator.catalogue import CATALOGUE, part_type_index
 from cmm_twin.simulator.cli import SimulatorSettings, parse_settings
 from cmm_twin.simulator.cli import run as run_simulator
-from cmm_twin.simulator.machines import DEFAULT_MPE, machines_table, parse_mpe
+from cmm_twin.simulator.gateway_toml import gateway_toml
+from cmm_twin.simulator.machines import DEFAULT_MPE, parse_mpe
 
 log = logging.getLogger(__name__)
 
@@ -109,27 +109,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def gateway_config_text(settings: AccuracySettings) -> str:
-    """The gateway's TOML: each machine's MPE, as the simulator draws its CMM errors within it
-    (empty, with a warning, for a gateway without the `[machines]` table)."""
-    if "machines" not in TOML_SECTIONS:
-        log.warning("this gateway has no [machines] table: the machines' MPE is not mirrored in its config")
-        return ""
-    mpe = parse_mpe(settings.mpe) if settings.mpe else DEFAULT_MPE
-    lines: list[str] = []
-    for machine, entries in machines_table(settings.machines, mpe).items():
-        lines.append(f'[machines."{machine}"]')
-        lines += [f"{key} = {_toml_value(value)}" for key, value in entries.items()]
-        lines.append("")
-    return "\n".join(lines)
+    """The gateway's TOML: each machine's MPE, as the simulator draws its CMM errors within it,
+    and the part catalogue."""
+    return gateway_toml(settings.machines, parse_mpe(settings.mpe) if settings.mpe else DEFAULT_MPE)
 
 
 def run_gateway(data_dir: Path, config: Path, log_path: Path) -> int:

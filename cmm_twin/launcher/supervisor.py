@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cmm_twin.launcher.settings import CHAOS_COMMAND, LauncherSettings, child_environment
+from cmm_twin.simulator.gateway_toml import gateway_toml
 from cmm_twin.simulator.shop import SECONDS_PER_DAY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,9 @@ PREFIX_WIDTH = 10
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 MES_READY_RE = re.compile(r"mock MES listening on http://\S+:(\d+) ")
+SHOP_CONFIG_NAME = "simulated-shop.toml"
+"""The gateway's configuration the launcher writes into the data directory: the simulated shop's
+part catalogue (materials of dfq/calypso/qif parts) and its machines' MPE."""
 GATEWAY_READY_RE = re.compile(r"gateway ready: .* HTTP http://([\d.]+):(\d+)/health")
 SIMULATOR_READY_RE = re.compile(r"simulator started: ")
 
@@ -168,8 +172,11 @@ class Launcher:
 
         if s.outbox:  # the outbox directory stands for a share that exists (a missing one buffers)
             (s.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
+        shop_config = s.data_dir / SHOP_CONFIG_NAME  # the simulated shop's part catalogue and machines
+        shop_config.write_text(gateway_toml(s.machines), encoding="utf-8")
         gateway_args = [
             "--data-dir", str(s.data_dir),
+            "--config", str(shop_config),
             "--mes-url", f"http://{HOST}:{self.mes_port}",
             "--http", f"{HOST}:{s.http_port}",
             "--opcua-endpoint", self.opcua_endpoint,
