@@ -64,6 +64,9 @@ class OpcUaSink(Sink):
         self._space: AddressSpace | None = None
         """The running server's nodes; None while not open."""
         self._characteristics: CharacteristicNodes | None = None
+        self._stale: dict[tuple[str, str], None] = {}
+        """Characteristics of batches the runner dropped under load (`superseded`): written with
+        the next batch or health sample, so no figure stays behind the monitor."""
         self.quality: QualityMonitor | None = None
         """The capability monitor whose figures the Characteristics show (from the gateway's app)."""
         self._warned = False
@@ -280,13 +283,23 @@ class OpcUaSink(Sink):
 
     async def _write_characteristics(self, batch: RecordBatch, now: dt.datetime) -> None:
         """Show the monitor's figures of every characteristic of `batch` (it saw the batch before
-        its commit, so they include it)."""
+        its commit, so they include it) and of the batches dropped since."""
+        self._stale.update(dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)))
+        await self._write_stale(now)
+
+    async def _write_stale(self, now: dt.datetime) -> None:
         if self.quality is None or self._characteristics is None:
             return
-        for machine_id, feature in dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)):
+        keys, self._stale = self._stale, {}
+        for machine_id, feature in keys:
             report = self.quality.report(machine_id, feature)
             if report is not None:
                 await self._characteristics.write(report, now)
+
+    def superseded(self, batch: RecordBatch) -> None:
+        """A batch dropped under load: its machines' newest values come with a newer batch, but
+        its characteristics' figures are written with the next batch or health sample."""
+        self._stale.update(dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)))
 
     def add_routes(self, app: web.Application) -> None:
         """No routes: takes the gateway's capability monitor from the app, to show its figures."""
@@ -301,7 +314,9 @@ class OpcUaSink(Sink):
         if space is None or not samples:
             return Delivered()
         try:
-            await space.write_gateway(gateway_values(samples[-1]), dt.datetime.now(dt.UTC))
+            now = dt.datetime.now(dt.UTC)
+            await space.write_gateway(gateway_values(samples[-1]), now)
+            await self._write_stale(now)
         except Exception:
             _logger.exception("updating the OPC UA Gateway object failed")
         return Delivered()
