@@ -108,6 +108,18 @@ def test_live_page_shows_the_twin_and_an_mes_outage(twin: tuple[GatewayProcess, 
                 }""",
                 timeout=60_000,
             )
+            # A capability tile per machine and characteristic: raw Cpk next to compensated Cpk, and n.
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('.cap-tile')].some(t =>
+                    /^-?\\d+\\.\\d\\d$/.test(t.querySelector('.raw').innerText)
+                    && /^-?\\d+\\.\\d\\d$/.test(t.querySelector('.compensated').innerText)
+                    && /n \\d+/.test(t.querySelector('.n').innerText))""",
+                timeout=60_000,
+            )
+            tiles = page.locator(".cap-tile").evaluate_all(
+                "(ts) => ts.map((t) => t.dataset.machine + '/' + t.dataset.feature)"
+            )
+            assert tiles and len(tiles) == len(set(tiles)), tiles
             page.wait_for_function("() => document.querySelector('#mes-state').innerText.includes('connected')")
             assert text_of(page, "mes-state").startswith("connected"), text_of(page, "mes-state")
             page.screenshot(path=str(ARTIFACTS / "live-page.png"))

@@ -23,6 +23,7 @@ from cmm_twin.gateway.ingest.inbox import InboxQueue
 from cmm_twin.gateway.ingest.pipeline import Pipeline
 from cmm_twin.gateway.live_runner import LiveRunner
 from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.quality import QualityMonitor, history
 from cmm_twin.gateway.runner import DurableRunner, RunnerSettings
 from cmm_twin.gateway.sink_lifecycle import SinkOpener
 from cmm_twin.gateway.sinks.base import Sink
@@ -54,7 +55,8 @@ class Gateway:
         self.config = config
         self.environ = os.environ if environ is None else environ
         self.status = GatewayStatus()
-        self.metrics = GatewayMetrics(self.status)
+        self.quality = QualityMonitor(config.quality)
+        self.metrics = GatewayMetrics(self.status, self.quality)
         sinks: list[Sink] = []
         for plugin in SINK_PLUGINS:
             if plugin.name in config.sinks_off:
@@ -96,6 +98,8 @@ class Gateway:
         config = self.config
         durable = [s for s in self.sinks if s.durable]
         await state.call(state.store.register_sinks, [s.name for s in durable])
+        # Capability and alarms survive a restart: before a sink opens (OPC UA shows them at once).
+        await asyncio.to_thread(history.rebuild_from_config, self.quality, config)
         async with contextlib.AsyncExitStack() as stack:
             openers: dict[str, SinkOpener] = {}
             for sink in self.sinks:
@@ -105,7 +109,7 @@ class Gateway:
                 )
                 stack.push_async_callback(opener.close)
             http = HttpServer(
-                build_app(self.status, self.metrics, self._health_extra, self.sinks),
+                build_app(self.status, self.metrics, self._health_extra, self.sinks, self.quality),
                 *config.http,
                 allowed_hosts=config.http_allowed_hosts,
             )
@@ -144,7 +148,9 @@ class Gateway:
             )
             queue = InboxQueue(config.inbox)
             queue.rescan()
-            self.pipeline = Pipeline(config, state, self.status, self.metrics, self._publish, bool(durable), spooled)
+            self.pipeline = Pipeline(
+                config, state, self.status, self.metrics, self._publish, bool(durable), spooled, self.quality
+            )
             for durable_runner in self._durable:  # /health tells the spooled backlog from its first answer
                 await durable_runner.refresh_status()
             # Start-up leaves about 450,000 long-lived objects (asyncua's standard address space

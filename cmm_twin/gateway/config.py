@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from cmm_twin.errors import ConfigError
+from cmm_twin.gateway.quality.settings import QualitySettings, quality_settings
 from cmm_twin.gateway.sources.inputs import InputSettings, input_settings
 from cmm_twin.options import (
     ENV_PREFIX,
@@ -140,7 +141,7 @@ CONFIG_OPTION = option_table(
         ),
     ),
 )[0]
-TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs", "machines")
+TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs", "machines", "quality")
 MACHINE_KEYS = ("cmm_mpe_a_um", "cmm_mpe_k_mm_per_um")
 """Keys of a `[machines."<id>"]` table: the MPE E0 = A + L/K of that CMM (ISO 10360-2)."""
 SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
@@ -178,6 +179,8 @@ class GatewayConfig:
     sink_backoff_max_s: float = 30.0
     inputs: InputSettings = field(default_factory=InputSettings)
     """The `[inputs]` table: what every source settles the same way."""
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    """The `[quality]` table: the capability monitor's window and alarm rule (docs/capability.md)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Every option's value by dest, those of plugins' options too (a plugin reads the options it
     declared here); always agrees with the typed fields above."""
@@ -367,6 +370,7 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: physics", str(exc)) from None
     out["materials"] = materials
     out["inputs"] = inputs
+    out["quality"] = quality_settings(_table(sections, "quality", where), where)
     for section in ("ingest", "sinks"):
         table = _table(sections, section, where)
         for key, value in table.items():

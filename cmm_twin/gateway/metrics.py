@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cmm_twin.gateway.quality.monitor import QualityMonitor
+from cmm_twin.gateway.quality.report import QualityCollector
 from cmm_twin.gateway.status import GatewayStatus, SinkState
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -46,9 +48,10 @@ class _StatusCollector(Collector):
 
 
 class GatewayMetrics:
-    """Counters and histograms the gateway updates as it works."""
+    """Counters and histograms the gateway updates as it works, and the gauges read at scrape time
+    (the gateway's status; with `quality`, capability and compensation health per characteristic)."""
 
-    def __init__(self, status: GatewayStatus) -> None:
+    def __init__(self, status: GatewayStatus, quality: QualityMonitor | None = None) -> None:
         self.registry = CollectorRegistry()
         self.files_processed = Counter(
             "cmm_files_processed", "Inbox files processed", ["destination"], registry=self.registry
@@ -69,6 +72,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_StatusCollector(status))
+        if quality is not None:
+            self.registry.register(QualityCollector(quality))
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

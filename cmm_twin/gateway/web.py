@@ -1,5 +1,5 @@
-"""HTTP side of the gateway (aiohttp): /health, /metrics, /api/v1/history and the live page
-(`/`, `/static/{name}`, `/api/v1/events`, `/api/v1/rejects`; see `cmm_twin.gateway.sinks.page`)."""
+"""HTTP side of the gateway (aiohttp): /health, /metrics, /api/v1/history, /api/v1/capability and the
+live page (`/`, `/static/{name}`, `/api/v1/events`, `/api/v1/rejects`; see `cmm_twin.gateway.sinks.page`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.quality.monitor import QualityMonitor
+from cmm_twin.gateway.quality.report import capability_document, health_section
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.historian.api import (
     STREAM_TAIL,
@@ -42,6 +44,8 @@ HistoryOpener = Callable[[HistoryQuery], AbstractAsyncContextManager[HistoryStre
 """Opens a streamed history query (`SqliteHistorianSink.stream`)."""
 HISTORY_KEY: web.AppKey[HistoryOpener] = web.AppKey("history")
 """Set by the sink that answers /api/v1/history (the embedded historian); absent: 404."""
+QUALITY_KEY = web.AppKey("quality", QualityMonitor)
+"""The capability monitor (`/api/v1/capability`; sinks showing capability read it from here)."""
 HISTORY_WRITE_TIMEOUT_S = 30.0
 """A history client that takes no data this long is dropped (its snapshot and slot are freed)."""
 SHUTDOWN_TIMEOUT_S = 2.0
@@ -55,10 +59,14 @@ previous response) is closed."""
 WARNING_INTERVAL_S = 60.0
 
 
-def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def health_document(
+    status: GatewayStatus, extra: dict[str, Any], quality: QualityMonitor | None = None
+) -> tuple[dict[str, Any], int]:
     """The /health JSON and its HTTP status: 503 when a sink failed to start, else 200.
     `disk_full` is true while the gateway's own writes fail for lack of space (intake is paused
-    then, and `disk_full_in` says what waits for space)."""
+    then, and `disk_full_in` says what waits for space). With `quality`, `compensation_health`
+    is `degraded` while a characteristic's thermal-slope alarm is on, and lists the alarms (the
+    gateway itself still works: 200)."""
     failed = [name for name, sink in status.sinks.items() if sink.state is SinkState.FAILED]
     body: dict[str, Any] = {
         "status": "failed" if failed else "ok",
@@ -81,14 +89,23 @@ def health_document(status: GatewayStatus, extra: dict[str, Any]) -> tuple[dict[
             }
             for name, sink in status.sinks.items()
         },
+        **({"compensation_health": health_section(quality)} if quality is not None else {}),
         **extra,
     }
     return body, (503 if failed else 200)
 
 
 async def _health(request: web.Request) -> web.Response:
-    body, code = health_document(request.app[STATUS_KEY], request.app[EXTRA_KEY]())
+    body, code = health_document(request.app[STATUS_KEY], request.app[EXTRA_KEY](), request.app.get(QUALITY_KEY))
     return web.json_response(body, status=code)
+
+
+async def _capability(request: web.Request) -> web.Response:
+    """`GET /api/v1/capability` (docs/capability.md); 404 when the gateway has no monitor."""
+    monitor = request.app.get(QUALITY_KEY)
+    if monitor is None:
+        return web.json_response({"error": "no capability monitor in this gateway"}, status=404)
+    return web.json_response(capability_document(monitor))
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -143,16 +160,21 @@ def build_app(
     metrics: GatewayMetrics,
     extra: Callable[[], dict[str, Any]],
     sinks: Sequence[Sink] = (),
+    quality: QualityMonitor | None = None,
 ) -> web.Application:
-    """The aiohttp application serving the gateway's HTTP API, with the routes each sink adds."""
+    """The aiohttp application serving the gateway's HTTP API, with the routes each sink adds
+    (`quality`, set before the sinks add theirs, is there for them to read: `QUALITY_KEY`)."""
     app = web.Application()
     app[STATUS_KEY] = status
     app[METRICS_KEY] = metrics
     app[EXTRA_KEY] = extra
-    app[HEALTH_DOC_KEY] = lambda: health_document(status, extra())[0]
+    app[HEALTH_DOC_KEY] = lambda: health_document(status, extra(), quality)[0]
+    if quality is not None:
+        app[QUALITY_KEY] = quality
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/v1/history", _history)
+    app.router.add_get("/api/v1/capability", _capability)
     for sink in sinks:
         sink.add_routes(app)
     return app

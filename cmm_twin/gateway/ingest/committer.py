@@ -24,6 +24,7 @@ from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.ingest import reports
 from cmm_twin.gateway.ingest.jobs import FileOutcome, Job, Step, read_unit
 from cmm_twin.gateway.ingest.records import reject_implausible, to_records
+from cmm_twin.gateway.quality.monitor import QualityMonitor
 from cmm_twin.gateway.sources import BatchReading, FileRejected, ParsedChunk
 from cmm_twin.gateway.sources.rows import concat_rows
 from cmm_twin.gateway.state import AsyncState, FileProgress, StoredRowError
@@ -47,10 +48,14 @@ class _GrewError(Exception):
 class FileCommitter:
     """Reads, commits and moves files on the state thread (see the module docstring)."""
 
-    def __init__(self, config: GatewayConfig, state: AsyncState, spool_enabled: bool) -> None:
+    def __init__(
+        self, config: GatewayConfig, state: AsyncState, spool_enabled: bool, quality: QualityMonitor | None = None
+    ) -> None:
         self.config = config
         self.state = state
         self.spool_enabled = spool_enabled
+        self.quality = quality
+        """The capability monitor: sees every evaluated batch before its commit (`_plausible`)."""
         self.forget: set[str] = set()
         """Files moved out of the inbox whose progress is dropped with the next commit. Shared
         with the event loop: the pipeline touches it only while none of its state calls is in flight."""
@@ -173,9 +178,12 @@ class FileCommitter:
         return {id(c): joint.take(slice(bounds[k], bounds[k + 1])) for k, c in enumerate(chunks)}
 
     def _plausible(self, chunk: ParsedChunk, records: RecordBatch) -> tuple[RecordBatch, list[StoredRowError]]:
-        """`records` of `chunk` without rows whose results are implausible; the chunk's row errors
-        with those rows' errors added, in line order."""
+        """`records` of `chunk` without rows whose results are implausible (seen by the capability
+        monitor, which flags them `residual_thermal_slope` while their characteristic's alarm is
+        on); the chunk's row errors with those rows' errors added, in line order."""
         records, implausible = reject_implausible(records, chunk.rows.line, self.config.physics.limits)
+        if self.quality is not None:  # before the commit: it flags alarmed records in place (docs/capability.md)
+            self.quality.observe(records)
         row_errors = sorted([*chunk.errors, *implausible], key=lambda e: e.line) if implausible else chunk.errors
         return records, [StoredRowError(e.line, e.column, e.reason) for e in row_errors]
 

@@ -31,6 +31,7 @@ from cmm_twin.gateway.ingest.committer import RETRY_FAILED_FILE_S, FileCommitter
 from cmm_twin.gateway.ingest.inbox import FileObservations, InboxQueue
 from cmm_twin.gateway.ingest.jobs import FileOutcome, Job, Step
 from cmm_twin.gateway.metrics import GatewayMetrics
+from cmm_twin.gateway.quality.monitor import QualityMonitor
 from cmm_twin.gateway.sources import IngestSettings, Source, source_for
 from cmm_twin.gateway.state import AsyncState, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus
@@ -86,6 +87,7 @@ class Pipeline:
         publish: Callable[[RecordBatch], None],
         spool_enabled: bool,
         spooled: asyncio.Event,
+        quality: QualityMonitor | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -96,7 +98,7 @@ class Pipeline:
         self.spooled = spooled
         self.settings = ingest_settings(config)
         self._spool_checked = -1e9
-        self.committer = FileCommitter(config, state, spool_enabled)
+        self.committer = FileCommitter(config, state, spool_enabled, quality)
         """Reads, commits and moves files: its methods run on the state thread only."""
         self._sources: dict[type[Source], Source] = {}
         self.idle = asyncio.Event()

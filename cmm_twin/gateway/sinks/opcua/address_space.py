@@ -18,6 +18,13 @@ browsing:
         MesConnected, HistorianConnected            ns=<ns>;s=Gateway/<Name>  (Boolean)
         BufferOldestAge                             ns=<ns>;s=Gateway/<Name>  (Double, s)
 
+Capability and compensation health per characteristic (`characteristics.py`):
+
+    Objects/CMM/<machine_id>/Characteristics/<feature>/<Name>
+                                      ns=<ns>;s=CMM/<machine_id>/Characteristics/<feature>/<Name>
+        CpRaw, CpkRaw, Cp, Cpk (Double), SampleSize (Int64), ThermalSlope (Double, µm/K),
+        ThermalSlopeAlarm (Boolean)
+
 `/` separates the parts because a machine_id (`[A-Za-z0-9_.-]{1,64}`) can hold dots but never a
 slash, so two machines can never map to the same NodeId. Numeric machine variables are of type
 BaseAnalogType; each value carries the measurement time as SourceTimestamp. Verdict is written
@@ -301,6 +308,16 @@ class AddressSpace:
         self._machines[machine_id] = created = tuple(nodeids)
         _logger.info("OPC UA: new machine %s at %s", machine_id, obj.to_string())
         return created
+
+    async def ensure_machine(self, machine_id: str) -> ua.NodeId:
+        """The machine's object, created (with its variables) when not there yet."""
+        if machine_id not in self._machines:
+            await self._add_machine(machine_id)
+        return machine_node_id(self.ns, machine_id)
+
+    async def add_nodes(self, items: list[ua.AddNodesItem]) -> None:
+        """Add nodes to the server; RuntimeError naming the first one refused."""
+        await self._add_nodes(items)
 
     async def write_machine(
         self, machine_id: str, values: Sequence[Any], source: dt.datetime, now: dt.datetime

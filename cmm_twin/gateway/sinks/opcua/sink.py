@@ -16,12 +16,15 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from aiohttp import web
 from asyncua.server.server import Server
 
 from cmm_twin.gateway.health import GatewayHealth
+from cmm_twin.gateway.quality.monitor import QualityMonitor
 from cmm_twin.gateway.sinks.base import Delivered, Sink, SinkStartError, WriteOutcome
 from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, AddressSpace, gateway_values, ns_to_datetime
 from cmm_twin.gateway.sinks.opcua.certificates import APPLICATION_URI, SERVER_NAME, ensure_certificate, fingerprint
+from cmm_twin.gateway.sinks.opcua.characteristics import CharacteristicNodes
 from cmm_twin.gateway.sinks.opcua.security import (
     POLICY_NAMES,
     CredentialsUserManager,
@@ -60,6 +63,12 @@ class OpcUaSink(Sink):
         self._plan = plan_security(settings)
         self._space: AddressSpace | None = None
         """The running server's nodes; None while not open."""
+        self._characteristics: CharacteristicNodes | None = None
+        self._stale: dict[tuple[str, str], None] = {}
+        """Characteristics of batches the runner dropped under load (`superseded`): written with
+        the next batch or health sample, so no figure stays behind the monitor."""
+        self.quality: QualityMonitor | None = None
+        """The capability monitor whose figures the Characteristics show (from the gateway's app)."""
         self._warned = False
         self._cert_path: Path | None = None
         self._cert_fingerprint = ""
@@ -96,6 +105,11 @@ class OpcUaSink(Sink):
         except BaseException:  # cancelled while starting: undo the partial start, then propagate
             await _stop(server)
             raise
+        self._characteristics = CharacteristicNodes(self._space)
+        if self.quality is not None:  # what the monitor holds already (rebuilt from the history)
+            now = dt.datetime.now(dt.UTC)
+            for report in self.quality.reports():
+                await self._characteristics.write(report, now)
         _logger.debug("OPC UA server listening on %s", self.endpoint_url)
 
     def _warn_about_access(self) -> None:
@@ -176,6 +190,7 @@ class OpcUaSink(Sink):
     async def close(self) -> None:
         """Stop the server; never raises, idempotent."""
         space, self._space = self._space, None
+        self._characteristics = None
         if space is not None:
             await _stop(space.server)
 
@@ -263,7 +278,34 @@ class OpcUaSink(Sink):
                 verdicts[k],
             )
             await space.write_machine(machine_id, values, ns_to_datetime(stamps[k]), now)
+        await self._write_characteristics(batch, now)
         return Delivered()
+
+    async def _write_characteristics(self, batch: RecordBatch, now: dt.datetime) -> None:
+        """Show the monitor's figures of every characteristic of `batch` (it saw the batch before
+        its commit, so they include it) and of the batches dropped since."""
+        self._stale.update(dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)))
+        await self._write_stale(now)
+
+    async def _write_stale(self, now: dt.datetime) -> None:
+        if self.quality is None or self._characteristics is None:
+            return
+        keys, self._stale = self._stale, {}
+        for machine_id, feature in keys:
+            report = self.quality.report(machine_id, feature)
+            if report is not None:
+                await self._characteristics.write(report, now)
+
+    def superseded(self, batch: RecordBatch) -> None:
+        """A batch dropped under load: its machines' newest values come with a newer batch, but
+        its characteristics' figures are written with the next batch or health sample."""
+        self._stale.update(dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)))
+
+    def add_routes(self, app: web.Application) -> None:
+        """No routes: takes the gateway's capability monitor from the app, to show its figures."""
+        from cmm_twin.gateway.web import QUALITY_KEY  # noqa: PLC0415 (web imports the sinks' base)
+
+        self.quality = app.get(QUALITY_KEY)
 
     async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
         """Publish the newest sample on the Gateway object (only the values that changed). Errors
@@ -272,7 +314,9 @@ class OpcUaSink(Sink):
         if space is None or not samples:
             return Delivered()
         try:
-            await space.write_gateway(gateway_values(samples[-1]), dt.datetime.now(dt.UTC))
+            now = dt.datetime.now(dt.UTC)
+            await space.write_gateway(gateway_values(samples[-1]), now)
+            await self._write_stale(now)
         except Exception:
             _logger.exception("updating the OPC UA Gateway object failed")
         return Delivered()

@@ -33,6 +33,7 @@
   const BUFFER_WINDOW_MS = 10 * 60 * 1000;
   const REDRAW_MS = 500; // at most two redraws a second
   const HISTORY_FIELDS = "measured_mm,compensated_mm,part_temp_c";
+  const CAPABILITY_MS = 3000; // how often /api/v1/capability is read
 
   const $ = (id) => document.getElementById(id);
 
@@ -43,6 +44,7 @@
     tolerances: {},
     health: null,
     rejects: [],
+    capability: null, // the /api/v1/capability document
     buffer: [], // {t, depth, mes}
     historyAvailable: false,
     historyRequested: new Set(),
@@ -962,6 +964,102 @@
     }
   }
 
+  // ------------------------------------------------------------------ capability
+
+  function fetchCapability() {
+    fetch("/api/v1/capability", { cache: "no-store" })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((doc) => {
+        if (doc) {
+          state.capability = doc;
+          state.dirty.add("capability");
+        }
+      })
+      .catch(() => {}); // the gateway is stopping or restarting: read again at the next tick
+  }
+
+  function fixed(value, digits) {
+    return value === null || value === undefined ? "–" : value.toFixed(digits);
+  }
+
+  function slopeText(slope) {
+    if (!slope) return "no thermal slope (angle)";
+    if (slope.um_per_k === null) return "slope: n " + slope.n + ", not estimable";
+    const sign = (v) => (v >= 0 ? "+" : "−") + Math.abs(v).toFixed(2);
+    return "slope " + sign(slope.um_per_k) + " µm/K [" + sign(slope.ci_low) + ", " + sign(slope.ci_high) + "]";
+  }
+
+  function drawCapability() {
+    const doc = state.capability;
+    if (!doc) return;
+    $("capability-window").textContent = "Cpk raw → compensated · last " + doc.window + " values";
+    const tiles = $("capability-tiles");
+    tiles.textContent = "";
+    const machines = Object.keys(doc.machines).sort();
+    for (const machine of machines) {
+      for (const feature of Object.keys(doc.machines[machine]).sort()) {
+        const c = doc.machines[machine][feature];
+        const tile = document.createElement("div");
+        tile.className = "cap-tile" + (c.alarm ? " alarm" : "");
+        tile.dataset.machine = machine;
+        tile.dataset.feature = feature;
+        tile.dataset.alarm = String(c.alarm);
+        const name = document.createElement("div");
+        name.className = "name";
+        const machineName = document.createElement("span");
+        machineName.className = "machine";
+        machineName.textContent = machine + " ";
+        name.append(machineName, document.createTextNode(feature));
+        name.title = machine + " " + feature;
+        const cpk = document.createElement("div");
+        cpk.className = "cpk";
+        const raw = document.createElement("span");
+        raw.className = "raw";
+        raw.textContent = fixed(c.raw.cpk, 2);
+        raw.title = "Cpk of the raw deviations (measured − nominal)";
+        const comp = document.createElement("span");
+        comp.className = "compensated";
+        comp.textContent = fixed(c.compensated.cpk, 2);
+        comp.title = "Cpk of the deviations compensated to 20 °C";
+        const n = document.createElement("span");
+        n.className = "n muted";
+        n.textContent = " n " + c.n;
+        cpk.append("Cpk ", raw, " → ", comp, n);
+        const slope = document.createElement("div");
+        slope.className = "slope";
+        slope.textContent = slopeText(c.thermal_slope);
+        tile.append(name, cpk, slope);
+        tiles.append(tile);
+      }
+    }
+    if (!tiles.childElementCount) {
+      const empty = document.createElement("p");
+      empty.className = "muted empty";
+      empty.textContent = "No characteristic yet.";
+      tiles.append(empty);
+    }
+    const banner = $("quality-alarm");
+    banner.textContent = "";
+    banner.hidden = !doc.alarms.length;
+    if (doc.alarms.length) {
+      const head = document.createElement("strong");
+      head.textContent = "Compensation health: the compensated deviation still trends with the part temperature";
+      const list = document.createElement("ul");
+      for (const a of doc.alarms) {
+        const li = document.createElement("li");
+        li.dataset.machine = a.machine_id;
+        li.dataset.feature = a.feature;
+        const slope = { um_per_k: a.slope_um_per_k, ci_low: a.ci_low, ci_high: a.ci_high, n: a.n };
+        li.textContent =
+          a.machine_id + " " + a.feature + ": " + slopeText(slope) +
+          " (" + Math.round(100 * a.confidence) + " % CI, n " + a.n + ")" +
+          " — check the material's CTE, the temperature sensor, the part catalogue";
+        list.append(li);
+      }
+      banner.append(head, list);
+    }
+  }
+
   // ------------------------------------------------------------------ redraw loop
 
   const DRAW = {
@@ -969,6 +1067,7 @@
     header: drawHeader,
     verdicts: drawVerdicts,
     rejects: drawRejects,
+    capability: drawCapability,
     thermal: drawThermal,
     deviation: drawDeviation,
     buffer: drawBuffer,
@@ -997,8 +1096,10 @@
     });
     window.addEventListener("resize", () => ["thermal", "deviation", "buffer"].forEach((d) => state.dirty.add(d)));
     connect();
+    fetchCapability();
     redraw();
     window.setInterval(redraw, REDRAW_MS);
+    window.setInterval(fetchCapability, CAPABILITY_MS);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
