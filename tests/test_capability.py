@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cmm_twin.physics.capability import (
+    SlopeRows,
     ThermalSlope,
     capability,
     capability_rows,
@@ -208,3 +209,20 @@ def test_rows_are_computed_independently_and_match_the_one_sample_functions() ->
     assert slopes.n.tolist() == [5, 5, 3]
     assert slopes.row(2).slope_um_per_k == pytest.approx(1.75, rel=1e-12)  # (2, 18), (4, 20), (9, 22)
     assert slope_alarms(slopes, 0.5, 3).tolist() == [slope_alarm(slopes.row(i), 0.5, 3) for i in range(3)]
+
+
+def test_an_alarm_on_stays_on_while_the_slope_is_beyond_the_limit() -> None:
+    """Hysteresis: raised when the interval lies beyond the limit, held while the estimate stays
+    beyond it, cleared when the estimate is back within +-limit (or too few values)."""
+    slopes = SlopeRows(
+        n=np.array([50, 50, 50, 50, 10]),
+        slope_um_per_k=np.array([0.9, 0.6, 0.4, -0.6, 0.6]),
+        stderr_um_per_k=np.array([0.1, 0.1, 0.1, 0.1, 0.1]),
+        ci_low_um_per_k=np.array([0.7, 0.4, 0.2, -0.8, 0.4]),
+        ci_high_um_per_k=np.array([1.1, 0.8, 0.6, -0.4, 0.8]),
+        confidence=0.95,
+    )
+    fresh = slope_alarms(slopes, 0.5, 20)
+    assert fresh.tolist() == [True, False, False, False, False]
+    held = slope_alarms(slopes, 0.5, 20, held=np.ones(5, dtype=np.bool_))
+    assert held.tolist() == [True, True, False, True, False]

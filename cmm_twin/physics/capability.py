@@ -204,16 +204,27 @@ def thermal_slope(deviation_um: ArrayLike, part_temp_c: ArrayLike, confidence: f
 
 
 def slope_alarms(
-    slopes: SlopeRows, limit_um_per_k: float = 0.5, min_samples: int = 20, rule: str = "beyond_limit"
+    slopes: SlopeRows,
+    limit_um_per_k: float = 0.5,
+    min_samples: int = 20,
+    rule: str = "beyond_limit",
+    held: NDArray[np.bool_] | None = None,
 ) -> NDArray[np.bool_]:
-    """`slope_alarm` of every row of `slopes`."""
+    """`slope_alarm` of every row of `slopes`. `held`: the rows whose alarm is on already; such an
+    alarm stays on while the slope itself stays beyond +-limit (hysteresis: raised on evidence,
+    cleared when the estimate is back within the limit, so it does not flicker at the edge)."""
     if rule not in ALARM_RULES:
         raise ValueError(f"rule must be one of {', '.join(ALARM_RULES)}, got {rule!r}")
     low, high = slopes.ci_low_um_per_k, slopes.ci_high_um_per_k
     enough = (slopes.n >= min_samples) & np.isfinite(slopes.slope_um_per_k)
+    beyond = np.abs(slopes.slope_um_per_k) > limit_um_per_k
     if rule == "beyond_limit":
-        return enough & ((low > limit_um_per_k) | (high < -limit_um_per_k))
-    return enough & (np.abs(slopes.slope_um_per_k) > limit_um_per_k) & ((low > 0.0) | (high < 0.0))
+        raised = enough & ((low > limit_um_per_k) | (high < -limit_um_per_k))
+    else:
+        raised = enough & beyond & ((low > 0.0) | (high < 0.0))
+    if held is None:
+        return raised
+    return raised | (held & enough & beyond)
 
 
 def slope_alarm(

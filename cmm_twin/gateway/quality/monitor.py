@@ -193,7 +193,8 @@ class QualityMonitor:
         comp = capability_rows(compensated, lower, upper)
         temps = np.stack([w.oldest_first(w.part_temp_c) for w in windows])
         slopes = thermal_slope_rows(compensated, temps, settings.confidence)
-        alarms = slope_alarms(slopes, settings.slope_limit_um_per_k, settings.min_samples, settings.rule).tolist()
+        held = np.array([(r := self._reports.get(key)) is not None and r.alarm for key in keys], dtype=np.bool_)
+        alarms = slope_alarms(slopes, settings.slope_limit_um_per_k, settings.min_samples, settings.rule, held).tolist()
         reports = []
         for i, (key, window) in enumerate(zip(keys, windows, strict=True)):
             length = window.unit == "mm"  # angles: no thermal expansion, no slope
