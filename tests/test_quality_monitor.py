@@ -24,6 +24,10 @@ SLOPE_FLAG = int(Flag.RESIDUAL_THERMAL_SLOPE)
 T0_NS = 1_700_000_000 * 10**9
 
 
+SAMPLES_20 = QualitySettings(min_samples=20)
+"""The defaults with an alarm possible from 20 values (the default waits for 80), for short series."""
+
+
 def batch(
     temps_c: Sequence[float],
     deviations_um: Sequence[float],
@@ -75,7 +79,7 @@ def trending(n: int, slope: float, first: int = 0, **kwargs: object) -> RecordBa
 
 
 def test_capability_of_the_window_matches_the_formulas() -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     raw = [3.0, 5.0, 7.0, 9.0, 11.0]
     monitor.observe(batch([20.0, 21.0, 22.0, 23.0, 24.0], [1.0, 2.0, 3.0, 4.0, 5.0], raw_um=raw))
     (report,) = monitor.reports()
@@ -103,7 +107,7 @@ def test_the_window_keeps_the_newest_values_and_the_newest_limits() -> None:
 
 
 def test_a_record_seen_before_is_not_counted_twice() -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     records = batch([20.0, 21.0, 22.0], [1.0, 2.0, 6.0])
     monitor.observe(records)
     monitor.observe(batch([20.0, 21.0, 22.0], [1.0, 2.0, 6.0]))  # the same ids (a chunk read again)
@@ -112,7 +116,7 @@ def test_a_record_seen_before_is_not_counted_twice() -> None:
 
 
 def test_alarm_flags_the_records_of_its_characteristic_only() -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     quiet = trending(19, 1.2)
     monitor.observe(quiet)
     assert not monitor.alarms()  # 19 < min_samples 20
@@ -157,7 +161,7 @@ def test_the_alarm_clears_when_the_trend_leaves_the_window() -> None:
 
 
 def test_observe_without_flag_leaves_records_unchanged() -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     records = trending(30, 2.0)
     monitor.observe(records, flag=False)
     assert monitor.alarms()
@@ -165,7 +169,7 @@ def test_observe_without_flag_leaves_records_unchanged() -> None:
 
 
 def test_angles_get_capability_but_no_slope() -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     monitor.observe(trending(40, 3.0, feature="angle_a", unit="deg", lower_mm=-0.05, upper_mm=0.1))
     (report,) = monitor.reports()
     assert report.slope is None and not report.alarm
@@ -178,7 +182,7 @@ def test_angles_get_capability_but_no_slope() -> None:
 
 
 def test_assumed_temperatures_do_not_count_for_the_slope() -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     monitor.observe(trending(30, 2.0, flags=int(Flag.TEMPERATURE_ASSUMED)))
     (report,) = monitor.reports()
     assert report.n == 30 and report.slope is not None
@@ -190,7 +194,7 @@ def test_capability_document_shape_and_nulls() -> None:
     monitor.observe(batch([20.0], [1.0], tolerance_mm=math.nan, upper_mm=0.004))
     doc = capability_document(monitor)
     settings = [doc[k] for k in ("window", "slope_limit_um_per_k", "confidence", "min_samples", "rule")]
-    assert settings == [125, 0.5, 0.95, 20, "beyond_limit"]
+    assert settings == [125, 0.5, 0.95, 80, "beyond_limit"]
     entry = doc["machines"]["CMM-01"]["bore"]
     assert entry["n"] == 1 and entry["window"] == 125 and entry["alarm"] is False
     assert entry["limits"] == {"lower_um": None, "upper_um": 4.0}
@@ -216,7 +220,7 @@ def test_quality_table_is_read(tmp_path: Path) -> None:
     args = write_toml(tmp_path, table + 'rule = "significant"\n')
     assert load_config(args, {}).quality == QualitySettings(50, 0.8, 0.99, 10, "significant")
     default = load_config(["--data-dir", str(tmp_path)], {}).quality
-    assert default == QualitySettings(125, 0.5, 0.95, 20, "beyond_limit")
+    assert default == QualitySettings(125, 0.5, 0.95, 80, "beyond_limit")
 
 
 @pytest.mark.parametrize(
@@ -245,7 +249,7 @@ def test_rebuild_from_the_embedded_historian(tmp_path: Path) -> None:
     store = HistoryStore(path)
     try:
         first = trending(30, 1.5)
-        QualityMonitor().observe(first)  # flagged as the gateway would
+        QualityMonitor(SAMPLES_20).observe(first)  # flagged as the gateway would
         store.write(first)
         store.write(trending(10, 0.0, feature="flat", machine="CMM-02"))
         store.write(trending(5, 1.5, first=30))
@@ -258,17 +262,17 @@ def test_rebuild_from_the_embedded_historian(tmp_path: Path) -> None:
     bore = [i for i, f in enumerate(newest.feature) if f == "bore"]
     assert [newest.measurement_id[i] for i in bore] == [f"CMM-01-bore-{k}" for k in range(15, 35)]
 
-    live = QualityMonitor(QualitySettings(window=20))
+    live = QualityMonitor(QualitySettings(window=20, min_samples=20))
     live.observe(RecordBatch.concat([trending(30, 1.5), trending(10, 0.0, feature="flat", machine="CMM-02")]))
     live.observe(trending(5, 1.5, first=30))
-    restarted = QualityMonitor(QualitySettings(window=20))
+    restarted = QualityMonitor(QualitySettings(window=20, min_samples=20))
     assert rebuild(restarted, path) == 30
     assert restarted.reports() == live.reports()
     assert [(a.machine_id, a.feature) for a in restarted.alarms()] == [("CMM-01", "bore")]
 
 
 def test_rebuild_without_a_store_or_from_a_broken_one(tmp_path: Path) -> None:
-    monitor = QualityMonitor()
+    monitor = QualityMonitor(SAMPLES_20)
     assert rebuild(monitor, tmp_path / "absent.sqlite") == 0
     broken = tmp_path / "broken.sqlite"
     broken.write_bytes(b"not a database at all" * 100)

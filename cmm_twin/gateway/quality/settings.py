@@ -24,8 +24,10 @@ class QualitySettings:
     (when its confidence interval also excludes zero)."""
     confidence: float = 0.95
     """Two-sided confidence level of the slope's interval."""
-    min_samples: int = 20
-    """Fewest values (with a measured part temperature) before the alarm can be raised."""
+    min_samples: int = 80
+    """Fewest values (with a measured part temperature) before the alarm can be raised. 80: with
+    fewer, tested after every part, the simulated shop's manufacturing scatter raised chance
+    alarms on right CTEs (docs/capability.md)."""
     rule: str = "beyond_limit"
     """`beyond_limit`: the slope's confidence interval lies wholly beyond +-limit; `significant`:
     |slope| > limit and the interval excludes zero (see `physics.capability.slope_alarm`)."""
