@@ -204,6 +204,23 @@ def _variable_item(
     return item
 
 
+def data_variable_item(
+    nodeid: ua.NodeId,
+    name: str,
+    ns: int,
+    parent: ua.NodeId,
+    vtype: ua.VariantType,
+    description: str,
+    *,
+    analog: bool = False,
+) -> ua.AddNodesItem:
+    """A variable `name` of `parent` in namespace `ns`, holding the initial value of its type."""
+    value = ua.Variant(_INITIAL[vtype], vtype)
+    return _variable_item(
+        nodeid, ua.QualifiedName(name, ns), parent, value, _DATATYPE[vtype], description, analog=analog
+    )
+
+
 def ns_to_datetime(ns: int) -> dt.datetime:
     """Unix nanoseconds as an aware UTC datetime (microsecond resolution, as asyncua carries it)."""
     return _EPOCH + dt.timedelta(microseconds=ns // 1000)
@@ -258,19 +275,9 @@ class AddressSpace:
         ]
         for name, vtype, description in GATEWAY_VARIABLES:
             nodeid = gateway_node_id(ns, name)
-            initial = _INITIAL[vtype]
-            items.append(
-                _variable_item(
-                    nodeid,
-                    ua.QualifiedName(name, ns),
-                    gateway,
-                    ua.Variant(initial, vtype),
-                    _DATATYPE[vtype],
-                    description,
-                )
-            )
+            items.append(data_variable_item(nodeid, name, ns, gateway, vtype, description))
             self._gateway_nodes[name] = nodeid
-            self._gateway_values[name] = initial
+            self._gateway_values[name] = _INITIAL[vtype]
         await self._add_nodes(items)
 
     async def _add_machine(self, machine_id: str) -> tuple[ua.NodeId, ...]:
@@ -280,17 +287,7 @@ class AddressSpace:
         nodeids: list[ua.NodeId] = []
         for name, vtype, units, description in MACHINE_VARIABLES:
             nodeid = machine_node_id(ns, machine_id, name)
-            items.append(
-                _variable_item(
-                    nodeid,
-                    ua.QualifiedName(name, ns),
-                    obj,
-                    ua.Variant(_INITIAL[vtype], vtype),
-                    _DATATYPE[vtype],
-                    description,
-                    analog=units is not None,
-                )
-            )
+            items.append(data_variable_item(nodeid, name, ns, obj, vtype, description, analog=units is not None))
             if units is not None:
                 items.append(
                     _variable_item(

@@ -26,13 +26,11 @@ from asyncua.ua.attribute_ids import AttributeIds
 
 from cmm_twin.gateway.quality.monitor import CharacteristicReport
 from cmm_twin.gateway.sinks.opcua.address_space import (
-    _DATATYPE,
-    _INITIAL,
     AddressSpace,
     _dv,
     _nid,
     _object_item,
-    _variable_item,
+    data_variable_item,
 )
 
 _logger = logging.getLogger(__name__)
@@ -92,16 +90,7 @@ class CharacteristicNodes:
         items.append(_object_item(obj, feature, ns, folder))
         for name, vtype, description in CHARACTERISTIC_VARIABLES:
             nodeid = characteristic_node_id(ns, machine_id, feature, name)
-            items.append(
-                _variable_item(
-                    nodeid,
-                    ua.QualifiedName(name, ns),
-                    obj,
-                    ua.Variant(_INITIAL[vtype], vtype),
-                    _DATATYPE[vtype],
-                    description,
-                )
-            )
+            items.append(data_variable_item(nodeid, name, ns, obj, vtype, description))
         await space.add_nodes(items)
         self._folders.add(machine_id)
         self._created.add((machine_id, feature))
