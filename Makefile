@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run chaos test test-under-load lint typecheck pytest chaos-test bench system-deps clean
+.PHONY: run chaos test test-under-load lint typecheck pytest chaos-test bench system-deps interop-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # System packages the tests need (installed with apt-get only when running as root, as in CI).
 system-deps:
 	@bash scripts/system-deps.sh
+
+# The node-opcua client of the OPC UA interoperability test (npm ci into tests/interop/node_modules,
+# once per package-lock.json; node and npm from Debian when missing and running as root).
+interop-deps:
+	@bash tests/interop/setup.sh
 
 # The whole twin (mock MES, edge gateway, shop simulator) on 127.0.0.1; Ctrl+C stops it.
 run: $(STAMP)
@@ -35,7 +40,7 @@ typecheck: $(STAMP)
 
 # Three workers (pytest-xdist): most tests wait on real processes and sockets, so three keep two
 # cores busy; every test picks its own ports and folders.
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps interop-deps
 	QIF_XSD_DIR=$${QIF_XSD_DIR:-tests/data/qif3-xsd} $(PY) -m pytest -q -n 3
 
 test: lint typecheck pytest
