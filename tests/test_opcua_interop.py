@@ -89,9 +89,9 @@ class Shop:
         return [p for p in document["points"] if p["feature"] == feature]
 
 
-def start_gateway(work: Path) -> tuple[GatewayProcess, str]:
+def start_gateway(work: Path, *extra: str) -> tuple[GatewayProcess, str]:
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/"
-    args = ["--data-dir", str(work), "--http", "127.0.0.1:0", "--opcua-endpoint", endpoint, "--settle-ms", "50"]
+    args = ["--data-dir", str(work), "--http", "127.0.0.1:0", "--opcua-endpoint", endpoint, "--settle-ms", "50", *extra]
     gateway = GatewayProcess(args, work / "gateway.log")
     gateway.wait_ready()
     return gateway, endpoint
@@ -192,26 +192,66 @@ def test_characteristics_are_found_by_their_type(shop: Shop) -> None:
     assert {n["parent"] for n in nodes} == {shop.nid(f"CMM/{m}/Characteristics") for m, _ in EXPECTED}
 
 
-def test_machines_are_found_by_machine_identification_type(shop: Shop) -> None:
-    wait_for_characteristics(shop)
-    machinery = shop.client.request("namespace", uri=MACHINERY_URI)
-    objects = shop.client.request("children", node="i=85")
-    folders = [c["nodeId"] for c in objects if c["browseName"] == f"{machinery}:Machines"]
-    assert len(folders) == 1, objects
-    machines = {shop.nid(f"Machines/{m}") for m in ("CMM-01", "CMM-02", "CMM.03")}
+IDENTITY = """
+[machines."CMM-01"]
+manufacturer = "Test Metrology GmbH"
+model = "Contura 7/10/6"
+serial_number = "SN-4711"
+product_instance_uri = "urn:test-metrology:cmm:SN-4711"
+year_of_construction = 2019
+"""
 
-    def attempt() -> list[dict[str, Any]] | None:
-        found = shop.client.request(
-            "instances", type_uri=MACHINERY_URI, type_name="MachineIdentificationType", root=folders[0], max_depth=2
+
+def test_machines_are_found_by_machine_identification_type(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(IDENTITY)
+    gateway, endpoint = start_gateway(tmp_path, "--config", str(config))
+    client: NodeOpcuaClient | None = None
+    try:
+        moment = datetime.now(UTC).replace(microsecond=0)
+        rows = [row(moment, m, "M-1", "length_x", 100.0, 0.010, 100.0118, 25.0) for m in ("CMM-01", "CMM.02")]
+        drop_file(tmp_path / "inbox", "machines.csv", HEADER + "".join(rows))
+        client = NodeOpcuaClient(endpoint, tmp_path / "node")
+        ns = client.request("namespace", uri=CMM_URI)
+        machinery = client.request("namespace", uri=MACHINERY_URI)
+        objects = client.request("children", node="i=85")
+        folders = [c["nodeId"] for c in objects if c["browseName"] == f"{machinery}:Machines"]
+        assert len(folders) == 1, objects
+        machines = {f"ns={ns};s=Machines/{m}" for m in ("CMM-01", "CMM.02")}
+
+        def attempt() -> list[dict[str, Any]] | None:
+            found = client.request(
+                "instances", type_uri=MACHINERY_URI, type_name="MachineIdentificationType", root=folders[0], max_depth=2
+            )
+            nodes: list[dict[str, Any]] = found["nodes"]
+            return nodes if machines <= {n["parent"] for n in nodes} else None
+
+        identifications = client.poll("the machines' identification", attempt)
+        assert sorted(n["parent"] for n in identifications) == sorted(machines)
+        ident = next(n["nodeId"] for n in identifications if n["parent"] == f"ns={ns};s=Machines/CMM-01")
+        properties = {c["browseName"].split(":", 1)[1]: c["nodeId"] for c in client.request("children", node=ident)}
+        names = ["Manufacturer", "Model", "SerialNumber", "ProductInstanceUri", "YearOfConstruction"]
+        values = client.request("read", nodes=[properties[n] for n in names])
+        assert [v["value"] for v in values] == [
+            "Test Metrology GmbH",
+            "Contura 7/10/6",
+            "SN-4711",
+            "urn:test-metrology:cmm:SN-4711",
+            2019,
+        ]
+        assert [v["dataType"] for v in values] == ["LocalizedText", "LocalizedText", "String", "String", "UInt16"]
+        state = client.request(
+            "translate",
+            node=f"ns={ns};s=Machines/CMM-01",
+            path=[f"{machinery}:MachineryBuildingBlocks", f"{machinery}:MachineryItemState", "0:CurrentState"],
         )
-        nodes: list[dict[str, Any]] = found["nodes"]
-        return nodes if machines <= {n["parent"] for n in nodes} else None
-
-    identifications = shop.client.poll("the machines' identification", attempt)
-    assert sorted(n["parent"] for n in identifications) == sorted(machines)
-    for node in identifications:
-        names = {c["browseName"].split(":", 1)[1] for c in shop.client.request("children", node=node["nodeId"])}
-        assert {"Manufacturer", "Model", "SerialNumber", "ProductInstanceUri", "YearOfConstruction"} <= names
+        assert state["status"] == "Good", state
+        [current] = client.request("read", nodes=[state["nodeId"]])
+        assert current["value"] == "Executing"  # a file just came (idle after 600 s by default)
+    finally:
+        if client is not None:
+            client.close()
+        assert gateway.stop() == 0, gateway.log_text()
 
 
 # ---------------------------------------------------------------- values, units, status codes

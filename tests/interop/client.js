@@ -132,26 +132,28 @@ async function findType(session, root, nsIndex, name) {
   throw new Error(`no type ${nsIndex}:${name} below ${root}`);
 }
 
-// Objects below `root` (hierarchical references, depth-first, each node once) whose TypeDefinition
-// is one of `typeIds`.
+// Objects below `root` (hierarchical references, breadth first, each node once, so `parent` is the
+// nearest one) whose TypeDefinition is one of `typeIds`.
 async function instancesOf(session, root, typeIds, maxDepth) {
   const wanted = new Set(typeIds);
   const seen = new Set([root]);
   const found = [];
-  async function walk(nodeId, depth) {
-    if (depth > maxDepth) return;
-    const refs = await browseAll(session, nodeId, HIERARCHICAL, true, NodeClassMask.Object);
-    for (const ref of refs) {
-      const id = ref.nodeId.toString();
-      if (seen.has(id)) continue;
-      seen.add(id);
-      if (ref.typeDefinition && wanted.has(ref.typeDefinition.toString())) {
-        found.push({ nodeId: id, browseName: plain(ref.browseName), parent: nodeId });
+  let level = [root];
+  for (let depth = 0; depth <= maxDepth && level.length; depth++) {
+    const next = [];
+    for (const nodeId of level) {
+      for (const ref of await browseAll(session, nodeId, HIERARCHICAL, true, NodeClassMask.Object)) {
+        const id = ref.nodeId.toString();
+        if (seen.has(id)) continue;
+        seen.add(id);
+        if (ref.typeDefinition && wanted.has(ref.typeDefinition.toString())) {
+          found.push({ nodeId: id, browseName: plain(ref.browseName), parent: nodeId });
+        }
+        next.push(id);
       }
-      await walk(id, depth + 1);
     }
+    level = next;
   }
-  await walk(root, 0);
   return found;
 }
 
