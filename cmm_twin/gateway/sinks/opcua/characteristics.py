@@ -24,9 +24,9 @@ code: UnitId -1) and the measurement time as SourceTimestamp. The measured value
 the part temperature and the verdict have the status Uncertain when the verdict is UNCERTAIN or
 the part temperature was assumed, else Good (the limits, U, part and time are always Good). The
 three historized ones are read with HistoryRead from the embedded history (`history`). A
-characteristic appears the first time it is measured, and again at start-up from the history (the newest record of each), so a client's
-subscription to a known NodeId works right after a restart. Whether it is an angle is fixed by its
-first record (the history's newest at start-up).
+characteristic appears the first time it is measured, and again at start-up from the history
+(the newest record of each), so a client's subscription to a known NodeId works right after a
+restart. Whether it is an angle is fixed by its first record (the history's newest at start-up).
 
 An index that cannot be estimated (too few values, no spread, no limit; Cp of a one-sided
 specification, the slope of an angle) is NaN with status Good. The capability variables are plain
