@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
 
 from cmm_twin.gateway.sinks.opcua.address_space import unece_unit_id
 from cmm_twin.gateway.sinks.opcua.settings import OpcUaSettings
@@ -32,8 +36,27 @@ async def namespace(client: Client) -> int:
     return int(await client.get_namespace_index("urn:cmm-twin"))
 
 
-async def read_value(client: Client, nodeid: ua.NodeId) -> ua.DataValue:
-    return await client.get_node(nodeid).read_data_value(raise_on_bad_status=False)
+@dataclass(frozen=True)
+class Read:
+    """A variable's value, status name and source timestamp as a client reads them."""
+
+    value: Any
+    status: str
+    good: bool
+    source: dt.datetime | None
+
+
+async def read_value(client: Client, nodeid: ua.NodeId) -> Read:
+    data = await client.get_node(nodeid).read_data_value(raise_on_bad_status=False)
+    status = data.StatusCode or ua.StatusCode()
+    value = data.Value.Value if data.Value is not None else None
+    return Read(value, status.name, status.is_good(), data.SourceTimestamp)
+
+
+async def attribute_of(client: Client, nodeid: ua.NodeId, attribute: AttributeIds) -> Any:
+    data = await client.get_node(nodeid).read_attribute(attribute)
+    assert data.Value is not None
+    return data.Value.Value
 
 
 def settings(tmp_path: Path) -> OpcUaSettings:
@@ -60,26 +83,26 @@ async def test_each_characteristic_has_its_own_values_units_status_and_timestamp
         async with connected(sink.endpoint_url) as client:
             ns = await namespace(client)
             length = {name: await read_value(client, char_id(ns, "CMM-01", "length_x", name)) for name in RESULT_NAMES}
-            assert length["CompensatedLength"].Value.Value == 100.0031, "the newest row of length_x, not bore_d's"
-            assert length["Verdict"].Value.Value == "FAIL"
-            assert length["Deviation"].Value.Value == (100.0031 - 100.0) * 1000.0
-            assert length["Verdict"].StatusCode.name == "Uncertain", "assumed temperature"
+            assert length["CompensatedLength"].value == 100.0031, "the newest row of length_x, not bore_d's"
+            assert length["Verdict"].value == "FAIL"
+            assert length["Deviation"].value == (100.0031 - 100.0) * 1000.0
+            assert length["Verdict"].status == "Uncertain", "assumed temperature"
             measured_at = dt.datetime.fromtimestamp((T0_NS + 3_000_000) / 1e9, dt.UTC)
-            assert length["Verdict"].SourceTimestamp == measured_at
+            assert length["Verdict"].source == measured_at
             stamp = await read_value(client, char_id(ns, "CMM-01", "length_x", "Timestamp"))
-            assert stamp.Value.Value == measured_at
+            assert stamp.value == measured_at
             part = await read_value(client, char_id(ns, "CMM-01", "length_x", "PartId"))
-            assert part.Value.Value == "P0003"
+            assert part.value == "P0003"
             measured = await read_value(client, char_id(ns, "CMM-01", "length_x", "MeasuredLength"))
-            assert measured.Value.Value == 100.0031 + 0.0118
+            assert measured.value == 100.0031 + 0.0118
 
             bore = {name: await read_value(client, char_id(ns, "CMM-01", "bore_d", name)) for name in RESULT_NAMES}
-            assert bore["CompensatedLength"].Value.Value == 60.0043 and bore["Verdict"].Value.Value == "UNCERTAIN"
-            assert bore["Verdict"].StatusCode.name == "Uncertain", "UNCERTAIN verdict"
-            assert math.isnan(bore["UpperTolerance"].Value.Value) and bore["UpperTolerance"].StatusCode.is_good()
+            assert bore["CompensatedLength"].value == 60.0043 and bore["Verdict"].value == "UNCERTAIN"
+            assert bore["Verdict"].status == "Uncertain", "UNCERTAIN verdict"
+            assert math.isnan(bore["UpperTolerance"].value) and bore["UpperTolerance"].good
 
             angle = await read_value(client, char_id(ns, "CMM-01", "angle_a", "MeasuredValue"))
-            assert angle.Value.Value == 45.0 + 0.0118 and angle.StatusCode.is_good()
+            assert angle.value == 45.0 + 0.0118 and angle.good
             units = {}
             for feature, name in [("length_x", "Deviation"), ("angle_a", "MeasuredValue"), ("angle_a", "Deviation")]:
                 eu = await client.get_node(char_id(ns, "CMM-01", feature, f"{name}/EngineeringUnits")).read_value()
@@ -89,12 +112,12 @@ async def test_each_characteristic_has_its_own_values_units_status_and_timestamp
                 ("angle_a", "MeasuredValue"): (unece_unit_id("DD"), "°"),
                 ("angle_a", "Deviation"): (-1, "m°"),
             }
-            historized = client.get_node(char_id(ns, "CMM-01", "length_x", "CompensatedLength"))
-            assert (await historized.read_attribute(ua.AttributeIds.Historizing)).Value.Value is True
-            access = (await historized.read_attribute(ua.AttributeIds.UserAccessLevel)).Value.Value
+            historized = char_id(ns, "CMM-01", "length_x", "CompensatedLength")
+            assert await attribute_of(client, historized, AttributeIds.Historizing) is True
+            access = await attribute_of(client, historized, AttributeIds.UserAccessLevel)
             assert access & ua.AccessLevel.HistoryRead.mask and not access & ua.AccessLevel.CurrentWrite.mask
-            plain = client.get_node(char_id(ns, "CMM-01", "length_x", "Uncertainty"))
-            assert not (await plain.read_attribute(ua.AttributeIds.AccessLevel)).Value.Value & 4
+            plain = char_id(ns, "CMM-01", "length_x", "Uncertainty")
+            assert not await attribute_of(client, plain, AttributeIds.AccessLevel) & ua.AccessLevel.HistoryRead.mask
             machine_level = await client.get_node(ua.NodeId("CMM/CMM-01/CompensatedLength", ns)).read_value()  # type: ignore[arg-type]
             assert machine_level == 100.0031, "the machine-level variables stay: latest of any characteristic"
 
@@ -111,19 +134,19 @@ async def _describe(client: Client, nodeid: ua.NodeId, prefix: str) -> dict[str,
     while pending:
         node = pending.pop()
         attributes = {}
-        for attribute in ua.AttributeIds:
-            if attribute is ua.AttributeIds.Value:
+        for attribute in AttributeIds:
+            if attribute is AttributeIds.Value:
                 continue
             data = await node.read_attribute(attribute, raise_on_bad_status=False)
             value = data.Value.Value if data.Value is not None else None
-            if attribute in (ua.AttributeIds.BrowseName, ua.AttributeIds.DisplayName, ua.AttributeIds.Description):
+            if attribute in (AttributeIds.BrowseName, AttributeIds.DisplayName, AttributeIds.Description):
                 value = str(value).replace(prefix.rsplit("/", 1)[-1], "<name>")
-            attributes[attribute.name] = (data.StatusCode.name, relative(value))
+            attributes[attribute.name] = ((data.StatusCode or ua.StatusCode()).name, relative(value))
         references = []
-        for ref in await node.get_references(refs=ua.ObjectIds.References, direction=ua.BrowseDirection.Both):
+        for ref in await node.get_references(refs=ObjectIds.References, direction=ua.BrowseDirection.Both):
             name = ref.BrowseName.Name.replace(prefix.rsplit("/", 1)[-1], "<name>")
             references.append((ref.ReferenceTypeId.to_string(), ref.IsForward, relative(ref.NodeId), name))
-            children = (ua.ObjectIds.HasComponent, ua.ObjectIds.HasProperty)
+            children = (ObjectIds.HasComponent, ObjectIds.HasProperty)
             if ref.IsForward and ref.ReferenceTypeId.Identifier in children:
                 pending.append(client.get_node(ref.NodeId))
         described[relative(node.nodeid)] = (attributes, sorted(references))
@@ -183,10 +206,10 @@ async def test_characteristics_come_back_after_a_restart_from_the_embedded_histo
         ns = await namespace(client)
         for (machine, feature), (part, _) in newest.items():
             value = await read_value(client, char_id(ns, machine, feature, "PartId"))
-            assert value.Value.Value == part, (machine, feature)
+            assert value.value == part, (machine, feature)
         for machine in {m for m, _ in newest}:
             value = await read_value(client, ua.NodeId(f"CMM/{machine}/PartId", ns))  # type: ignore[arg-type]
-            assert value.StatusCode.is_good() and value.Value.Value, machine
+            assert value.good and value.value, machine
 
     async with asyncio.timeout(4 * TIMEOUT_S):
         async with running_gateway(config) as gateway:
@@ -199,3 +222,41 @@ async def test_characteristics_come_back_after_a_restart_from_the_embedded_histo
         assert history.exists()
         async with running_gateway(config), connected(f"opc.tcp://127.0.0.1:{port}/cmm-twin/") as client:
             await check(client)
+
+
+async def test_a_rejected_row_turns_its_characteristic_bad_until_a_valid_one_comes(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/cmm-twin/"
+    config = gateway_config(tmp_path, sinks_off=frozenset(), opcua_endpoint=endpoint)
+    async with asyncio.timeout(4 * TIMEOUT_S), running_gateway(config) as gateway, connected(endpoint) as client:
+        ns = await namespace(client)
+        verdict = char_id(ns, "CMM-01", "length_x", "Verdict")
+
+        async def status_of(nodeid: ua.NodeId) -> Read:
+            return await read_value(client, nodeid)
+
+        drop_file(inbox, "a.csv", HEADER + csv_row("P1"))
+        await wait_for(lambda: gateway.status.files_processed == 1 and all(r.idle for r in gateway._live))
+        first = await status_of(verdict)
+        assert first.good and first.value == "PASS"
+        rows = csv_row("P2", measured_mm="not-a-number", timestamp="2026-01-05T06:01:00Z")
+        rows += csv_row("P2", feature="bore_d", timestamp="2026-01-05T06:01:00Z")
+        drop_file(inbox, "b.csv", HEADER + rows)
+        await wait_for(lambda: gateway.status.files_processed == 2)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+        while (bad := await status_of(verdict)).good and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert bad.status == "Bad" and bad.value is None, "Bad, so no value (OPC UA Part 4)"
+        compensated = await status_of(char_id(ns, "CMM-01", "length_x", "CompensatedLength"))
+        assert compensated.status == "Bad"
+        tolerance = await status_of(char_id(ns, "CMM-01", "length_x", "UpperTolerance"))
+        assert tolerance.good, "the specification is not what was rejected"
+        bore = await status_of(char_id(ns, "CMM-01", "bore_d", "Verdict"))
+        assert bore.good and bore.value == "PASS", "the other characteristic of the file is fine"
+        drop_file(inbox, "c.csv", HEADER + csv_row("P3", timestamp="2026-01-05T06:02:00Z"))
+        await wait_for(lambda: gateway.status.files_processed == 3)
+        while not (good := await status_of(verdict)).good and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        part = await status_of(char_id(ns, "CMM-01", "length_x", "PartId"))
+        assert good.good and part.value == "P3", "a valid row makes it good again"

@@ -54,23 +54,35 @@ class LiveRunner:
         self.opener = opener
         """Opens the sink first (retrying) when given; None: the sink is open already."""
         self.max_batches = max(1, max_batches or sink.live_queue_batches)
-        self.queue: deque[RecordBatch] = deque()
+        self.queue: deque[tuple[int, RecordBatch]] = deque()
+        """(offer number, batch), oldest first."""
+        self._offered = 0
         self.superseded_rows = 0
         """Records coalesced away (a newer record of the same characteristic was queued)."""
         self._health: GatewayHealth | None = None
+        self._rejected: dict[tuple[str, str], int] = {}
+        """Characteristics whose newest row was rejected, to hand to the sink once the batches
+        offered before the rejection (up to the offer number held) are written."""
         self._wake = asyncio.Event()
 
     def offer(self, batch: RecordBatch) -> None:
         """Queue `batch` without waiting; when full, the queue coalesces into the newest record
         per characteristic (the older ones go to the sink's `superseded`)."""
+        self._offered += 1
         if len(self.queue) >= self.max_batches:
-            kept, superseded = _coalesced(RecordBatch.concat([*self.queue, batch]))
+            kept, superseded = _coalesced(RecordBatch.concat([*(b for _, b in self.queue), batch]))
             self.queue.clear()
             batch = kept
             if len(superseded):
                 self.superseded_rows += len(superseded)
                 self._superseded(superseded)
-        self.queue.append(batch)
+        self.queue.append((self._offered, batch))
+        self._wake.set()
+
+    def offer_rejected(self, keys: list[tuple[str, str]]) -> None:
+        """Tell the sink, once what is queued now is written, that the newest rows of these
+        (machine_id, feature) were rejected."""
+        self._rejected.update(dict.fromkeys(keys, self._offered))
         self._wake.set()
 
     def offer_health(self, sample: GatewayHealth) -> None:
@@ -90,12 +102,14 @@ class LiveRunner:
             return
         self.status.state = SinkState.CONNECTED
         while not (stop.is_set() and not self.queue):
-            if not self.queue and self._health is None:
+            if not self.queue and self._health is None and not self._rejected:
                 self._wake.clear()
                 await wait_or_stop(stop, None, self._wake)
                 continue
             if self.queue:
-                await self._write(self.queue.popleft())
+                await self._write(self.queue.popleft()[1])
+            if self._rejected:
+                await self._write_rejected(self.queue[0][0] - 1 if self.queue else self._offered)
             if self._health is not None:
                 sample, self._health = self._health, None
                 await self._write_health(sample)
@@ -110,6 +124,20 @@ class LiveRunner:
             raise
         except Exception:
             log.exception("%s: write failed; the values of this batch are skipped", self.sink.name)
+
+    async def _write_rejected(self, written: int) -> None:
+        """Hand the sink the rejections made after no more than the first `written` offers."""
+        keys = [key for key, mark in self._rejected.items() if mark <= written]
+        if not keys:
+            return
+        for key in keys:
+            del self._rejected[key]
+        try:
+            await self.sink.rejected(keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: marking rejected rows failed", self.sink.name)
 
     async def _write_health(self, sample: GatewayHealth) -> None:
         try:
@@ -128,4 +156,4 @@ class LiveRunner:
     def _drain_unwritten(self) -> None:
         """Stopping before the sink ever opened: what is queued is superseded, not lost silently."""
         while self.queue:
-            self._superseded(self.queue.popleft())
+            self._superseded(self.queue.popleft()[1])

@@ -148,6 +148,11 @@ class Sink(abc.ABC):
         counts them here; the default does nothing."""
         return
 
+    async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
+        """For a live sink: the newest rows of these (machine_id, feature) were rejected (after
+        the records written before); a sink that shows values marks them. The default does nothing."""
+        return
+
     def add_routes(self, app: web.Application) -> None:
         """Serve HTTP routes of this sink from the gateway's application (the page, the history
         API); the default serves none."""

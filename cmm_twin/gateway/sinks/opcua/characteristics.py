@@ -22,7 +22,9 @@ capability and compensation health (docs/capability.md), under each machine's ob
 The result variables carry EngineeringUnits (UNECE codes MMT, DD, 4H, CEL; a millidegree has no
 code: UnitId -1) and the measurement time as SourceTimestamp. The measured values, the deviation,
 the part temperature and the verdict have the status Uncertain when the verdict is UNCERTAIN or
-the part temperature was assumed, else Good (the limits, U, part and time are always Good). The
+the part temperature was assumed, Bad (with a null value, as OPC UA Part 4 requires, stamped with
+the time of the rejection) when the characteristic's newest row was rejected, else Good (the limits, U, part and
+time are always Good). The
 three historized ones are read with HistoryRead from the embedded history (`history`). A
 characteristic appears the first time it is measured, and again at start-up from the history
 (the newest record of each), so a client's subscription to a known NodeId works right after a
@@ -104,6 +106,7 @@ _UNITS: dict[str, dict[str, ua.EUInformation]] = {
 }
 _UNCERTAIN = ua.StatusCode(cast("ua.UInt32", StatusCodes.Uncertain))
 _GOOD = ua.StatusCode()
+_BAD = ua.StatusCode(cast("ua.UInt32", StatusCodes.Bad))
 _UNCERTAIN_VERDICT = int(VERDICT_NAMES.tolist().index("UNCERTAIN"))
 
 
@@ -221,6 +224,20 @@ class CharacteristicNodes:
                 value = measured_at if name == "Timestamp" else column[k]
                 nodeid = characteristic_node_id(self.space.ns, *key, result_variable_name(name, unit))
                 await self._write(nodeid, _dv(value, vtype, measured_at, now, status if name in QUALIFIED else _GOOD))
+
+    async def mark_rejected(self, keys: Sequence[tuple[str, str]], now: dt.datetime) -> int:
+        """Give the result of each known characteristic of `keys` (its newest row was rejected)
+        the status Bad (and so a null value, OPC UA Part 4); returns how many were marked."""
+        marked = 0
+        for key in keys:
+            unit = self._units.get(key)
+            if unit is None:  # never measured: nothing to mark
+                continue
+            marked += 1
+            for name in QUALIFIED:
+                nodeid = characteristic_node_id(self.space.ns, *key, result_variable_name(name, unit))
+                await self._write(nodeid, _dv(None, ua.VariantType.Null, now, now, _BAD))
+        return marked
 
     async def _write(self, nodeid: ua.NodeId, value: ua.DataValue) -> None:
         status = await self.space.server.iserver.aspace.write_attribute_value(nodeid, AttributeIds.Value, value)

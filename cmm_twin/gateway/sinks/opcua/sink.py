@@ -325,6 +325,11 @@ class OpcUaSink(Sink):
             if report is not None:
                 await self._characteristics.write(report, now)
 
+    async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
+        """The newest rows of these characteristics were rejected: their results turn Bad."""
+        if self._characteristics is not None:
+            await self._characteristics.mark_rejected(keys, dt.datetime.now(dt.UTC))
+
     def superseded(self, batch: RecordBatch) -> None:
         """A batch dropped under load: its machines' newest values come with a newer batch, but
         its characteristics' figures are written with the next batch or health sample."""
