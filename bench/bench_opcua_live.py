@@ -68,8 +68,6 @@ def start_gateway(data: Path, log: Path) -> tuple[GatewayProcess, int, int, floa
         f"127.0.0.1:{http_port}",
         "--opcua-endpoint",
         f"opc.tcp://127.0.0.1:{opcua_port}/cmm-twin/",
-        "--settle-ms",
-        "50",
     ]
     started = time.perf_counter()
     return GatewayProcess(args, log), http_port, opcua_port, started
