@@ -38,8 +38,11 @@ EXPECTED = {
     ("CMM-01", "angle_a"),
     ("CMM-02", "length_x"),
     ("CMM.03", "Bore"),
+    ("CMM-02", "length_r"),
 }
 """Every characteristic the shop's files measure (a dot in a machine id, never a slash)."""
+REJECTED = ("CMM-02", "length_r")
+"""Measured once, then its newest row is rejected: Bad."""
 
 
 def iso(moment: datetime) -> str:
@@ -97,6 +100,12 @@ def start_gateway(work: Path, *extra: str) -> tuple[GatewayProcess, str]:
     return gateway, endpoint
 
 
+def rejected_file(start: datetime) -> str:
+    """A later part of CMM-02 whose length_r row is rejected (no number)."""
+    moment = start + timedelta(seconds=HISTORY_ROWS + 1)
+    return HEADER + row(moment, "CMM-02", "P-4", "length_r", 50.0, 0.010, 50.001, 20.0).replace("50.001", "n/a")
+
+
 def shop_files(start: datetime) -> list[tuple[str, str | bytes]]:
     """The files of the shop, in drop order: 300 parts of CMM-01 length_x (the history), the other
     characteristics of CMM-01 (a length and an angle), an UNCERTAIN measurement on CMM-02 (9 µm from
@@ -120,6 +129,7 @@ def shop_files(start: datetime) -> list[tuple[str, str | bytes]]:
         later, "CMM-01", "P-1", "angle_a", 45.0, 0.1, 45.02, 25.0, "deg"
     )
     uncertain = row(later, "CMM-02", "P-2", "length_x", 100.0, 0.010, 100.009, 20.0)
+    uncertain += row(later, "CMM-02", "P-2", "length_r", 50.0, 0.010, 50.001, 20.0)
     report = Report(
         "X-9",
         "",
@@ -141,9 +151,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         for name, content in shop_files(start):
             drop_file(work / "inbox", name, content)
         deadline = time.monotonic() + 60
-        expected_rows = HISTORY_ROWS + 4
+        expected_rows = HISTORY_ROWS + 5
         while (h := gateway.get_json("/health"))["rows_in"] < expected_rows or h["buffer_depth"]:
             assert time.monotonic() < deadline, f"the shop's {expected_rows} rows did not arrive: {h}"
+            time.sleep(0.05)
+        drop_file(work / "inbox", "rejected.csv", rejected_file(start))  # after the valid row it follows
+        while (h := gateway.get_json("/health"))["rows_rejected"] < 1:
+            assert time.monotonic() < deadline, f"the rejected row was not seen: {h}"
             time.sleep(0.05)
         client = NodeOpcuaClient(endpoint, work / "node")
         yield Shop(gateway, client, client.request("namespace", uri=CMM_URI), start, work / "inbox")
@@ -274,7 +288,7 @@ def unit_id(shop: Shop, machine: str, feature: str, variable: str) -> int:
 def test_values_units_and_status_codes_match_the_history(shop: Shop) -> None:
     wait_for_characteristics(shop)
     names = ["MeasuredLength", "CompensatedLength", "Deviation", "Uncertainty", "Verdict", "PartId", "PartTemperature"]
-    for machine, feature in sorted(EXPECTED - {("CMM-01", "angle_a")}):
+    for machine, feature in sorted(EXPECTED - {("CMM-01", "angle_a"), REJECTED}):
         point = newest(shop, machine, feature)
 
         def newest_read(m: str = machine, f: str = feature, part: str = point["part_id"]) -> dict[str, Any] | None:
@@ -304,6 +318,20 @@ def test_values_units_and_status_codes_match_the_history(shop: Shop) -> None:
     assert newest(shop, "CMM-02", "length_x")["verdict"] == "UNCERTAIN"
     assert "temperature_assumed" in newest(shop, "CMM.03", "Bore")["flags"]
     assert newest(shop, "CMM-01", "length_x")["verdict"] == "PASS"
+
+
+def test_a_characteristic_whose_newest_row_was_rejected_is_bad(shop: Shop) -> None:
+    wait_for_characteristics(shop)
+    names = ["CompensatedLength", "Deviation", "Verdict"]
+
+    def bad() -> dict[str, dict[str, Any]] | None:
+        values = read_variables(shop, *REJECTED, names)
+        return values if values["Verdict"]["status"].startswith("Bad") else None
+
+    read = shop.client.poll("the rejected row's Bad status", bad)
+    for name in names:
+        assert read[name]["status"].startswith("Bad") and read[name]["value"] is None, (name, read[name])
+    assert [p["part_id"] for p in shop.history_api(*REJECTED)] == ["P-2"], "the rejected row is not in the history"
 
 
 def test_an_angle_is_a_measured_value_in_degrees(shop: Shop) -> None:
