@@ -109,8 +109,8 @@ def rejected_file(start: datetime) -> str:
 def shop_files(start: datetime) -> list[tuple[str, str | bytes]]:
     """The files of the shop, in drop order: 300 parts of CMM-01 length_x (the history), the other
     characteristics of CMM-01 (a length and an angle), an UNCERTAIN measurement on CMM-02 (9 µm from
-    nominal, 1 µm inside the limit, at 20 °C) and a Calypso run of CMM.03 without any temperature
-    (the assumed temperature)."""
+    nominal, 1 µm inside the limit, at 20 °C) with a first value of its length_r (`rejected_file`
+    follows), and a Calypso run of CMM.03 without any temperature (the assumed temperature)."""
     history = "".join(
         row(
             start + timedelta(seconds=i),
