@@ -74,7 +74,8 @@ _TIMES_PER_QUERY = 500
 
 @dataclass(frozen=True)
 class HistoryQuery:
-    """One history request: points of `measurement` with since_ns <= time < until_ns."""
+    """One history request: points of `measurement` with since_ns <= time < until_ns, of one machine
+    and one feature when given; the newest `limit` of them, or the oldest with `oldest`."""
 
     measurement: str
     since_ns: int
@@ -82,11 +83,13 @@ class HistoryQuery:
     fields: tuple[str, ...]
     machine_id: str | None = None
     limit: int = 10_000
+    feature: str | None = None
+    oldest: bool = False
 
 
 @dataclass(frozen=True)
 class HistoryResult:
-    """The newest `limit` points of a query, oldest first; `truncated` when older ones were left out."""
+    """The newest (or oldest) `limit` points of a query, oldest first; `truncated` when others were left out."""
 
     time_ns: list[int]
     tags: dict[str, list[str]]
@@ -243,7 +246,13 @@ class _ReadPlan:
 
     The newest `limit` points in primary-key order: the first of them (the boundary) is found by
     walking the key backwards `limit - 1` points, then the points are read forwards from it. Both
-    run inside one read transaction, so the count announced first is the count that follows.
+    run inside one read transaction, so the count announced first is the count that follows. With
+    `oldest`, the first `limit` points from `since_ns` on (counted first, up to `limit + 1`).
+
+    There is no index by characteristic: a query for one machine and feature reads every point of
+    its time range (about 8 M points/s); an index (machine_id, feature, time_ns) would make it read
+    only that characteristic's points, but makes every write 2 to 7 times slower
+    (docs/opcua.md, "History").
     """
 
     def __init__(self, q: HistoryQuery) -> None:
@@ -255,6 +264,9 @@ class _ReadPlan:
         if q.machine_id is not None:
             where += " AND machine_id = ?"
             self.params.append(q.machine_id)
+        if q.feature is not None:
+            where += " AND feature = ?"
+            self.params.append(q.feature)
         table = q.measurement
         self.boundary_sql = (
             f"SELECT {', '.join(key)} FROM {table} WHERE {where} "
@@ -264,11 +276,15 @@ class _ReadPlan:
         select = f"SELECT {', '.join(('time_ns', *self.tags, *q.fields))} FROM {table} WHERE {where}"
         order = f"ORDER BY {', '.join(key)}"
         self.all_sql = f"{select} {order}"
+        self.head_count_sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT ?)"
         self.from_sql = f"{select} AND ({', '.join(key)}) >= ({', '.join('?' * len(key))}) {order}"
 
     def open(self, db: sqlite3.Connection) -> tuple[int, bool, sqlite3.Cursor]:
         """(count, truncated, a cursor over the points oldest first); call inside a transaction."""
         limit = self.q.limit
+        if self.q.oldest:
+            held = int(db.execute(self.head_count_sql, (*self.params, limit + 1)).fetchone()[0])
+            return min(held, limit), held > limit, db.execute(f"{self.all_sql} LIMIT ?", (*self.params, limit))
         boundary = db.execute(self.boundary_sql, (*self.params, limit - 1)).fetchall()
         if not boundary:
             count = int(db.execute(self.count_sql, self.params).fetchone()[0])
