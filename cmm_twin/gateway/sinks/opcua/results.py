@@ -72,6 +72,7 @@ EVENT_PROPERTIES: tuple[tuple[str, ua.VariantType], ...] = (
     ("Uncertainty", _Double),
     ("MeasurementTime", _DateTime),
 )
+_NULL = ua.Variant(None, ua.VariantType.Null)
 _INITIAL: dict[ua.VariantType, Any] = {_String: "", _Double: math.nan, _DateTime: _EPOCH}
 
 
@@ -174,6 +175,26 @@ async def add_get_latest_result(server: Server, ns: int) -> Node:
     )
 
 
+def _shallow_fields(event_class: type[Any]) -> type[Any]:
+    """`event_class` whose event fields are not deep-copied for each subscriber: `emit` and
+    asyncua's `trigger` replace every value of the event with a new object, never change one in
+    place, so what a subscriber has queued cannot change (the copies took 80 % of an emit)."""
+
+    class ResultReadyEvent(event_class):  # type: ignore[misc]
+        def to_event_fields(self, select_clauses: list[ua.SimpleAttributeOperand]) -> list[ua.Variant]:
+            fields: list[ua.Variant] = []
+            for clause in select_clauses:
+                if clause.BrowsePath:
+                    name = self.browse_path_to_attribute_name(clause.BrowsePath)
+                else:
+                    name = AttributeIds(clause.AttributeId).name
+                value = getattr(self, name, None)
+                fields.append(_NULL if value is None else ua.Variant(value, self.data_types[name]))
+            return fields
+
+    return ResultReadyEvent
+
+
 class ResultEvents:
     """Emits ResultReady from the Server object, one event per record (`create`, then `emit`)."""
 
@@ -194,6 +215,7 @@ class ResultEvents:
             )
             await prop.set_modelling_rule(True)
         generator = await server.get_event_generator(event_type, _nid(ObjectIds.Server))
+        generator.event.__class__ = _shallow_fields(type(generator.event))
         return cls(generator, ns)
 
     async def emit(self, batch: RecordBatch) -> None:
