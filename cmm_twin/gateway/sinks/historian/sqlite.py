@@ -247,7 +247,8 @@ class _ReadPlan:
     The newest `limit` points in primary-key order: the first of them (the boundary) is found by
     walking the key backwards `limit - 1` points, then the points are read forwards from it. Both
     run inside one read transaction, so the count announced first is the count that follows. With
-    `oldest`, the first `limit` points from `since_ns` on (counted first, up to `limit + 1`).
+    `oldest`, the first `limit` points from `since_ns` on, read at once (`limit + 1` of them, to
+    know whether more follow): for OPC UA's pages of at most 10,000, not for the HTTP API.
 
     There is no index by characteristic: a query for one machine and feature reads every point of
     its time range (about 8 M points/s); an index (machine_id, feature, time_ns) would make it read
@@ -276,15 +277,14 @@ class _ReadPlan:
         select = f"SELECT {', '.join(('time_ns', *self.tags, *q.fields))} FROM {table} WHERE {where}"
         order = f"ORDER BY {', '.join(key)}"
         self.all_sql = f"{select} {order}"
-        self.head_count_sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT ?)"
         self.from_sql = f"{select} AND ({', '.join(key)}) >= ({', '.join('?' * len(key))}) {order}"
 
-    def open(self, db: sqlite3.Connection) -> tuple[int, bool, sqlite3.Cursor]:
+    def open(self, db: sqlite3.Connection) -> tuple[int, bool, sqlite3.Cursor | _ReadRows]:
         """(count, truncated, a cursor over the points oldest first); call inside a transaction."""
         limit = self.q.limit
-        if self.q.oldest:
-            held = int(db.execute(self.head_count_sql, (*self.params, limit + 1)).fetchone()[0])
-            return min(held, limit), held > limit, db.execute(f"{self.all_sql} LIMIT ?", (*self.params, limit))
+        if self.q.oldest:  # one pass (without an index by characteristic, each pass reads the whole range)
+            rows = db.execute(f"{self.all_sql} LIMIT ?", (*self.params, limit + 1)).fetchall()
+            return min(len(rows), limit), len(rows) > limit, _ReadRows(rows[:limit])
         boundary = db.execute(self.boundary_sql, (*self.params, limit - 1)).fetchall()
         if not boundary:
             count = int(db.execute(self.count_sql, self.params).fetchone()[0])
@@ -301,6 +301,22 @@ class _ReadPlan:
             fields={f: values[1 + len(self.tags) + i] for i, f in enumerate(self.q.fields)},
             truncated=truncated,
         )
+
+
+class _ReadRows:
+    """Points already read (an `oldest` query reads its at most `limit + 1` at once), served as a cursor."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = rows
+        self._at = 0
+
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        page = self._rows[self._at : self._at + size]
+        self._at += len(page)
+        return page
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.fetchmany(len(self._rows))
 
 
 class HistorySnapshot:
