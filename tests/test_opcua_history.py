@@ -120,20 +120,18 @@ async def add_characteristic(server: Server, ns: int, machine_id: str, feature: 
             await var.set_attr_bit(AttributeIds.AccessLevel, ua.AccessLevel.HistoryRead)
 
 
-@asynccontextmanager
-async def serving(
-    opener: HistoryOpener | None, characteristics: Sequence[tuple[str, str]], page_max: int = MAX_VALUES_PER_READ
-) -> AsyncIterator[Client]:
-    """A started server answering history from `opener` (at most `page_max` values a call), and a
-    client connected to it."""
+async def new_server() -> tuple[Server, int]:
+    """An initialised asyncua server on a port of its choice (not started) and the index of urn:cmm-twin."""
     server = Server()
     await server.init()
     server.iserver.disabled_clock = True  # no once-a-second clock task for stop() to wait for
     server.set_endpoint("opc.tcp://127.0.0.1:0/cmm-twin/")
-    ns = await server.register_namespace(NAMESPACE_URI)
-    for machine_id, feature in characteristics:
-        await add_characteristic(server, ns, machine_id, feature)
-    await install_history(server, opener, ns, page_max)
+    return server, await server.register_namespace(NAMESPACE_URI)
+
+
+@asynccontextmanager
+async def started(server: Server) -> AsyncIterator[Client]:
+    """Start `server` and connect a client to it; both are stopped at the end."""
     await server.start()
     try:
         client = Client(
@@ -146,6 +144,20 @@ async def serving(
             await client.disconnect()
     finally:
         await server.stop()
+
+
+@asynccontextmanager
+async def serving(
+    opener: HistoryOpener | None, characteristics: Sequence[tuple[str, str]], page_max: int = MAX_VALUES_PER_READ
+) -> AsyncIterator[Client]:
+    """A started server answering history from `opener` (at most `page_max` values a call), and a
+    client connected to it."""
+    server, ns = await new_server()
+    for machine_id, feature in characteristics:
+        await add_characteristic(server, ns, machine_id, feature)
+    await install_history(server, opener, ns, page_max)
+    async with started(server) as client:
+        yield client
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from cmm_twin.gateway.sinks.opcua.results import (
     result_ready_type_id,
 )
 from cmm_twin.records import RecordBatch
-from tests.test_opcua_history import NAMESPACE_URI, T0_NS, at, batch, char_id, nid
+from tests.test_opcua_history import T0_NS, at, batch, char_id, new_server, nid, started
 
 TIMEOUT_S = 60.0
 CHAR_VALUES: dict[str, tuple[Any, ua.VariantType]] = {
@@ -56,28 +56,14 @@ async def add_measured_characteristic(server: Server, ns: int, machine_id: str, 
 
 @asynccontextmanager
 async def serving() -> AsyncIterator[tuple[Client, ResultEvents, int]]:
-    server = Server()
-    await server.init()
-    server.iserver.disabled_clock = True
-    server.set_endpoint("opc.tcp://127.0.0.1:0/cmm-twin/")
-    ns = await server.register_namespace(NAMESPACE_URI)
+    server, ns = await new_server()
     await server.nodes.objects.add_folder(nid("CMM", ns), ua.QualifiedName("CMM", ns))
     await add_measured_characteristic(server, ns, "CMM-01", "D1", "MeasuredLength")
     await add_measured_characteristic(server, ns, "CMM.02", "A1", "MeasuredValue")
     await add_get_latest_result(server, ns)
     events = await ResultEvents.create(server, ns)
-    await server.start()
-    try:
-        client = Client(
-            f"opc.tcp://127.0.0.1:{server.bserver.port if server.bserver else 0}/cmm-twin/", timeout=TIMEOUT_S
-        )
-        await client.connect()
-        try:
-            yield client, events, ns
-        finally:
-            await client.disconnect()
-    finally:
-        await server.stop()
+    async with started(server) as client:
+        yield client, events, ns
 
 
 async def call(client: Client, ns: int, *arguments: ua.Variant) -> ua.CallMethodResult:
