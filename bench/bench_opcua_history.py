@@ -1,5 +1,5 @@
 """Benchmark of OPC UA history and results (issue 14, parts 2 and 4), a real asyncua server and
-client on loopback and a real SQLite historian:
+client on loopback (in this one process: one core encodes and decodes) and a real SQLite historian:
 
 - HistoryRead of 10,000 values of one characteristic in a store of 1,000 characteristics
   (10 machines x 100 features) x 1,000 points plus those 10,000, interleaved in time, following
