@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cmm_twin.sqlite_worker import Database, DiskFullError, write_transaction
 
@@ -49,11 +49,14 @@ class FileProgress:
 
 @dataclass(frozen=True)
 class StoredRowError:
-    """A row error kept for the sidecar report."""
+    """A row error kept for the sidecar report (with its row's machine and feature when known:
+    not stored, so a file resumed after a restart reports them as None)."""
 
     line: int
     column: str | None
     reason: str
+    machine_id: str | None = field(default=None, compare=False)
+    feature: str | None = field(default=None, compare=False)
 
 
 class IngestProgress:
