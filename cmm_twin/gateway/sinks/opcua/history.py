@@ -6,8 +6,8 @@ with ReadRawModifiedDetails (IsReadModified false) reads the points of the SQLit
 (`cmm_measurement`) through the same streamed query as `/api/v1/history`, so there is no second
 copy of the data and every value is the one the history API answers for that point
 (compensated_mm, deviation_um or the verdict), with SourceTimestamp = the measurement time and the
-live variable's status rule: Uncertain for an UNCERTAIN verdict or an assumed part temperature,
-Good otherwise. A stored null (no nominal, so no deviation) reads NaN.
+live variable's status rule (`characteristics.result_status`): Uncertain for an UNCERTAIN verdict
+or an assumed part temperature, Good otherwise. A stored null (no nominal, so no deviation) reads NaN.
 
 The time domain follows OPC UA Part 11: startTime included, endTime excluded; forward in time when
 startTime < endTime or only startTime is given, newest first when only endTime is given or
@@ -47,7 +47,8 @@ from asyncua.ua.status_codes import StatusCodes
 
 from cmm_twin.gateway.sinks.historian.lineprotocol import MEASUREMENT
 from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryStream
-from cmm_twin.physics.thermal import Flag
+from cmm_twin.gateway.sinks.opcua.characteristics import result_status
+from cmm_twin.physics.thermal import VERDICT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ _UNSPECIFIED = ua.get_win_epoch()
 _CONTINUATION = struct.Struct(">4sB8sq")
 """magic, direction (0 forward, 1 newest first), the node's digest, the next instant to read (ns)."""
 _MAGIC = b"cmmH"
-_UNCERTAIN_FLAGS = int(Flag.TEMPERATURE_ASSUMED)
+_VERDICT_CODES = {name: code for code, name in enumerate(VERDICT_NAMES.tolist())}
 _TICK_NS = 1000
 """asyncua carries DateTime in microseconds: an instant a client names covers its whole microsecond."""
 
@@ -100,14 +101,6 @@ def historized_variable(nodeid: ua.NodeId, ns: int) -> HistorizedVariable | None
     if not parts[1] or not parts[3]:
         return None
     return HistorizedVariable(parts[1], parts[3], parts[4])
-
-
-def value_status(verdict: str, flags: int | None) -> ua.StatusCode:
-    """The status of a measured value: Uncertain for an UNCERTAIN verdict or an assumed part
-    temperature, else Good (the live variables' rule)."""
-    if verdict == "UNCERTAIN" or (flags or 0) & _UNCERTAIN_FLAGS:
-        return _status(StatusCodes.Uncertain)
-    return _status(StatusCodes.Good)
 
 
 def datetime_ns(moment: dt.datetime) -> int:
@@ -200,7 +193,7 @@ def _rows_to_values(column: int, is_verdict: bool) -> Callable[[list[tuple[Any, 
                     time_ns,
                     ua.DataValue(
                         Value=ua.Variant(value, vtype),
-                        StatusCode=value_status(verdict, flags),
+                        StatusCode=result_status(_VERDICT_CODES[verdict], flags or 0),
                         SourceTimestamp=cast("ua.DateTime", ns_datetime(time_ns)),
                     ),
                 )
@@ -323,5 +316,4 @@ __all__: Sequence[str] = (
     "historized_variable",
     "install_history",
     "read_window",
-    "value_status",
 )

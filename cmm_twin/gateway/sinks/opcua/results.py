@@ -34,6 +34,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
+from cmm_twin.gateway.sinks.opcua.characteristics import characteristic_node_id, result_variable_name
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
@@ -94,11 +95,6 @@ def result_ready_type_id(ns: int) -> ua.NodeId:
     return _nid("Types/ResultReadyEventType", ns)
 
 
-def _characteristic_id(ns: int, machine_id: str, feature: str, variable: str | None = None) -> ua.NodeId:
-    text = f"CMM/{machine_id}/Characteristics/{feature}" + (f"/{variable}" if variable else "")
-    return _nid(text, ns)
-
-
 def _argument(name: str, vtype: ua.VariantType, description: str) -> ua.Argument:
     argument = ua.Argument()
     argument.Name = name
@@ -144,16 +140,16 @@ class LatestResult:
     def read(self, machine_id: str, feature: str) -> list[ua.Variant] | None:
         """The output arguments for one characteristic, or None when it has no node."""
         aspace = self.server.iserver.aspace
-        if "/" in machine_id or "/" in feature or _characteristic_id(self.ns, machine_id, feature) not in aspace:
+        if "/" in machine_id or "/" in feature or characteristic_node_id(self.ns, machine_id, feature) not in aspace:
             return None
-        angle = _characteristic_id(self.ns, machine_id, feature, "MeasuredValue") in aspace
+        angle = characteristic_node_id(self.ns, machine_id, feature, "MeasuredValue") in aspace
         out: list[ua.Variant] = []
         for name, vtype, _ in METHOD_OUTPUTS:
             if name == "Unit":
                 out.append(ua.Variant("deg" if angle else "mm", _String))
                 continue
-            variable = ("MeasuredValue" if angle else "MeasuredLength") if name == "MeasuredValue" else name
-            nodeid = _characteristic_id(self.ns, machine_id, feature, variable)
+            variable = result_variable_name("Measured", "deg" if angle else "mm") if name == "MeasuredValue" else name
+            nodeid = characteristic_node_id(self.ns, machine_id, feature, variable)
             value = aspace.read_attribute_value(nodeid, AttributeIds.Value).Value if nodeid in aspace else None
             out.append(ua.Variant(value.Value if value is not None else _INITIAL[vtype], vtype))
         return out
@@ -230,7 +226,7 @@ class ResultEvents:
         stamps = batch.timestamp_ns.tolist()
         for i, (machine_id, feature) in enumerate(zip(batch.machine_id, batch.feature, strict=True)):
             moment = _EPOCH + dt.timedelta(microseconds=stamps[i] // 1000)
-            event.SourceNode = _characteristic_id(self.ns, machine_id, feature)
+            event.SourceNode = characteristic_node_id(self.ns, machine_id, feature)
             event.SourceName = f"{machine_id}/{feature}"
             event.MachineId = machine_id
             event.Feature = feature
