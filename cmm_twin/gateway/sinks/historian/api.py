@@ -3,6 +3,7 @@
 Parameters (all optional):
 - `measurement`: `cmm_measurement` (default) or `gateway_health`;
 - `machine_id`: only this machine (cmm_measurement only);
+- `feature`: only this feature (cmm_measurement only; with `machine_id`, one characteristic);
 - `since`, `until`: ISO 8601 with an offset (`2026-11-27T08:00:00Z`) or Unix seconds; default the
   last hour up to now; `since` is inclusive, `until` exclusive;
 - `fields`: comma-separated field names (default all fields of the measurement: for
@@ -31,7 +32,7 @@ DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
-PARAMETERS = ("measurement", "machine_id", "since", "until", "fields", "limit")
+PARAMETERS = ("measurement", "machine_id", "feature", "since", "until", "fields", "limit")
 
 
 class HistoryParamError(CmmTwinError):
@@ -85,6 +86,9 @@ def parse_history_params(params: Mapping[str, str], now_ns: int | None = None) -
     machine_id = params.get("machine_id") or None
     if machine_id is not None and "machine_id" not in MEASUREMENT_TAGS[measurement]:
         raise HistoryParamError("machine_id", f"{measurement} has no machine_id tag")
+    feature = params.get("feature") or None
+    if feature is not None and "feature" not in MEASUREMENT_TAGS[measurement]:
+        raise HistoryParamError("feature", f"{measurement} has no feature tag")
     now_ns = time.time_ns() if now_ns is None else now_ns
     until_ns = parse_time_ns(params["until"], "until") if params.get("until") else now_ns
     since_ns = parse_time_ns(params["since"], "since") if params.get("since") else until_ns - DEFAULT_SPAN_NS
@@ -98,7 +102,7 @@ def parse_history_params(params: Mapping[str, str], now_ns: int | None = None) -
             raise HistoryParamError("limit", f"expected an integer, got {params['limit']!r}") from None
         if not 1 <= limit <= MAX_LIMIT:
             raise HistoryParamError("limit", f"must be 1..{MAX_LIMIT}, got {limit}")
-    return HistoryQuery(measurement, since_ns, until_ns, fields, machine_id, limit)
+    return HistoryQuery(measurement, since_ns, until_ns, fields, machine_id, limit, feature)
 
 
 def iso_ns(time_ns: int) -> str:
@@ -108,10 +112,12 @@ def iso_ns(time_ns: int) -> str:
 
 
 def history_head(q: HistoryQuery, count: int, truncated: bool) -> dict[str, Any]:
-    """The answer's members before `points`: the query as understood, `count` and `truncated`."""
+    """The answer's members before `points`: the query as understood (`feature` only when it was
+    asked for), `count` and `truncated`."""
     return {
         "measurement": q.measurement,
         "machine_id": q.machine_id,
+        **({"feature": q.feature} if q.feature is not None else {}),
         "since": iso_ns(q.since_ns),
         "until": iso_ns(q.until_ns),
         "fields": list(q.fields),
