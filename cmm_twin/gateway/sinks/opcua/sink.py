@@ -27,6 +27,8 @@ from cmm_twin.gateway.sinks.base import Delivered, Sink, SinkStartError, WriteOu
 from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, AddressSpace, gateway_values, ns_to_datetime
 from cmm_twin.gateway.sinks.opcua.certificates import APPLICATION_URI, SERVER_NAME, ensure_certificate, fingerprint
 from cmm_twin.gateway.sinks.opcua.characteristics import CharacteristicNodes
+from cmm_twin.gateway.sinks.opcua.history import install_history
+from cmm_twin.gateway.sinks.opcua.results import ResultEvents, add_get_latest_result
 from cmm_twin.gateway.sinks.opcua.security import (
     POLICY_NAMES,
     CredentialsUserManager,
@@ -75,6 +77,9 @@ class OpcUaSink(Sink):
         the next batch or health sample, so no figure stays behind the monitor."""
         self.quality: QualityMonitor | None = None
         """The capability monitor whose figures the Characteristics show (from the gateway's app)."""
+        self._app: web.Application | None = None
+        """The gateway's HTTP application: the embedded historian's reader is taken from it."""
+        self._results: ResultEvents | None = None
         self._warned = False
         self._cert_path: Path | None = None
         self._cert_fingerprint = ""
@@ -111,7 +116,7 @@ class OpcUaSink(Sink):
         except BaseException:  # cancelled while starting: undo the partial start, then propagate
             await _stop(server)
             raise
-        self._characteristics = CharacteristicNodes(self._space)
+        self._characteristics = CharacteristicNodes(self._space, historized=self.history_path is not None)
         now = dt.datetime.now(dt.UTC)
         await self._rebuild_characteristics(now)
         if self.quality is not None:  # what the monitor holds already (rebuilt from the history)
@@ -207,6 +212,12 @@ class OpcUaSink(Sink):
         await server.load_certificate(cert_path)
         await server.load_private_key(key_path)
         space = await AddressSpace.create(server)
+        from cmm_twin.gateway.web import HISTORY_KEY  # noqa: PLC0415 (web imports the sinks' base)
+
+        history = self._app.get(HISTORY_KEY) if self._app is not None and self.history_path is not None else None
+        await install_history(server, history, space.ns)
+        await add_get_latest_result(server, space.ns)
+        self._results = await ResultEvents.create(server, space.ns)
         await server.start()
         return space
 
@@ -214,6 +225,7 @@ class OpcUaSink(Sink):
         """Stop the server; never raises, idempotent."""
         space, self._space = self._space, None
         self._characteristics = None
+        self._results = None
         if space is not None:
             await _stop(space.server)
 
@@ -272,6 +284,8 @@ class OpcUaSink(Sink):
             return Delivered()
         now = dt.datetime.now(dt.UTC)
         await self._write_results(batch, now)
+        if self._results is not None:
+            await self._results.emit(batch)
         await self._write_characteristics(batch, now)
         return Delivered()
 
@@ -337,10 +351,12 @@ class OpcUaSink(Sink):
         self._stale.update(dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)))
 
     def add_routes(self, app: web.Application) -> None:
-        """No routes: takes the gateway's capability monitor from the app, to show its figures."""
+        """No routes: takes the gateway's capability monitor from the app, to show its figures, and
+        keeps the app to take the embedded historian's reader from it when the server starts."""
         from cmm_twin.gateway.web import QUALITY_KEY  # noqa: PLC0415 (web imports the sinks' base)
 
         self.quality = app.get(QUALITY_KEY)
+        self._app = app  # the historian's routes (its reader) come after these
 
     async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
         """Publish the newest sample on the Gateway object (only the values that changed). Errors
