@@ -245,7 +245,7 @@ async def test_characteristics_come_back_after_a_restart_from_the_embedded_histo
             values = await node.read_raw_history(start, start + dt.timedelta(hours=2))
             assert len(values) == len(all_values[("CMM-03", "f1")]) > 1, "HistoryRead from the embedded history"
             stamps = [v.SourceTimestamp.timestamp() for v in values if v.SourceTimestamp is not None]
-            assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), "oldest first, one per record"
+            assert len(stamps) == len(values) == len(set(stamps)) and stamps == sorted(stamps), "oldest first, one each"
 
 
 async def test_a_rejected_row_turns_its_characteristic_bad_until_a_valid_one_comes(tmp_path: Path) -> None:
