@@ -8,7 +8,7 @@ in the same run, ratio, met) is printed on stdout, ready to paste into the READM
 reported in the table; the exit status is non-zero only if a benchmark crashed.
 
     .venv/bin/python -m bench.run_all [--quick]
-        [--only physics,gateway,mes_raw,mes,historian,history_load,formats,accuracy]
+        [--only physics,gateway,mes_raw,mes,historian,history_load,formats,accuracy,opcua_machinery]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "history_load": "bench.bench_history_load",
     "formats": "bench.bench_formats",
     "accuracy": "bench.bench_accuracy",
+    "opcua_machinery": "bench.bench_opcua_machinery",
 }
 
 
