@@ -61,7 +61,7 @@ async def measure(machines: int, observations: int) -> list[Figure]:
             settings = OpcUaSettings(state_dir=Path(state), nodesets_dir=directory)
             model = MachineryModel(server, space.ns, settings)
             rss_before = rss_mb()
-            stop, gaps = asyncio.Event(), []
+            stop, gaps = asyncio.Event(), list[float]()
             watcher = asyncio.create_task(_watch(stop, gaps))
             await asyncio.sleep(0.02)
             started = time.perf_counter()
