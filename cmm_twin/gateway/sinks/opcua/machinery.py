@@ -237,8 +237,12 @@ class MachineryModel:
         machine = self._machines[machine_id]
         try:
             if not machine.built:
-                await self._build(machine_id, machine.state, now)
-                machine.built = True
+                machine.built = True  # before the await: a concurrent call must not build it twice
+                try:
+                    await self._build(machine_id, machine.state, now)
+                except BaseException:
+                    machine.built = False
+                    raise
             elif write_state:
                 await self._write_state(machine_id, machine.state, now)
             if not machine.linked:
