@@ -228,11 +228,14 @@ class Collector:
         self.queue.put_nowait(val.Text)
 
 
-async def test_state_executing_idle_out_of_service_and_back(tmp_path: Path) -> None:
+async def test_state_executing_idle_out_of_service_and_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = settings_for(tmp_path, nodesets_dir(), **{"CMM-01": MachineIdentity()})
     async with asyncio.timeout(TIMEOUT_S), serving() as (server, space, url):
+        caplog.clear()
         model = await MachineryModel.create(server, space.ns, settings)
         assert model is not None
+        assert [r.getMessage()[:60] for r in caplog.records if r.levelno >= logging.WARNING] == []  # importer noise
+        assert logging.getLogger("asyncua.common.xmlimporter").filters == []
         assert model.next_change_s(T0) is None  # nothing Executing: no timer needed
         async with connected(url) as client:
             ns = space.ns

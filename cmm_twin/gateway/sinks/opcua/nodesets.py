@@ -74,6 +74,11 @@ class LoadedNodesets:
     """Seconds the import took (wall clock, yields included)."""
 
 
+class _BelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 class _YieldingImporter(XmlImporter):
     """asyncua's importer, letting other tasks run every few nodes (an import takes about a second)."""
 
@@ -102,10 +107,11 @@ async def load_nodesets(server: Server, directory: Path) -> LoadedNodesets:
     paths = await asyncio.to_thread(nodeset_paths, directory)
     started = time.perf_counter()
     importer_log = logging.getLogger("asyncua.common.xmlimporter")
-    level = importer_log.level
     # Not strict, the importer logs every node and reference it skips (DI's design-tool-only
-    # nodes, structures it cannot map): noise for an operator, checked below instead.
-    importer_log.setLevel(logging.ERROR)
+    # nodes, structures it cannot map): noise for an operator, checked below instead. A filter
+    # (not the level) so that loads into two servers at once cannot leave it quiet.
+    quiet = _BelowError()
+    importer_log.addFilter(quiet)
     try:
         for path in paths:
             try:
@@ -115,7 +121,7 @@ async def load_nodesets(server: Server, directory: Path) -> LoadedNodesets:
                 raise NodesetError(f"cannot load OPC UA nodeset {path}: {type(exc).__name__}: {exc}") from exc
             await asyncio.sleep(0)
     finally:
-        importer_log.setLevel(level)
+        importer_log.removeFilter(quiet)
     namespaces = await server.get_namespace_array()
     missing = [uri for uri, _ in NODESET_FILES if uri not in namespaces]
     if missing:
