@@ -368,7 +368,9 @@ def test_identification_and_idle_time_from_the_configuration(tmp_path: Path) -> 
         ('[machines."CMM-01"]\nvendor = "x"', 'machines."CMM-01".vendor', "unknown key"),
         ('[machines."CMM 01"]\nmodel = "x"', 'machines."CMM 01"', "must match [A-Za-z0-9_.-]{1,64}"),
         ("[opcua]\nidle_s = 3", "opcua.idle_s", "unknown key (known: endpoint"),
-        ("[opcua]\nmachine_idle_s = 0", "opcua_machine_idle_s", "must be > 0 s"),
+        ("[opcua]\nmachine_idle_s = 0", "opcua_machine_idle_s", "must be in (0, 2.592e+06] s (30 days), got '0'"),
+        ("[opcua]\nmachine_idle_s = 1e99", "opcua_machine_idle_s", "must be in (0, 2.592e+06] s"),
+        ("[opcua]\nmachine_idle_s = nan", "opcua_machine_idle_s", "must be in (0, 2.592e+06] s"),
     ],
 )
 def test_configuration_errors_name_the_key_and_machine(tmp_path: Path, table: str, key: str, reason: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ ENDPOINT_FLAG = "--opcua-endpoint"
 NODESETS_FLAG = "--opcua-nodesets"
 MACHINE_IDLE_FLAG = "--opcua-machine-idle-s"
 DEFAULT_MACHINE_IDLE_S = 600.0
+MAX_MACHINE_IDLE_S = 30 * 86400.0
 """A machine is NotExecuting when no file of it arrived for this long: longer than a CMM's usual
 cycle of a few minutes per part, so a machine measuring part after part stays Executing."""
 IDENTITY_KEYS = ("manufacturer", "model", "serial_number", "product_instance_uri", "year_of_construction")
@@ -113,8 +113,10 @@ class OpcUaSettings:
 
     def __post_init__(self) -> None:
         parse_endpoint(self.endpoint)
-        if not (math.isfinite(self.machine_idle_s) and self.machine_idle_s > 0):
-            raise ConfigError(MACHINE_IDLE_FLAG, f"must be > 0 s, got {self.machine_idle_s!r}")
+        if not 0 < self.machine_idle_s <= MAX_MACHINE_IDLE_S:  # NaN fails too
+            raise ConfigError(
+                MACHINE_IDLE_FLAG, f"must be in (0, {MAX_MACHINE_IDLE_S:g}] s, got {self.machine_idle_s!r}"
+            )
         if self.username is not None and self.password is None:
             raise ConfigError(PASSWORD_ENV, f"{USER_ENV} is set but {PASSWORD_ENV} is not")
         if self.password is not None and self.username is None:
@@ -220,10 +222,10 @@ def _trust_dir(value: str) -> Path:
     return path
 
 
-def _seconds(value: str) -> float:
+def _idle_seconds(value: str) -> float:
     number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"must be > 0 s, got {value!r}")
+    if not 0 < number <= MAX_MACHINE_IDLE_S:  # NaN fails too
+        raise ValueError(f"must be in (0, {MAX_MACHINE_IDLE_S:g}] s (30 days), got {value!r}")
     return number
 
 
@@ -253,7 +255,7 @@ OPTIONS = (
     ),
     Option(
         MACHINE_IDLE_FLAG,
-        _seconds,
+        _idle_seconds,
         DEFAULT_MACHINE_IDLE_S,
         "a machine's OPC UA MachineryItemState turns NotExecuting this many seconds after its last file",
         metavar="S",
