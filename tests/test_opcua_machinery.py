@@ -123,6 +123,7 @@ async def test_machines_follow_opc_40001_with_their_configured_identification(tm
         await model.observe("CMM.02", T0, rows_ok=3, rows_rejected=0)  # before the model is loaded
         assert await model.load()  # on the running server
         assert model.status == "ready"
+        assert await model.load()  # once is enough: nothing loaded twice
         await space.ensure_machine("CMM-01")
         await model.observe("CMM-01", T0, rows_ok=5, rows_rejected=1)
 
@@ -273,6 +274,11 @@ async def test_state_executing_idle_out_of_service_and_back(tmp_path: Path, capl
             assert await current_state(client, ns, "CMM-01") == (EXECUTING, f"ns={mns};i=5006", 3)
             assert collector.queue.empty()
             await subscription.delete()
+
+            await model.ensure("CMM-09")  # e.g. rebuilt from the history at start-up: there, not executing
+            assert await current_state(client, ns, "CMM-09") == (NOT_EXECUTING, f"ns={mns};i=5007", 2)
+            health = model.health()
+            assert health["machinery"] == "ready" and health["machines"] == 2
 
 
 async def test_without_nodesets_the_server_still_serves_the_cmm_tree(

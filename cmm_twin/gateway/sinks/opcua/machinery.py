@@ -133,7 +133,10 @@ class MachineryModel:
 
     async def load(self) -> bool:
         """Load the nodesets and add the machines known so far; False (with one warning naming
-        the reason and `status` saying it) when that is not possible. Never raises."""
+        the reason and `status` saying it) when that is not possible. Never raises; a second
+        call only answers whether the model is ready."""
+        if self.status != "loading":
+            return self.ready
         try:
             self.loaded = await load_nodesets(self.server, self.nodesets_dir)
             self._states = await self._read_states(self.loaded.machinery_ns)
