@@ -351,29 +351,37 @@ def _state_text(state: str) -> ua.Variant:
     return ua.Variant(ua.LocalizedText(state), ua.VariantType.LocalizedText)
 
 
-def _object(
+def _item(
     nodeid: ua.NodeId,
     name: ua.QualifiedName,
     parent: ua.NodeId,
     reftype: int,
     typedef: ua.NodeId,
+    attrs: ua.ObjectAttributes | ua.VariableAttributes,
     description: str,
 ) -> ua.AddNodesItem:
+    """A node `name` under `parent` (by `reftype`), of type `typedef`, nobody may write."""
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nodeid
     item.BrowseName = name
     item.ParentNodeId = parent
     item.ReferenceTypeId = _nid(reftype)
-    item.NodeClass = ua.NodeClass.Object
+    item.NodeClass = ua.NodeClass.Object if isinstance(attrs, ua.ObjectAttributes) else ua.NodeClass.Variable
     item.TypeDefinition = typedef
-    attrs = ua.ObjectAttributes()
     attrs.DisplayName = ua.LocalizedText(name.Name)
     attrs.Description = ua.LocalizedText(description)
-    attrs.EventNotifier = 0
     attrs.WriteMask = 0
     attrs.UserWriteMask = 0
     item.NodeAttributes = attrs
     return item
+
+
+def _object(
+    nodeid: ua.NodeId, name: ua.QualifiedName, parent: ua.NodeId, reftype: int, typedef: ua.NodeId, description: str
+) -> ua.AddNodesItem:
+    attrs = ua.ObjectAttributes()
+    attrs.EventNotifier = 0
+    return _item(nodeid, name, parent, reftype, typedef, attrs, description)
 
 
 def _variable(
@@ -386,26 +394,14 @@ def _variable(
     datatype: int,
     description: str,
 ) -> ua.AddNodesItem:
-    item = ua.AddNodesItem()
-    item.RequestedNewNodeId = nodeid
-    item.BrowseName = name
-    item.ParentNodeId = parent
-    item.ReferenceTypeId = _nid(reftype)
-    item.NodeClass = ua.NodeClass.Variable
-    item.TypeDefinition = typedef
     attrs = ua.VariableAttributes()
-    attrs.DisplayName = ua.LocalizedText(name.Name)
-    attrs.Description = ua.LocalizedText(description)
     attrs.DataType = _nid(datatype)
     attrs.Value = value
     attrs.ValueRank = ua.ValueRank.Scalar
-    attrs.WriteMask = 0
-    attrs.UserWriteMask = 0
     attrs.Historizing = False
     attrs.AccessLevel = _READ
     attrs.UserAccessLevel = _READ
-    item.NodeAttributes = attrs
-    return item
+    return _item(nodeid, name, parent, reftype, typedef, attrs, description)
 
 
 def _property(
