@@ -210,6 +210,13 @@ class RecordBatch:
         return RecordBatch(**values)
 
 
+def newest_per_characteristic(batch: RecordBatch) -> list[int]:
+    """Positions of the last row of each (machine_id, feature) of `batch`, ascending (arrival order)."""
+    # dict(zip(...)) runs in C and keeps the last position of each key.
+    keys = zip(batch.machine_id, batch.feature, strict=True)
+    return sorted(dict(zip(keys, range(len(batch)), strict=False)).values())
+
+
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RecordBatch))
 """The column names of a RecordBatch, in order."""
 TEXT_COLUMNS = frozenset(

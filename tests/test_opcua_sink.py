@@ -70,7 +70,7 @@ def make_batch(rows: list[tuple[str, int, float, str]], **columns: Any) -> Recor
         timestamp_ns=stamps,
         machine_id=[r[0] for r in rows],
         part_id=[f"P{i:04d}" for i in range(n)],
-        feature=[f"length_{i}" for i in range(n)],
+        feature=columns.pop("feature", [f"length_{i}" for i in range(n)]),
         material=["AL6061"] * n,
         cte_per_k=np.full(n, 23.6e-6),
         nominal_mm=np.full(n, 100.0),
@@ -86,7 +86,7 @@ def make_batch(rows: list[tuple[str, int, float, str]], **columns: Any) -> Recor
         deviation_um=(compensated - 100.0) * 1000.0,
         uncertainty_um=np.full(n, 2.84),
         verdict=np.array([codes[r[3]] for r in rows], dtype=np.int8),
-        flags=np.zeros(n, dtype=np.int32),
+        flags=columns.pop("flags", np.zeros(n, dtype=np.int32)),
         unit=columns.pop("unit", ["mm"] * n),
         compensation=columns.pop("compensation", np.zeros(n, dtype=np.int8)),
         source_format=columns.pop("source_format", ["csv"] * n),
@@ -531,7 +531,7 @@ async def test_large_batches_set_the_last_value_of_each_machine(tmp_path: Path) 
     n = 100_000
     machines = ["CMM-01", "CMM-02", "CMM-03"]
     rows = [(machines[i % 3], T0_NS + i * 1000, 100.0 + i * 1e-9, "PASS") for i in range(n)]
-    batch = make_batch(rows)
+    batch = make_batch(rows, feature=[f"length_{i % 7}" for i in range(n)])
     settings = OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
     async with asyncio.timeout(TIMEOUT_S), running(settings) as sink:
         await sink.write(batch)  # creates the machines

@@ -279,7 +279,7 @@ class LiveSink(ScriptedSink):
         super().__init__(*script, durable=False)
 
 
-async def test_live_runner_drops_the_oldest_batch_and_writes_what_is_queued_on_stop() -> None:
+async def test_live_runner_coalesces_when_full_and_writes_what_is_queued_on_stop() -> None:
     sink = LiveSink()
     status = SinkStatus()
     delivered: list[str] = []
@@ -288,7 +288,7 @@ async def test_live_runner_drops_the_oldest_batch_and_writes_what_is_queued_on_s
     stamps = [int(b.timestamp_ns[0]) for b in batches]
     for batch in batches:
         runner.offer(batch)
-    assert runner.dropped_batches == 1
+    assert runner.superseded_rows == 2, "the third batch coalesced the queue: one characteristic, the newest stays"
     stop = asyncio.Event()
     stop.set()  # stopping already: the queued batches are still written
     written: list[int] = []
@@ -300,9 +300,42 @@ async def test_live_runner_drops_the_oldest_batch_and_writes_what_is_queued_on_s
 
     sink.write = recording_write  # type: ignore[method-assign]
     await asyncio.wait_for(runner.run(stop), DEADLINE_S)
-    assert written == stamps[1:], "the oldest was dropped, the newest two written in order"
-    assert status.rows_out == 2 and len(delivered) == 2
-    assert runner.queue.empty()
+    assert written == stamps[2:], "only the newest value of the characteristic is written"
+    assert status.rows_out == 1 and len(delivered) == 1
+    assert runner.idle
+
+
+async def test_live_runner_never_loses_the_newest_value_of_any_characteristic_in_a_burst() -> None:
+    """A backlog of many machines at start-up: 40 batches of 12 machines x 3 features offered before
+    the sink writes anything; every characteristic's newest record is written, in arrival order."""
+    sink = LiveSink()
+    status = SinkStatus()
+    runner = LiveRunner(sink, status, max_batches=2)
+    base = time.time_ns()
+    offered: list[tuple[str, str, int]] = []
+    for b in range(40):
+        machines = [f"CMM-{(b * 5 + k) % 12:02d}" for k in range(6)]  # each batch: 6 of the 12 machines
+        rows = [(m, base + b * 100 + k, 100.0, "PASS") for k, m in enumerate(machines)]
+        batch = make_batch(rows, feature=[f"F{(b + k) % 3}" for k in range(6)])
+        offered += zip(batch.machine_id, batch.feature, batch.timestamp_ns.tolist(), strict=True)
+        runner.offer(batch)
+    newest = {(m, f): t for m, f, t in offered}
+    assert len(newest) == 36, "the burst covers every machine and feature"
+    written: list[tuple[str, str, int]] = []
+    write = sink.write
+
+    async def recording_write(batch: RecordBatch, prepared: object = None) -> WriteOutcome:
+        written.extend(zip(batch.machine_id, batch.feature, batch.timestamp_ns.tolist(), strict=True))
+        return await write(batch, prepared)
+
+    sink.write = recording_write  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    stop.set()
+    await asyncio.wait_for(runner.run(stop), DEADLINE_S)
+    assert {(m, f): t for m, f, t in written} == newest, "the newest value of every characteristic arrives"
+    assert [t for *_, t in written] == sorted(t for *_, t in written), "in arrival order"
+    assert runner.superseded_rows + len(written) == len(offered)
+    assert len(runner.queue) == 0 and len(written) <= 36 + 6, "bounded: one record per characteristic, plus a batch"
 
 
 async def test_live_runner_logs_a_failing_write_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -321,4 +354,4 @@ async def test_live_runner_logs_a_failing_write_and_goes_on(caplog: pytest.LogCa
     assert status.rows_out == 3, "the failed batch is skipped, not counted"
     failures = [r for r in caplog.records if "write failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].getMessage().startswith(f"{SINK}: ")
-    assert runner.dropped_batches == 0
+    assert runner.superseded_rows == 0

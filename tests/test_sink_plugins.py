@@ -166,9 +166,9 @@ async def test_live_runner_hands_what_it_drops_to_the_sink_and_writes_the_newest
         RecordBatch.with_blanks(1, {"machine_id": ["A"], "verdict": [k % 3]})  # PASS, FAIL, UNCERTAIN, PASS
         for k in range(4)
     ]
-    for batch in batches:  # the runner is not running yet: the first two are dropped for newer ones
+    for batch in batches:  # the runner is not running yet: one characteristic, so the newest stays
         runner.offer(batch)
-    assert runner.dropped_batches == 2
+    assert runner.superseded_rows == 2 and len(runner.queue) == 2
     runner.offer_health(GatewayHealth(1_000_000_000, 7, 0.0, 1, 1, 0, {}))
     runner.offer_health(GatewayHealth(2_000_000_000, 3, 0.0, 2, 2, 0, {}))
     stop = asyncio.Event()

@@ -149,7 +149,15 @@ class Gateway:
             queue = InboxQueue(config.inbox)
             queue.rescan()
             self.pipeline = Pipeline(
-                config, state, self.status, self.metrics, self._publish, bool(durable), spooled, self.quality
+                config,
+                state,
+                self.status,
+                self.metrics,
+                self._publish,
+                bool(durable),
+                spooled,
+                self.quality,
+                on_rejected=self._rejected,
             )
             for durable_runner in self._durable:  # /health tells the spooled backlog from its first answer
                 await durable_runner.refresh_status()
@@ -237,6 +245,10 @@ class Gateway:
     def _publish(self, records: RecordBatch) -> None:
         for live in self._live:
             live.offer(records)
+
+    def _rejected(self, keys: list[tuple[str, str]]) -> None:
+        for live in self._live:
+            live.offer_rejected(keys)
 
     def _delivered(self, sink_name: str, records: RecordBatch) -> None:
         self.metrics.rows_out.labels(sink_name).inc(len(records))

@@ -1,30 +1,44 @@
 """`LiveRunner`: feeds a live sink (OPC UA tags, the page) straight from the pipeline.
 
-The queue is bounded: when it is full the OLDEST batch is dropped on purpose (a tag shows the
-newest measurement, so an older value is superseded anyway), counted, and handed to the sink's
-`superseded` so a sink that keeps totals still counts it. Gateway health samples (the internal
-health source) are handed over newest-only: a live view needs the present, not the past.
+The queue is bounded, and coalesces when full: the queued batches and the new one become one batch
+holding the newest record of each (machine, feature) in arrival order. A live sink shows the newest
+value, so an older value of the same characteristic is superseded anyway; what is never lost is the
+newest value of any machine or characteristic, however many machines a burst (a backlog at
+start-up) holds. The superseded records are counted and handed to the sink's `superseded`, so a
+sink that keeps totals still counts them. At most `max_batches` batches are queued, and a coalesced
+one holds at most one record per characteristic seen in the burst. Gateway health samples (the
+internal health source) are handed over newest-only: a live view needs the present, not the past.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
+
+import numpy as np
 
 from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sink_lifecycle import SinkOpener
 from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.status import SinkState, SinkStatus
 from cmm_twin.gateway.waits import wait_or_stop
-from cmm_twin.records import RecordBatch
+from cmm_twin.records import RecordBatch, newest_per_characteristic
 
 log = logging.getLogger(__name__)
 
 
+def _coalesced(batch: RecordBatch) -> tuple[RecordBatch, RecordBatch]:
+    """(the newest record of each (machine_id, feature) of `batch`, in arrival order; the others)."""
+    keep = np.zeros(len(batch), dtype=bool)
+    keep[newest_per_characteristic(batch)] = True
+    return batch.take(np.flatnonzero(keep)), batch.take(np.flatnonzero(~keep))
+
+
 class LiveRunner:
-    """Feeds a live sink from a bounded queue; drops the oldest batch when full (see module doc)."""
+    """Feeds a live sink from a bounded queue that coalesces by characteristic when full (see
+    module doc)."""
 
     def __init__(
         self,
@@ -39,19 +53,36 @@ class LiveRunner:
         self.status = status
         self.opener = opener
         """Opens the sink first (retrying) when given; None: the sink is open already."""
-        self.queue: asyncio.Queue[RecordBatch] = asyncio.Queue(maxsize=max_batches or sink.live_queue_batches)
-        self.dropped_batches = 0
+        self.max_batches = max(1, max_batches or sink.live_queue_batches)
+        self.queue: deque[tuple[int, RecordBatch]] = deque()
+        """(offer number, batch), oldest first."""
+        self._offered = 0
+        self.superseded_rows = 0
+        """Records coalesced away (a newer record of the same characteristic was queued)."""
         self._health: GatewayHealth | None = None
+        self._rejected: dict[tuple[str, str], int] = {}
+        """Characteristics whose newest row was rejected, to hand to the sink once the batches
+        offered before the rejection (up to the offer number held) are written."""
         self._wake = asyncio.Event()
 
     def offer(self, batch: RecordBatch) -> None:
-        """Queue `batch` without waiting; when full, the oldest queued batch makes room."""
-        if self.queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                dropped = self.queue.get_nowait()
-                self.dropped_batches += 1
-                self._superseded(dropped)
-        self.queue.put_nowait(batch)
+        """Queue `batch` without waiting; when full, the queue coalesces into the newest record
+        per characteristic (the older ones go to the sink's `superseded`)."""
+        self._offered += 1
+        if len(self.queue) >= self.max_batches:
+            kept, superseded = _coalesced(RecordBatch.concat([*(b for _, b in self.queue), batch]))
+            self.queue.clear()
+            batch = kept
+            if len(superseded):
+                self.superseded_rows += len(superseded)
+                self._superseded(superseded)
+        self.queue.append((self._offered, batch))
+        self._wake.set()
+
+    def offer_rejected(self, keys: list[tuple[str, str]]) -> None:
+        """Tell the sink, once what is queued now is written, that the newest rows of these
+        (machine_id, feature) were rejected."""
+        self._rejected.update(dict.fromkeys(keys, self._offered))
         self._wake.set()
 
     def offer_health(self, sample: GatewayHealth) -> None:
@@ -62,7 +93,7 @@ class LiveRunner:
     @property
     def idle(self) -> bool:
         """Nothing queued."""
-        return self.queue.empty()
+        return not self.queue
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write queued batches until `stop` is set, then write what is queued and return."""
@@ -70,13 +101,15 @@ class LiveRunner:
             self._drain_unwritten()
             return
         self.status.state = SinkState.CONNECTED
-        while not (stop.is_set() and self.queue.empty()):
-            if self.queue.empty() and self._health is None:
+        while not (stop.is_set() and not self.queue):
+            if not self.queue and self._health is None and not self._rejected:
                 self._wake.clear()
                 await wait_or_stop(stop, None, self._wake)
                 continue
-            if not self.queue.empty():
-                await self._write(self.queue.get_nowait())
+            if self.queue:
+                await self._write(self.queue.popleft()[1])
+            if self._rejected:
+                await self._write_rejected(self.queue[0][0] - 1 if self.queue else self._offered)
             if self._health is not None:
                 sample, self._health = self._health, None
                 await self._write_health(sample)
@@ -91,6 +124,20 @@ class LiveRunner:
             raise
         except Exception:
             log.exception("%s: write failed; the values of this batch are skipped", self.sink.name)
+
+    async def _write_rejected(self, written: int) -> None:
+        """Hand the sink the rejections made after no more than the first `written` offers."""
+        keys = [key for key, mark in self._rejected.items() if mark <= written]
+        if not keys:
+            return
+        for key in keys:
+            del self._rejected[key]
+        try:
+            await self.sink.rejected(keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: marking rejected rows failed", self.sink.name)
 
     async def _write_health(self, sample: GatewayHealth) -> None:
         try:
@@ -108,5 +155,5 @@ class LiveRunner:
 
     def _drain_unwritten(self) -> None:
         """Stopping before the sink ever opened: what is queued is superseded, not lost silently."""
-        while not self.queue.empty():
-            self._superseded(self.queue.get_nowait())
+        while self.queue:
+            self._superseded(self.queue.popleft()[1])

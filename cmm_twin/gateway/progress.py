@@ -49,11 +49,14 @@ class FileProgress:
 
 @dataclass(frozen=True)
 class StoredRowError:
-    """A row error kept for the sidecar report."""
+    """A row error kept for the sidecar report (with its row's machine and feature when known:
+    not stored, so a file resumed after a restart reports them as None)."""
 
     line: int
     column: str | None
     reason: str
+    machine_id: str | None = None
+    feature: str | None = None
 
 
 class IngestProgress:

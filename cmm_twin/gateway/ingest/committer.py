@@ -185,7 +185,7 @@ class FileCommitter:
         if self.quality is not None:  # before the commit: it flags alarmed records in place (docs/capability.md)
             self.quality.observe(records)
         row_errors = sorted([*chunk.errors, *implausible], key=lambda e: e.line) if implausible else chunk.errors
-        return records, [StoredRowError(e.line, e.column, e.reason) for e in row_errors]
+        return records, [StoredRowError(e.line, e.column, e.reason, e.machine_id, e.feature) for e in row_errors]
 
     def _holds_last_line(self, job: Job, read_to: int) -> bool:
         """Whether the unread end of `job`'s file (after byte `read_to`) is left for later: its

@@ -88,8 +88,11 @@ class Pipeline:
         spool_enabled: bool,
         spooled: asyncio.Event,
         quality: QualityMonitor | None = None,
+        on_rejected: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_rejected = on_rejected
+        """Told the (machine_id, feature) of rejected rows (the live sinks mark them Bad)."""
         self.state = state
         self.status = status
         self.metrics = metrics
@@ -390,6 +393,8 @@ class Pipeline:
             if self.spool_enabled:
                 self.status.spooled(len(step.records))
                 self.spooled.set()
+        if step.errors and self.on_rejected is not None:
+            self._tell_rejected(step)
         self._count(step)
         outcome = step.outcome
         if outcome is not None:
@@ -397,6 +402,16 @@ class Pipeline:
                 self.status.files_processed += 1
                 self.metrics.files_processed.labels("quarantine" if outcome.quarantined else "archive").inc()
             self._log(outcome)
+
+    def _tell_rejected(self, step: Step) -> None:
+        """The characteristics of `step`'s rejected rows, except those it also has a record of
+        (that record is the newest news of the characteristic)."""
+        assert self.on_rejected is not None
+        named = {(e.machine_id, e.feature) for e in step.errors}
+        measured = set(zip(step.records.machine_id, step.records.feature, strict=True)) if step.records else set()
+        keys = [(m, f) for m, f in named if m and f and (m, f) not in measured]
+        if keys:
+            self.on_rejected(sorted(keys))
 
     def _count(self, step: Step) -> None:
         if step.records is not None:

@@ -86,6 +86,8 @@ def reject_implausible(
                 " (limits.max_length_mm)"
                 if math.isfinite(value)
                 else f"gives a non-finite compensated result ({value!r})",
+                records.machine_id[i],
+                records.feature[i],
             )
         )
     return records.take(np.flatnonzero(~bad)), errors

@@ -20,6 +20,7 @@ from cmm_twin.gateway.quality.monitor import QualityMonitor
 from cmm_twin.gateway.sinks.historian.lineprotocol import MEASUREMENT
 from cmm_twin.gateway.sinks.historian.settings import HistorianSettings
 from cmm_twin.physics.compensation import COMPENSATION_NAMES
+from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
 
 if TYPE_CHECKING:
@@ -32,6 +33,11 @@ _COLUMNS = (
     "feature",
     "unit",
     "measurement_id",
+    "part_id",
+    "verdict",
+    "time_ns",
+    "uncertainty_um",
+    "source_format",
     "measured_mm",
     "nominal_mm",
     "compensated_mm",
@@ -45,13 +51,13 @@ _COLUMNS = (
 )
 _PAGE_ROWS = 5_000
 _FLOATS: tuple[str, ...] = ("measured_mm", "nominal_mm", "compensated_mm", "deviation_um", "part_temp_c")
-_FLOATS += ("tolerance_mm", "lower_tol_mm", "upper_tol_mm")
+_FLOATS += ("tolerance_mm", "lower_tol_mm", "upper_tol_mm", "uncertainty_um")
 
 
 def newest_records(path: Path, window: int) -> RecordBatch:
     """The newest `window` records of each (machine_id, feature) in the history at `path`, oldest
-    first (only the columns the monitor reads; the others blank). Empty when there is no store.
-    Blocking: run it off the event loop."""
+    first (the columns the monitor and the OPC UA characteristics read; the others blank). Empty
+    when there is no store. Blocking: run it off the event loop."""
     if not path.is_file():
         return RecordBatch.empty()
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
@@ -67,8 +73,12 @@ def newest_records(path: Path, window: int) -> RecordBatch:
         return RecordBatch.empty()
     rows.reverse()  # oldest first
     columns = dict(zip(_COLUMNS, (list(c) for c in zip(*rows, strict=True)), strict=True))
-    values: dict[str, object] = {name: [str(v or "") for v in columns[name]] for name in _COLUMNS[:4]}
+    values: dict[str, object] = {name: [str(v or "") for v in columns[name]] for name in _COLUMNS[:5]}
+    values["timestamp_ns"] = np.array(columns["time_ns"], dtype=np.int64)
+    verdict_codes = {name: code for code, name in enumerate(VERDICT_NAMES.tolist())}
+    values["verdict"] = np.array([verdict_codes.get(str(v), 0) for v in columns["verdict"]], dtype=np.int8)
     values["unit"] = [v or "mm" for v in columns["unit"]]
+    values["source_format"] = [v or "csv" for v in columns["source_format"]]
     values["measurement_id"] = [v or f"history-{i}" for i, v in enumerate(columns["measurement_id"])]
     for name in _FLOATS:
         values[name] = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float64)
@@ -123,11 +133,19 @@ def rebuild(monitor: QualityMonitor, path: Path) -> int:
     return len(records)
 
 
+def embedded_history_path(config: GatewayConfig) -> Path | None:
+    """The embedded historian's store when `config` has one (`--historian sqlite`, not off), else None."""
+    settings = HistorianSettings.from_config(config)
+    if settings is None or settings.kind != "sqlite" or "historian" in config.sinks_off:
+        return None
+    return settings.history_path
+
+
 def rebuild_from_config(monitor: QualityMonitor, config: GatewayConfig) -> int:
     """`rebuild` from the embedded historian when `config` has one (`--historian sqlite`, not off);
     otherwise the monitor starts empty (0). Blocking."""
-    settings = HistorianSettings.from_config(config)
-    if settings is None or settings.kind != "sqlite" or "historian" in config.sinks_off:
+    path = embedded_history_path(config)
+    if path is None:
         log.info("capability: no embedded historian, the windows start empty")
         return 0
-    return rebuild(monitor, settings.history_path)
+    return rebuild(monitor, path)

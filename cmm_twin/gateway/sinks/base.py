@@ -115,7 +115,8 @@ class Sink(abc.ABC):
     health_interval_s: float | None = None
     """Seconds between the gateway health samples this sink wants (None: none)."""
     live_queue_batches: int = 2
-    """For a live sink: batches its runner holds before it drops the oldest (see `superseded`)."""
+    """For a live sink: batches its runner holds before it coalesces them to the newest record per
+    characteristic (see `superseded`)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -142,8 +143,14 @@ class Sink(abc.ABC):
         return Delivered()
 
     def superseded(self, batch: RecordBatch) -> None:
-        """For a live sink: `batch` was dropped unwritten by its runner under load (newer records
-        supersede it). A sink that keeps totals counts it here; the default does nothing."""
+        """For a live sink: the records of `batch` were coalesced away unwritten by its runner under
+        load (a newer record of the same characteristic supersedes each). A sink that keeps totals
+        counts them here; the default does nothing."""
+        return
+
+    async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
+        """For a live sink: the newest rows of these (machine_id, feature) were rejected (after
+        the records written before); a sink that shows values marks them. The default does nothing."""
         return
 
     def add_routes(self, app: web.Application) -> None:

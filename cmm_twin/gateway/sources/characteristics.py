@@ -226,20 +226,22 @@ class RowBuilder:
                 row_errors.append(spec)
                 continue
             value = reading.value * spec.scale
-            if not math.isfinite(value):
-                row_errors.append(RowError(reading.line, reading.field, f"not a finite number: {reading.value!r}"))
-                continue
-            if abs(value) > limit:
-                reason = f"must be within +-{limit:g} mm, got {value!r} mm"
-                row_errors.append(RowError(reading.line, reading.field, reason))
-                continue
+            machine_id = self._machine(reading.machine_id) if reading.machine_id else part.machine_id
             moment = reading.timestamp or reading.part.timestamp
-            if moment is None:
-                row_errors.append(RowError(reading.line, reading.field, "no date and time for this value"))
+            reason = None
+            if not math.isfinite(value):
+                reason = f"not a finite number: {reading.value!r}"
+            elif abs(value) > limit:
+                reason = f"must be within +-{limit:g} mm, got {value!r} mm"
+            elif moment is None:
+                reason = "no date and time for this value"
+            if reason is not None or moment is None:
+                reason = reason or "no date and time for this value"
+                row_errors.append(RowError(reading.line, reading.field, reason, machine_id, features[id(c)]))
                 continue
             columns.line.append(reading.line)
             columns.timestamp.append(moment)
-            columns.machine_id.append(self._machine(reading.machine_id) if reading.machine_id else part.machine_id)
+            columns.machine_id.append(machine_id)
             columns.part_id.append(part.part_id)
             columns.feature.append(features[id(c)])
             columns.part_index.append(part.index)

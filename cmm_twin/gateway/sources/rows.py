@@ -25,11 +25,15 @@ from cmm_twin.physics.materials import MATERIALS, Material
 
 @dataclass(frozen=True)
 class RowError:
-    """One rejected row: 1-based physical line, offending column (None: the row as a whole), reason."""
+    """One rejected row: 1-based physical line, offending column (None: the row as a whole), reason;
+    and the machine and feature it was for, when the row named them validly (live sinks mark that
+    characteristic's value Bad)."""
 
     line: int
     column: str | None
     reason: str
+    machine_id: str | None = None
+    feature: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready dict for the quarantine report."""

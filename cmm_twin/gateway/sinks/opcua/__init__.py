@@ -28,9 +28,10 @@ def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
     settings = OpcUaSettings.from_config(config, environ)
     if settings is None:
         return None
+    from cmm_twin.gateway.quality.history import embedded_history_path  # noqa: PLC0415
     from cmm_twin.gateway.sinks.opcua.sink import OpcUaSink  # noqa: PLC0415 (asyncua is heavy)
 
-    return OpcUaSink(settings)
+    return OpcUaSink(settings, history_path=embedded_history_path(config))
 
 
 PLUGIN = SinkPlugin(name="opcua", build=build, options=OPTIONS, validate=OpcUaSettings.from_config)

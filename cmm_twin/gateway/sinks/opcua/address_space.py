@@ -83,11 +83,19 @@ def engineering_units(code: str, display: str, description: str) -> ua.EUInforma
 UNIT_MM = engineering_units("MMT", "mm", "millimetre")
 UNIT_DEGC = engineering_units("CEL", "°C", "degree Celsius")
 UNIT_UM = engineering_units("4H", "µm", "micrometre")
+UNIT_DEGREE = engineering_units("DD", "°", "degree (unit of angle)")
+UNIT_MILLIDEGREE = ua.EUInformation(
+    NamespaceUri=UNECE_NAMESPACE,
+    UnitId=-1,  # OPC UA Part 8 (5.6.3): -1 where the UNECE table has no code, as for 1/1000 degree
+    DisplayName=ua.LocalizedText("m°"),
+    Description=ua.LocalizedText("millidegree (1/1000 degree)"),
+)
 
 _String = ua.VariantType.String
 _Double = ua.VariantType.Double
 _Int64 = ua.VariantType.Int64
 _Boolean = ua.VariantType.Boolean
+_DateTime = ua.VariantType.DateTime
 
 MACHINE_VARIABLES: tuple[tuple[str, ua.VariantType, ua.EUInformation | None, str], ...] = (
     ("PartId", _String, None, "Part of the latest measurement"),
@@ -115,13 +123,16 @@ GATEWAY_VARIABLES: tuple[tuple[str, ua.VariantType, str], ...] = (
     ("BufferOldestAge", _Double, "Age of the oldest unacknowledged record, s"),
 )
 
-_INITIAL: dict[ua.VariantType, Any] = {_String: "", _Double: 0.0, _Int64: 0, _Boolean: False}
+_INITIAL: dict[ua.VariantType, Any] = {_String: "", _Double: 0.0, _Int64: 0, _Boolean: False, _DateTime: _EPOCH}
 _DATATYPE: dict[ua.VariantType, int] = {
     _String: ObjectIds.String,
     _Double: ObjectIds.Double,
     _Int64: ObjectIds.Int64,
     _Boolean: ObjectIds.Boolean,
+    _DateTime: ObjectIds.DateTime,
 }
+CHARACTERISTIC_TYPE = "Types/CharacteristicType"
+"""String NodeId (in urn:cmm-twin) of the ObjectType of every characteristic object."""
 
 
 def _nid(identifier: str | int, ns: int = 0) -> ua.NodeId:
@@ -129,10 +140,13 @@ def _nid(identifier: str | int, ns: int = 0) -> ua.NodeId:
     return ua.NodeId(cast("ua.String | ua.Int32", identifier), cast("ua.Int16", ns))
 
 
-def _dv(value: Any, vtype: ua.VariantType, source: dt.datetime, server: dt.datetime) -> ua.DataValue:
-    """A DataValue with both timestamps."""
+def _dv(
+    value: Any, vtype: ua.VariantType, source: dt.datetime, server: dt.datetime, status: ua.StatusCode | None = None
+) -> ua.DataValue:
+    """A DataValue with both timestamps (and a status other than Good, when given)."""
     return ua.DataValue(
         ua.Variant(value, vtype),
+        StatusCode=status if status is not None else ua.StatusCode(),
         SourceTimestamp=cast("ua.DateTime", source),
         ServerTimestamp=cast("ua.DateTime", server),
     )
@@ -149,18 +163,46 @@ def gateway_node_id(ns: int, variable: str | None = None) -> ua.NodeId:
     return _nid("Gateway" if variable is None else f"Gateway/{variable}", ns)
 
 
-def _object_item(nodeid: ua.NodeId, name: str, ns: int, parent: ua.NodeId, *, folder: bool = False) -> ua.AddNodesItem:
+def _object_item(
+    nodeid: ua.NodeId,
+    name: str,
+    ns: int,
+    parent: ua.NodeId,
+    *,
+    folder: bool = False,
+    type_definition: ua.NodeId | None = None,
+) -> ua.AddNodesItem:
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nodeid
     item.BrowseName = ua.QualifiedName(name, ns)
     item.ParentNodeId = parent
     item.ReferenceTypeId = _nid(ObjectIds.Organizes)
     item.NodeClass = ua.NodeClass.Object
-    item.TypeDefinition = _nid(ObjectIds.FolderType if folder else ObjectIds.BaseObjectType)
+    if type_definition is None:
+        type_definition = _nid(ObjectIds.FolderType if folder else ObjectIds.BaseObjectType)
+    item.TypeDefinition = type_definition
     attrs = ua.ObjectAttributes()
     attrs.DisplayName = ua.LocalizedText(name)
     attrs.Description = ua.LocalizedText(name)
     attrs.EventNotifier = 0
+    attrs.WriteMask = 0
+    attrs.UserWriteMask = 0
+    item.NodeAttributes = attrs
+    return item
+
+
+def _object_type_item(nodeid: ua.NodeId, name: str, ns: int, description: str) -> ua.AddNodesItem:
+    """A concrete ObjectType `name`, subtype of BaseObjectType."""
+    item = ua.AddNodesItem()
+    item.RequestedNewNodeId = nodeid
+    item.BrowseName = ua.QualifiedName(name, ns)
+    item.ParentNodeId = _nid(ObjectIds.BaseObjectType)
+    item.ReferenceTypeId = _nid(ObjectIds.HasSubtype)
+    item.NodeClass = ua.NodeClass.ObjectType
+    attrs = ua.ObjectTypeAttributes()
+    attrs.DisplayName = ua.LocalizedText(name)
+    attrs.Description = ua.LocalizedText(description)
+    attrs.IsAbstract = False
     attrs.WriteMask = 0
     attrs.UserWriteMask = 0
     item.NodeAttributes = attrs
@@ -177,6 +219,7 @@ def _variable_item(
     *,
     prop: bool = False,
     analog: bool = False,
+    historizing: bool = False,
 ) -> ua.AddNodesItem:
     item = ua.AddNodesItem()
     item.RequestedNewNodeId = nodeid
@@ -197,9 +240,10 @@ def _variable_item(
     attrs.ValueRank = ua.ValueRank.Scalar
     attrs.WriteMask = 0
     attrs.UserWriteMask = 0
-    attrs.Historizing = False
-    attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
-    attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
+    attrs.Historizing = historizing
+    access = ua.AccessLevel.CurrentRead.mask | (ua.AccessLevel.HistoryRead.mask if historizing else 0)
+    attrs.AccessLevel = access
+    attrs.UserAccessLevel = access
     item.NodeAttributes = attrs
     return item
 
@@ -213,12 +257,54 @@ def data_variable_item(
     description: str,
     *,
     analog: bool = False,
+    historizing: bool = False,
 ) -> ua.AddNodesItem:
     """A variable `name` of `parent` in namespace `ns`, holding the initial value of its type."""
     value = ua.Variant(_INITIAL[vtype], vtype)
     return _variable_item(
-        nodeid, ua.QualifiedName(name, ns), parent, value, _DATATYPE[vtype], description, analog=analog
+        nodeid,
+        ua.QualifiedName(name, ns),
+        parent,
+        value,
+        _DATATYPE[vtype],
+        description,
+        analog=analog,
+        historizing=historizing,
     )
+
+
+def variable_items(
+    nodeid: ua.NodeId,
+    name: str,
+    ns: int,
+    parent: ua.NodeId,
+    vtype: ua.VariantType,
+    description: str,
+    units: ua.EUInformation | None = None,
+    *,
+    historizing: bool = False,
+) -> list[ua.AddNodesItem]:
+    """A data variable (see `data_variable_item`) with a string `nodeid`; with `units`, an analog
+    one with its EngineeringUnits property (NodeId `<nodeid>/EngineeringUnits`, BrowseName
+    0:EngineeringUnits)."""
+    items = [
+        data_variable_item(
+            nodeid, name, ns, parent, vtype, description, analog=units is not None, historizing=historizing
+        )
+    ]
+    if units is not None:
+        items.append(
+            _variable_item(
+                _nid(cast("str", nodeid.Identifier) + "/EngineeringUnits", ns),
+                ua.QualifiedName("EngineeringUnits", 0),
+                nodeid,
+                ua.Variant(units, ua.VariantType.ExtensionObject),
+                ObjectIds.EUInformation,
+                "Engineering units (UNECE)",
+                prop=True,
+            )
+        )
+    return items
 
 
 def ns_to_datetime(ns: int) -> dt.datetime:
@@ -272,6 +358,13 @@ class AddressSpace:
         items = [
             _object_item(_nid("CMM", ns), "CMM", ns, objects, folder=True),
             _object_item(gateway, "Gateway", ns, objects),
+            _object_type_item(
+                _nid(CHARACTERISTIC_TYPE, ns),
+                "CharacteristicType",
+                ns,
+                "A measured characteristic (feature) of a machine: its newest result, compensated to 20 °C, "
+                "and its capability",
+            ),
         ]
         for name, vtype, description in GATEWAY_VARIABLES:
             nodeid = gateway_node_id(ns, name)
@@ -287,19 +380,7 @@ class AddressSpace:
         nodeids: list[ua.NodeId] = []
         for name, vtype, units, description in MACHINE_VARIABLES:
             nodeid = machine_node_id(ns, machine_id, name)
-            items.append(data_variable_item(nodeid, name, ns, obj, vtype, description, analog=units is not None))
-            if units is not None:
-                items.append(
-                    _variable_item(
-                        _nid(f"CMM/{machine_id}/{name}/EngineeringUnits", ns),
-                        ua.QualifiedName("EngineeringUnits", 0),
-                        nodeid,
-                        ua.Variant(units, ua.VariantType.ExtensionObject),
-                        ObjectIds.EUInformation,
-                        "Engineering units (UNECE)",
-                        prop=True,
-                    )
-                )
+            items += variable_items(nodeid, name, ns, obj, vtype, description, units)
             nodeids.append(nodeid)
         await self._add_nodes(items)
         self._machines[machine_id] = created = tuple(nodeids)

@@ -1,5 +1,5 @@
 """Live OPC UA tags for SCADA/PLCs: an asyncua server fed with the newest measurement per machine
-and the gateway's health.
+and per characteristic, and the gateway's health.
 
 The tags are described in `address_space` (and the README, "OPC UA address space"); what the
 server offers and whom it lets in in `security` (and docs/opcua-security.md); its certificate in
@@ -13,6 +13,7 @@ import datetime as dt
 import errno
 import logging
 import socket
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from asyncua.server.server import Server
 
 from cmm_twin.gateway.health import GatewayHealth
+from cmm_twin.gateway.quality.history import newest_records
 from cmm_twin.gateway.quality.monitor import QualityMonitor
 from cmm_twin.gateway.sinks.base import Delivered, Sink, SinkStartError, WriteOutcome
 from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, AddressSpace, gateway_values, ns_to_datetime
@@ -36,7 +38,7 @@ from cmm_twin.gateway.sinks.opcua.security import (
 from cmm_twin.gateway.sinks.opcua.settings import PASSWORD_ENV, USER_ENV, OpcUaSettings, parse_endpoint
 from cmm_twin.physics.compensation import COMPENSATION_NAMES
 from cmm_twin.physics.thermal import VERDICT_NAMES
-from cmm_twin.records import RecordBatch
+from cmm_twin.records import RecordBatch, newest_per_characteristic
 
 __all__ = ["LoginThrottle", "OpcUaSettings", "OpcUaSink", "OpcUaStartError", "TrustList"]
 
@@ -50,16 +52,20 @@ class OpcUaStartError(SinkStartError):
 class OpcUaSink(Sink):
     """Serves the newest measurement of each machine and the gateway's health as OPC UA tags.
 
-    A live sink (not durable): `write` keeps only the last row per machine of each batch. Each
-    `open` starts a fresh asyncua server; a failed `open` leaves none behind, so it can be retried.
+    A live sink (not durable): `write` keeps only the last row per machine and per characteristic
+    of each batch. Each `open` starts a fresh asyncua server, with the characteristics of the
+    embedded history (`history_path`) already there; a failed `open` leaves none behind, so it can
+    be retried.
     """
 
     name = "opcua"
     durable = False
     health_interval_s = 0.25
 
-    def __init__(self, settings: OpcUaSettings) -> None:
+    def __init__(self, settings: OpcUaSettings, history_path: Path | None = None) -> None:
         self.settings = settings
+        self.history_path = history_path
+        """The embedded historian's store (None: none): the characteristics are rebuilt from it."""
         self._plan = plan_security(settings)
         self._space: AddressSpace | None = None
         """The running server's nodes; None while not open."""
@@ -106,11 +112,27 @@ class OpcUaSink(Sink):
             await _stop(server)
             raise
         self._characteristics = CharacteristicNodes(self._space)
+        now = dt.datetime.now(dt.UTC)
+        await self._rebuild_characteristics(now)
         if self.quality is not None:  # what the monitor holds already (rebuilt from the history)
-            now = dt.datetime.now(dt.UTC)
             for report in self.quality.reports():
                 await self._characteristics.write(report, now)
         _logger.debug("OPC UA server listening on %s", self.endpoint_url)
+
+    async def _rebuild_characteristics(self, now: dt.datetime) -> None:
+        """Show the newest record of every characteristic (and so of every machine) in the embedded
+        history, so a known NodeId answers right after a restart (a store that cannot be read: the
+        historian says so)."""
+        if self.history_path is None or self._characteristics is None:
+            return
+        try:
+            newest = await asyncio.to_thread(newest_records, self.history_path, 1)
+        except sqlite3.Error as exc:
+            _logger.warning("OPC UA: the characteristics start empty: cannot read the history: %s", exc)
+            return
+        await self._write_results(newest, now)
+        if len(newest):
+            _logger.info("OPC UA: %d characteristics taken from the history", len(newest))
 
     def _warn_about_access(self) -> None:
         """Say once (not at every retry of `open`) when access is restricted beyond the defaults."""
@@ -242,13 +264,23 @@ class OpcUaSink(Sink):
         return self._space
 
     async def write(self, batch: RecordBatch, prepared: object = None) -> WriteOutcome:
-        """Publish the last row of each machine in `batch` (arrival order) and return Delivered."""
-        space = self._require_space()
-        count = len(batch)
-        if count == 0:
+        """Publish the last row of each characteristic and of each machine in `batch` (arrival
+        order) and return Delivered."""
+        self._require_space()
+        if len(batch) == 0:
             return Delivered()
+        now = dt.datetime.now(dt.UTC)
+        await self._write_results(batch, now)
+        await self._write_characteristics(batch, now)
+        return Delivered()
+
+    async def _write_results(self, batch: RecordBatch, now: dt.datetime) -> None:
+        """Write the newest row of each characteristic, then of each machine, of `batch`."""
+        space = self._require_space()
+        if self._characteristics is not None:
+            await self._characteristics.write_results(batch, newest_per_characteristic(batch), now)
         # dict(zip(...)) runs in C and keeps the last position of each key: the newest row per machine.
-        last_row = dict(zip(batch.machine_id, range(count), strict=True))
+        last_row = dict(zip(batch.machine_id, range(len(batch)), strict=True))
         rows = list(last_row.values())
         stamps = batch.timestamp_ns[rows].tolist()
         measured = batch.measured_mm[rows].tolist()
@@ -260,7 +292,6 @@ class OpcUaSink(Sink):
         upper = batch.upper_tol_mm[rows].tolist()
         verdicts = VERDICT_NAMES[batch.verdict[rows]].tolist()
         compensations = COMPENSATION_NAMES[batch.compensation[rows]].tolist()
-        now = dt.datetime.now(dt.UTC)
         for k, (machine_id, row) in enumerate(last_row.items()):
             values = (
                 batch.part_id[row],
@@ -278,8 +309,6 @@ class OpcUaSink(Sink):
                 verdicts[k],
             )
             await space.write_machine(machine_id, values, ns_to_datetime(stamps[k]), now)
-        await self._write_characteristics(batch, now)
-        return Delivered()
 
     async def _write_characteristics(self, batch: RecordBatch, now: dt.datetime) -> None:
         """Show the monitor's figures of every characteristic of `batch` (it saw the batch before
@@ -295,6 +324,11 @@ class OpcUaSink(Sink):
             report = self.quality.report(machine_id, feature)
             if report is not None:
                 await self._characteristics.write(report, now)
+
+    async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
+        """The newest rows of these characteristics were rejected: their results turn Bad."""
+        if self._characteristics is not None:
+            await self._characteristics.mark_rejected(keys, dt.datetime.now(dt.UTC))
 
     def superseded(self, batch: RecordBatch) -> None:
         """A batch dropped under load: its machines' newest values come with a newer batch, but

@@ -42,9 +42,9 @@ HEALTH_SAMPLES = 600
 HEALTH_SAMPLE_S = 1.0
 QUEUE_BATCHES = 4
 """Batches queued for the page's runner: it takes them at once, so this only rides out a commit
-group of many small files published together; past it the oldest batch is dropped (the page shows
-the newest; its verdict counts still count it, through `superseded`). Bounded small, as a
-1,000-row batch is a few hundred kB."""
+group of many small files published together; past it the queue coalesces to the newest record
+per characteristic (its verdict counts still count the others, through `superseded`). Bounded
+small, as a 1,000-row batch is a few hundred kB."""
 
 _FLOATS = (
     "nominal_mm",
@@ -104,7 +104,7 @@ class PageFeed(Sink):
         return Delivered()
 
     def superseded(self, batch: RecordBatch) -> None:
-        """Count a batch the runner dropped in a burst (the ring shows newer records anyway)."""
+        """Count records the runner coalesced away in a burst (the ring shows newer ones anyway)."""
         self.count(batch)
 
     async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:

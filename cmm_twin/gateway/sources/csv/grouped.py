@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.sources.csv.parser import ChunkParser
-from cmm_twin.gateway.sources.rows import FileRejected, ParsedChunk, RowError, slice_rows, with_source_file
+from cmm_twin.gateway.sources.rows import FileRejected, ParsedChunk, slice_rows, with_source_file
 
 if TYPE_CHECKING:
     from cmm_twin.gateway.sources.csv.source import CsvSource
@@ -108,9 +109,7 @@ def _parse_together(
     for k, (i, _, lines, size) in enumerate(batch):
         shift = header_line - int(starts[k])  # joint line n is line n + shift of its file
         file_rows = slice_rows(rows, int(row_bounds[k]), int(row_bounds[k + 1]), shift)
-        file_errors = [
-            RowError(e.line + shift, e.column, e.reason) for e, f in zip(errors, error_file, strict=True) if f == k
-        ]
+        file_errors = [replace(e, line=e.line + shift) for e, f in zip(errors, error_file, strict=True) if f == k]
         if len(file_rows) or file_errors:
             results[i] = with_source_file(ParsedChunk(file_rows, file_errors, size, header_line + lines), paths[i].name)
 

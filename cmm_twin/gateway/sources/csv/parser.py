@@ -4,6 +4,7 @@ contract: README, 'The CSV format (inbox)')."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from numpy.typing import NDArray
 
 from cmm_twin.gateway.sources.csv.distinct import check_distinct
 from cmm_twin.gateway.sources.csv.header import UNIT_COLUMN, Headers
-from cmm_twin.gateway.sources.csv.ids import IdColumns
+from cmm_twin.gateway.sources.csv.ids import IdColumns, check_id
 from cmm_twin.gateway.sources.csv.lines import not_utf8, split_lines
 from cmm_twin.gateway.sources.csv.numbers import Numbers
 from cmm_twin.gateway.sources.csv.timestamps import Timestamps, check_timestamps
@@ -79,6 +80,7 @@ class ChunkParser:
         bad: dict[int, RowError] = {}
         values = self._validate(columns, line_numbers, bad)
         if bad:
+            _name_characteristics(bad, columns)
             keep = np.ones(len(line_numbers), dtype=bool)
             keep[list(bad)] = False
             values = select(values, keep)
@@ -254,6 +256,17 @@ def units(column: list[str] | None, lines: NDArray[np.int64], bad: dict[int, Row
             if known[raw] is None and i not in bad:
                 bad[i] = RowError(int(lines[i]), UNIT_COLUMN, f"unknown unit {raw.strip()!r}: expected mm or deg")
     return [known[raw] or LENGTH for raw in column]
+
+
+def _name_characteristics(bad: dict[int, RowError], columns: dict[str, list[str]]) -> None:
+    """Give each error the machine and feature of its row, where both are valid ids."""
+    machines, features = columns.get("machine_id"), columns.get("feature")
+    if machines is None or features is None:
+        return
+    for i, error in bad.items():
+        machine_id, feature = machines[i].strip(), features[i].strip()
+        if check_id(machine_id)[1] is None and check_id(feature)[1] is None:
+            bad[i] = dataclasses.replace(error, machine_id=machine_id, feature=feature)
 
 
 def split_line(line: str) -> list[str] | None:

@@ -11,7 +11,7 @@ from cmm_twin.gateway.sources.base import Source
 from cmm_twin.gateway.sources.characteristics import RowBuilder
 from cmm_twin.gateway.sources.qdas.document import Document, parse
 from cmm_twin.gateway.sources.qdas.text import decode
-from cmm_twin.gateway.sources.rows import IngestSettings, ParsedChunk, RowError
+from cmm_twin.gateway.sources.rows import IngestSettings, ParsedChunk
 
 
 def _swap_suffix(name: str, old: str, new: str) -> str:
@@ -65,5 +65,5 @@ class QdasSource(Source):
         if chunk is None or len(document.texts) == 1:
             return chunk
         names = document.file_names(chunk.errors)
-        errors = [RowError(e.line, e.column, f"{e.reason} (in {n})") for e, n in zip(chunk.errors, names, strict=True)]
+        errors = [replace(e, reason=f"{e.reason} (in {n})") for e, n in zip(chunk.errors, names, strict=True)]
         return replace(chunk, errors=errors)
