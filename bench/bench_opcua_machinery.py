@@ -79,12 +79,12 @@ async def measure(machines: int, observations: int) -> list[Figure]:
             rss_cmm = rss_mb()
             started = time.perf_counter()
             for m in range(machines):
-                await model.observe(f"CMM-{m:03d}", now, rows_ok=1, rows_rejected=0)
+                await model.observe(now, ok=[(f"CMM-{m:03d}", "length")])
             build_ms = (time.perf_counter() - started) * 1000 / machines
             rss_machines = rss_mb() - rss_cmm
             started = time.perf_counter()
             for i in range(observations):
-                await model.observe(f"CMM-{i % machines:03d}", now, rows_ok=1, rows_rejected=0)
+                await model.observe(now, ok=[(f"CMM-{i % machines:03d}", "length")])
             observe_us = (time.perf_counter() - started) * 1e6 / observations
             started = time.perf_counter()
             for _ in range(observations):

@@ -120,12 +120,12 @@ async def test_machines_follow_opc_40001_with_their_configured_identification(tm
     async with asyncio.timeout(TIMEOUT_S), serving() as (server, space, url):
         model = MachineryModel(server, space.ns, settings)
         assert model.status == "loading"
-        await model.observe("CMM.02", T0, rows_ok=3, rows_rejected=0)  # before the model is loaded
+        await model.observe(T0, ok=[("CMM.02", "length")])  # before the model is loaded
         assert await model.load()  # on the running server
         assert model.status == "ready"
         assert await model.load()  # once is enough: nothing loaded twice
         await space.ensure_machine("CMM-01")
-        await model.observe("CMM-01", T0, rows_ok=5, rows_rejected=1)
+        await model.observe(T0, ok=[("CMM-01", "length"), ("CMM-01", "width")], rejected=[("CMM-01", "width")])
 
         async with connected(url) as client:
             ns = await client.get_namespace_index(NAMESPACE_URI)
@@ -201,7 +201,7 @@ async def test_machines_follow_opc_40001_with_their_configured_identification(tm
             assert {r.NodeId.to_string() for r in back} == {f"ns={ns};s=CMM", machine}
             assert await references(client, f"ns={ns};s=Machines/CMM.02", ObjectIds.Organizes) == []
             await space.ensure_machine("CMM.02")  # its measurements appear: linked with its next rows
-            await model.observe("CMM.02", T0, rows_ok=1, rows_rejected=0)
+            await model.observe(T0, ok=[("CMM.02", "length")])
             (organized,) = await references(client, f"ns={ns};s=Machines/CMM.02", ObjectIds.Organizes)
             assert organized.NodeId.to_string() == f"ns={ns};s=CMM/CMM.02"
 
@@ -248,11 +248,12 @@ async def test_state_executing_idle_out_of_service_and_back(tmp_path: Path, capl
             await subscription.subscribe_data_change(client.get_node(base))
             assert await collector.queue.get() == NOT_EXECUTING
 
-            await model.observe("CMM-01", T0, rows_ok=2, rows_rejected=0)
+            length, diameter = ("CMM-01", "length"), ("CMM-01", "diameter")
+            await model.observe(T0, ok=[length, length, diameter])
             assert await collector.queue.get() == EXECUTING
             assert model.next_change_s(T0) == IDLE_S
             later = T0 + dt.timedelta(seconds=100)
-            await model.observe("CMM-01", later, rows_ok=1, rows_rejected=0)  # still executing: idle counts anew
+            await model.observe(later, ok=[length])  # still executing: the idle time counts anew
             await model.tick(T0 + dt.timedelta(seconds=IDLE_S))
             assert model.state("CMM-01") == EXECUTING
             assert model.next_change_s(T0 + dt.timedelta(seconds=IDLE_S)) == 100.0
@@ -263,22 +264,37 @@ async def test_state_executing_idle_out_of_service_and_back(tmp_path: Path, capl
             assert await current_state(client, ns, "CMM-01") == (NOT_EXECUTING, f"ns={mns};i=5007", 2)
             assert model.next_change_s(later) is None
 
+            # a file with a good and a rejected characteristic, as the sink hands it over: its
+            # valid rows, then the rejections: executing, not failing
             t1 = later + dt.timedelta(seconds=IDLE_S + 10)
-            await model.observe("CMM-01", t1, rows_ok=0, rows_rejected=4)  # every row rejected
+            await model.observe(t1, ok=[length])
+            await model.observe(t1, rejected=[diameter])
+            assert await collector.queue.get() == EXECUTING
+            assert model.state("CMM-01") == EXECUTING
+            # then a file whose rows are all rejected: every characteristic's newest row fails
+            await model.observe(t1 + dt.timedelta(seconds=5), rejected=[length, diameter])
             assert await collector.queue.get() == OUT_OF_SERVICE
-            await model.tick(t1 + dt.timedelta(seconds=10 * IDLE_S))  # stays: its latest rows failed
-            await model.observe("CMM-01", t1, rows_ok=0, rows_rejected=0)  # nothing: no change
+            await model.tick(t1 + dt.timedelta(seconds=10 * IDLE_S))  # stays: its records all fail
+            await model.observe(t1 + dt.timedelta(seconds=6))  # no rows: no change
             assert await current_state(client, ns, "CMM-01") == (OUT_OF_SERVICE, f"ns={mns};i=5004", 1)
-            await model.observe("CMM-01", t1 + dt.timedelta(seconds=20), rows_ok=1, rows_rejected=3)
+            await model.observe(t1 + dt.timedelta(seconds=20), ok=[diameter], rejected=[length])
             assert await collector.queue.get() == EXECUTING
             assert await current_state(client, ns, "CMM-01") == (EXECUTING, f"ns={mns};i=5006", 3)
+            # a characteristic both valid and rejected in one call: the rejection counts (the newer)
+            await model.observe(t1 + dt.timedelta(seconds=21), ok=[length], rejected=[length, diameter])
+            assert await collector.queue.get() == OUT_OF_SERVICE
             assert collector.queue.empty()
             await subscription.delete()
 
-            await model.ensure("CMM-09")  # e.g. rebuilt from the history at start-up: there, not executing
+            await model.observe(t1, rejected=[("CMM-05", "length")])  # a new machine whose rows all fail
+            assert await current_state(client, ns, "CMM-05") == (OUT_OF_SERVICE, f"ns={mns};i=5004", 1)
+            # e.g. rebuilt from the history at start-up: there, not executing, its characteristic known
+            await model.ensure("CMM-09", ["length"])
             assert await current_state(client, ns, "CMM-09") == (NOT_EXECUTING, f"ns={mns};i=5007", 2)
+            await model.observe(t1, rejected=[("CMM-09", "width")])  # one of two characteristics fails
+            assert model.state("CMM-09") == EXECUTING
             health = model.health()
-            assert health["machinery"] == "ready" and health["machines"] == 2
+            assert health["machinery"] == "ready" and health["machines"] == 3
 
 
 async def test_without_nodesets_the_server_still_serves_the_cmm_tree(
@@ -300,7 +316,7 @@ async def test_without_nodesets_the_server_still_serves_the_cmm_tree(
             f"OPC UA serves no Machinery model (OPC 40001-1): OPC UA nodesets not found in {empty} "
             "(no Opc.Ua.Di.NodeSet2.xml there); run scripts/nodesets.sh (make does) to fetch them"
         ]
-        await model.observe("CMM-01", T0, rows_ok=1, rows_rejected=0)  # harmless
+        await model.observe(T0, ok=[("CMM-01", "length")])  # harmless
         await model.tick(T0 + dt.timedelta(days=1))
         await space.ensure_machine("CMM-01")
         async with connected(url) as client:

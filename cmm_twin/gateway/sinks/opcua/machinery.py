@@ -17,17 +17,18 @@ namespace (index `ns`):
             Id, Number                      .../CurrentState/Id (the state's NodeId), .../CurrentState/Number
       <ns>:<m> (Organizes)                  ns=<ns>;s=CMM/<m>: the machine's measurements
 
-The state follows the files of the machine: Executing while they arrive, NotExecuting when none
-came for `machine_idle_s`, OutOfService when the rows of its latest file (or batch) were all
-rejected, until a good row comes. Every value is read-only for clients.
+The state follows the rows of the machine: Executing while they arrive, NotExecuting when none
+came for `machine_idle_s`, OutOfService while the newest row of every one of its characteristics
+was rejected (its records are all failing), until a good row comes. Every value is read-only for
+clients.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from asyncua import ua
@@ -73,8 +74,10 @@ STATE_PATH = "MachineryBuildingBlocks/MachineryItemState"
 @dataclass
 class _Machine:
     state: str
-    last_file: dt.datetime | None = None
-    """When the machine's latest rows were observed (None: none since start)."""
+    last_rows: dt.datetime | None = None
+    """When rows of the machine last arrived (None: none since start)."""
+    failing: dict[str, bool] = field(default_factory=dict)
+    """Each characteristic (feature) seen: whether its newest row was rejected."""
     built: bool = False
     linked: bool = False
     """The Organizes reference to `CMM/<m>` is there."""
@@ -176,31 +179,45 @@ class MachineryModel:
 
     # -- the machines' state
 
-    async def ensure(self, machine_id: str) -> None:
-        """Show `machine_id` (NotExecuting until its files arrive) if it is not there yet, e.g. a
-        machine rebuilt from the history at start-up."""
-        if machine_id not in self._machines:
-            self._machines[machine_id] = _Machine(NOT_EXECUTING)
-        await self._show(machine_id, dt.datetime.now(dt.UTC))
-
-    async def observe(self, machine_id: str, now: dt.datetime, rows_ok: int, rows_rejected: int) -> None:
-        """Rows of `machine_id` arrived at `now` (a file or a batch): Executing when any was good,
-        OutOfService when all were rejected. Call it after the machine's `CMM/<m>` nodes were
-        written, so the link to them is made at once. Never raises."""
-        if rows_ok <= 0 and rows_rejected <= 0:
-            return
+    def _machine(self, machine_id: str) -> _Machine:
         machine = self._machines.get(machine_id)
         if machine is None:
             machine = self._machines[machine_id] = _Machine(NOT_EXECUTING)
-        machine.last_file = now
-        new_state = EXECUTING if rows_ok > 0 else OUT_OF_SERVICE
-        if new_state == EXECUTING:
-            due = now + self.idle
-            if self._deadline is None or due < self._deadline:
-                self._deadline = due
-        changed = machine.state != new_state
-        machine.state = new_state
-        await self._show(machine_id, now, write_state=changed)
+        return machine
+
+    async def ensure(self, machine_id: str, features: Iterable[str] = ()) -> None:
+        """Show `machine_id` (NotExecuting until its files arrive) if it is not there yet, with
+        `features` as characteristics known to be good, e.g. a machine rebuilt from the history at
+        start-up. Never raises."""
+        machine = self._machine(machine_id)
+        for feature in features:
+            machine.failing.setdefault(feature, False)
+        await self._show(machine_id, dt.datetime.now(dt.UTC))
+
+    async def observe(
+        self, now: dt.datetime, ok: Iterable[tuple[str, str]] = (), rejected: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Rows arrived at `now`: `ok` holds the (machine id, feature) of valid rows, `rejected`
+        of rejected ones (duplicates allowed; a key in both counts as rejected, the newer). A
+        machine with rows is Executing, or OutOfService while the newest row of every one of its
+        characteristics was rejected. Call it after the machines' `CMM/<m>` nodes were written,
+        so the link to them is made at once. Never raises."""
+        touched: dict[str, None] = {}
+        for keys, failing in ((ok, False), (rejected, True)):
+            for machine_id, feature in dict.fromkeys(keys):
+                self._machine(machine_id).failing[feature] = failing
+                touched[machine_id] = None
+        for machine_id in touched:
+            machine = self._machines[machine_id]
+            machine.last_rows = now
+            new_state = OUT_OF_SERVICE if all(machine.failing.values()) else EXECUTING
+            if new_state == EXECUTING:
+                due = now + self.idle
+                if self._deadline is None or due < self._deadline:
+                    self._deadline = due
+            changed = machine.state != new_state
+            machine.state = new_state
+            await self._show(machine_id, now, write_state=changed)
 
     async def tick(self, now: dt.datetime) -> None:
         """Turn machines idle for `machine_idle_s` NotExecuting. Cheap when nothing is due (one
@@ -209,9 +226,9 @@ class MachineryModel:
             return
         deadline: dt.datetime | None = None
         for machine_id, machine in self._machines.items():
-            if machine.state != EXECUTING or machine.last_file is None:
+            if machine.state != EXECUTING or machine.last_rows is None:
                 continue
-            due = machine.last_file + self.idle
+            due = machine.last_rows + self.idle
             if due <= now:
                 machine.state = NOT_EXECUTING
                 await self._show(machine_id, now, write_state=True)
@@ -291,7 +308,7 @@ class MachineryModel:
                     _nid(ObjectIds.FolderType), "The machine's Machinery building blocks"),
             _object(item_state, ua.QualifiedName("MachineryItemState", mns), blocks, ObjectIds.HasAddIn,
                     _nid(_ITEM_STATE_TYPE, mns), "Executing while files arrive, NotExecuting when idle, "
-                    "OutOfService when its latest rows were all rejected"),
+                    "OutOfService while the newest row of every characteristic was rejected"),
             _variable(current, ua.QualifiedName("CurrentState", 0), item_state, ObjectIds.HasComponent,
                       _nid(ObjectIds.FiniteStateVariableType), _state_text(state), ObjectIds.LocalizedText,
                       "Current state of the machine"),
