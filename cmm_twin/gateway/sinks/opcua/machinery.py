@@ -107,6 +107,7 @@ class MachineryModel:
         self.status = "loading"
         """`loading`, `ready`, or `unavailable: <why>` (for /health and the log)."""
         self.loaded: LoadedNodesets | None = None
+        self._load_started = False
         self._states: _States | None = None
         self._machines: dict[str, _Machine] = {m: _Machine(NOT_EXECUTING) for m in self.identities}
         self._deadline: dt.datetime | None = None
@@ -137,9 +138,10 @@ class MachineryModel:
     async def load(self) -> bool:
         """Load the nodesets and add the machines known so far; False (with one warning naming
         the reason and `status` saying it) when that is not possible. Never raises; a second
-        call only answers whether the model is ready."""
-        if self.status != "loading":
+        call (also during the first) only answers whether the model is ready."""
+        if self._load_started:
             return self.ready
+        self._load_started = True
         try:
             self.loaded = await load_nodesets(self.server, self.nodesets_dir)
             self._states = await self._read_states(self.loaded.machinery_ns)
