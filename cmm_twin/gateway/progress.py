@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cmm_twin.sqlite_worker import Database, DiskFullError, write_transaction
 
@@ -55,8 +55,8 @@ class StoredRowError:
     line: int
     column: str | None
     reason: str
-    machine_id: str | None = None
-    feature: str | None = None
+    machine_id: str | None = field(default=None, compare=False)
+    feature: str | None = field(default=None, compare=False)
 
 
 class IngestProgress:

@@ -32,8 +32,8 @@ class RowError:
     line: int
     column: str | None
     reason: str
-    machine_id: str | None = None
-    feature: str | None = None
+    machine_id: str | None = field(default=None, compare=False)
+    feature: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, object]:
         """JSON-ready dict for the quarantine report."""

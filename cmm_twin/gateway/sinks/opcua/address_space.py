@@ -248,31 +248,6 @@ def _variable_item(
     return item
 
 
-def data_variable_item(
-    nodeid: ua.NodeId,
-    name: str,
-    ns: int,
-    parent: ua.NodeId,
-    vtype: ua.VariantType,
-    description: str,
-    *,
-    analog: bool = False,
-    historizing: bool = False,
-) -> ua.AddNodesItem:
-    """A variable `name` of `parent` in namespace `ns`, holding the initial value of its type."""
-    value = ua.Variant(_INITIAL[vtype], vtype)
-    return _variable_item(
-        nodeid,
-        ua.QualifiedName(name, ns),
-        parent,
-        value,
-        _DATATYPE[vtype],
-        description,
-        analog=analog,
-        historizing=historizing,
-    )
-
-
 def variable_items(
     nodeid: ua.NodeId,
     name: str,
@@ -284,12 +259,15 @@ def variable_items(
     *,
     historizing: bool = False,
 ) -> list[ua.AddNodesItem]:
-    """A data variable (see `data_variable_item`) with a string `nodeid`; with `units`, an analog
-    one with its EngineeringUnits property (NodeId `<nodeid>/EngineeringUnits`, BrowseName
-    0:EngineeringUnits)."""
+    """A variable `name` of `parent` in namespace `ns` with a string `nodeid`, holding the initial
+    value of its type; with `units`, an analog one with its EngineeringUnits property (NodeId
+    `<nodeid>/EngineeringUnits`, BrowseName 0:EngineeringUnits)."""
+    value = ua.Variant(_INITIAL[vtype], vtype)
+    name_in_ns = ua.QualifiedName(name, ns)
+    analog = units is not None
     items = [
-        data_variable_item(
-            nodeid, name, ns, parent, vtype, description, analog=units is not None, historizing=historizing
+        _variable_item(
+            nodeid, name_in_ns, parent, value, _DATATYPE[vtype], description, analog=analog, historizing=historizing
         )
     ]
     if units is not None:
@@ -368,7 +346,7 @@ class AddressSpace:
         ]
         for name, vtype, description in GATEWAY_VARIABLES:
             nodeid = gateway_node_id(ns, name)
-            items.append(data_variable_item(nodeid, name, ns, gateway, vtype, description))
+            items += variable_items(nodeid, name, ns, gateway, vtype, description)
             self._gateway_nodes[name] = nodeid
             self._gateway_values[name] = _INITIAL[vtype]
         await self._add_nodes(items)

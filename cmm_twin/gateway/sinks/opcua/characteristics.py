@@ -59,7 +59,6 @@ from cmm_twin.gateway.sinks.opcua.address_space import (
     _dv,
     _nid,
     _object_item,
-    data_variable_item,
     ns_to_datetime,
     variable_items,
 )
@@ -187,7 +186,7 @@ class CharacteristicNodes:
                 )
             for name, vtype, description in CHARACTERISTIC_VARIABLES:
                 nodeid = characteristic_node_id(ns, machine_id, feature, name)
-                items.append(data_variable_item(nodeid, name, ns, obj, vtype, description))
+                items += variable_items(nodeid, name, ns, obj, vtype, description)
             await space.add_nodes(items)
             nodes = [item.RequestedNewNodeId for item in items]
             self._templates[unit] = NodeTemplate(space.server.iserver.aspace, obj, folder, nodes)
