@@ -128,7 +128,8 @@ class OpcUaSink(Sink):
         try:
             newest = await asyncio.to_thread(newest_records, self.history_path, 1)
         except sqlite3.Error as exc:
-            _logger.warning("OPC UA: the characteristics start empty: cannot read the history: %s", exc)
+            # The historian sink reports a corrupt store, and what to do, once.
+            _logger.debug("OPC UA: the characteristics start empty: cannot read the history: %s", exc)
             return
         await self._write_results(newest, now)
         if len(newest):
