@@ -16,6 +16,7 @@ import socket
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from asyncua.server.server import Server
@@ -28,6 +29,7 @@ from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, AddressSpa
 from cmm_twin.gateway.sinks.opcua.certificates import APPLICATION_URI, SERVER_NAME, ensure_certificate, fingerprint
 from cmm_twin.gateway.sinks.opcua.characteristics import CharacteristicNodes
 from cmm_twin.gateway.sinks.opcua.history import install_history
+from cmm_twin.gateway.sinks.opcua.machinery import MachineryModel
 from cmm_twin.gateway.sinks.opcua.results import ResultEvents, add_get_latest_result
 from cmm_twin.gateway.sinks.opcua.security import (
     POLICY_NAMES,
@@ -72,6 +74,9 @@ class OpcUaSink(Sink):
         self._space: AddressSpace | None = None
         """The running server's nodes; None while not open."""
         self._characteristics: CharacteristicNodes | None = None
+        self._machinery: MachineryModel | None = None
+        """The Machinery model (OPC 40001-1) of the running server; its nodesets load in the background."""
+        self._machinery_load: asyncio.Task[bool] | None = None
         self._stale: dict[tuple[str, str], None] = {}
         """Characteristics of batches the runner dropped under load (`superseded`): written with
         the next batch or health sample, so no figure stays behind the monitor."""
@@ -117,8 +122,10 @@ class OpcUaSink(Sink):
             await _stop(server)
             raise
         self._characteristics = CharacteristicNodes(self._space, historized=self.history_path is not None)
+        self._machinery = MachineryModel(self._space.server, self._space.ns, self.settings)
         now = dt.datetime.now(dt.UTC)
         await self._rebuild_characteristics(now)
+        self._machinery_load = asyncio.create_task(self._machinery.load(), name="opcua-machinery-load")
         if self.quality is not None:  # what the monitor holds already (rebuilt from the history)
             for report in self.quality.reports():
                 await self._characteristics.write(report, now)
@@ -137,6 +144,12 @@ class OpcUaSink(Sink):
             _logger.debug("OPC UA: the characteristics start empty: cannot read the history: %s", exc)
             return
         await self._write_results(newest, now)
+        if self._machinery is not None:
+            features: dict[str, list[str]] = {}
+            for machine_id, feature in dict.fromkeys(zip(newest.machine_id, newest.feature, strict=True)):
+                features.setdefault(machine_id, []).append(feature)
+            for machine_id, known in features.items():
+                await self._machinery.ensure(machine_id, known)
         if len(newest):
             _logger.info("OPC UA: %d characteristics taken from the history", len(newest))
 
@@ -226,6 +239,10 @@ class OpcUaSink(Sink):
         space, self._space = self._space, None
         self._characteristics = None
         self._results = None
+        task, self._machinery_load, self._machinery = self._machinery_load, None, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
         if space is not None:
             await _stop(space.server)
 
@@ -284,6 +301,8 @@ class OpcUaSink(Sink):
             return Delivered()
         now = dt.datetime.now(dt.UTC)
         await self._write_results(batch, now)
+        if self._machinery is not None:
+            await self._machinery.observe(now, ok=zip(batch.machine_id, batch.feature, strict=True))
         if self._results is not None:
             await self._results.emit(batch)
         await self._write_characteristics(batch, now)
@@ -340,10 +359,21 @@ class OpcUaSink(Sink):
             if report is not None:
                 await self._characteristics.write(report, now)
 
+    def health_info(self) -> dict[str, Any]:
+        """The Machinery model's state (`machinery`: loading, ready or unavailable and why,
+        `machines`, `nodesets_load_s`) and the number of characteristics served."""
+        info: dict[str, Any] = {"characteristics": len(self._characteristics or ())}
+        if self._machinery is not None:
+            info.update(self._machinery.health())
+        return info
+
     async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
         """The newest rows of these characteristics were rejected: their results turn Bad."""
+        now = dt.datetime.now(dt.UTC)
         if self._characteristics is not None:
-            await self._characteristics.mark_rejected(keys, dt.datetime.now(dt.UTC))
+            await self._characteristics.mark_rejected(keys, now)
+        if self._machinery is not None:
+            await self._machinery.observe(now, rejected=keys)
 
     def superseded(self, batch: RecordBatch) -> None:
         """A batch dropped under load: its machines' newest values come with a newer batch, but
@@ -367,6 +397,8 @@ class OpcUaSink(Sink):
         try:
             now = dt.datetime.now(dt.UTC)
             await space.write_gateway(gateway_values(samples[-1]), now)
+            if self._machinery is not None:
+                await self._machinery.tick(now)
             await self._write_stale(now)
         except Exception:
             _logger.exception("updating the OPC UA Gateway object failed")
