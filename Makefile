@@ -5,14 +5,21 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NODESETS := $(VENV)/share/cmm-twin/nodesets
 
-.PHONY: run chaos test test-under-load lint typecheck pytest chaos-test bench system-deps interop-deps clean
+.PHONY: run chaos test test-under-load lint typecheck pytest chaos-test bench system-deps nodesets interop-deps clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	bash scripts/nodesets.sh $(NODESETS)
 	touch $(STAMP)
+
+# The OPC UA nodesets of the Machinery model (npm package, sha512 pinned; cached in the venv where
+# the gateway looks by default; a no-op once there). Without npm the gateway runs without the model.
+nodesets: $(STAMP)
+	@bash scripts/nodesets.sh $(NODESETS)
 
 # System packages the tests need (installed with apt-get only when running as root, as in CI).
 system-deps:
@@ -24,11 +31,11 @@ interop-deps:
 	@bash tests/interop/setup.sh
 
 # The whole twin (mock MES, edge gateway, shop simulator) on 127.0.0.1; Ctrl+C stops it.
-run: $(STAMP)
+run: $(STAMP) nodesets
 	$(PY) -m cmm_twin run
 
 # The same, with the MES killed 20 s after start-up and restarted 15 s later (outage and recovery).
-chaos: $(STAMP)
+chaos: $(STAMP) nodesets
 	$(PY) -m cmm_twin run --chaos-after 20 --chaos-down 15
 
 lint: $(STAMP)
@@ -40,7 +47,7 @@ typecheck: $(STAMP)
 
 # Three workers (pytest-xdist): most tests wait on real processes and sockets, so three keep two
 # cores busy; every test picks its own ports and folders.
-pytest: $(STAMP) system-deps interop-deps
+pytest: $(STAMP) system-deps interop-deps nodesets
 	QIF_XSD_DIR=$${QIF_XSD_DIR:-tests/data/qif3-xsd} $(PY) -m pytest -q -n 3
 
 test: lint typecheck pytest

@@ -8,7 +8,8 @@ in the same run, ratio, met) is printed on stdout, ready to paste into the READM
 reported in the table; the exit status is non-zero only if a benchmark crashed.
 
     .venv/bin/python -m bench.run_all [--quick]
-        [--only physics,gateway,mes_raw,mes,historian,history_load,formats,accuracy,opcua_history,opcua_live]
+        [--only physics,gateway,mes_raw,mes,historian,history_load,formats,accuracy,opcua_history,
+                opcua_machinery,opcua_live]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, str] = {
     "formats": "bench.bench_formats",
     "accuracy": "bench.bench_accuracy",
     "opcua_history": "bench.bench_opcua_history",
+    "opcua_machinery": "bench.bench_opcua_machinery",
     "opcua_live": "bench.bench_opcua_live",
 }
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from asyncua.ua.object_ids import ObjectIds
 
 from cmm_twin.gateway.sinks.opcua.address_space import unece_unit_id
 from cmm_twin.gateway.sinks.opcua.settings import OpcUaSettings
+from cmm_twin.gateway.sinks.opcua.sink import OpcUaSink
 from cmm_twin.physics.thermal import Flag
 from tests.gateway_harness import HEADER, csv_row, drop_file, free_port, gateway_config, running_gateway, wait_for
 from tests.test_opcua_sink import T0_NS, connected, make_batch, running
@@ -63,6 +66,17 @@ def settings(tmp_path: Path) -> OpcUaSettings:
     return OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
 
 
+@asynccontextmanager
+async def running_with_history(settings: OpcUaSettings, history: Path) -> AsyncIterator[OpcUaSink]:
+    """An OPC UA sink with an embedded history at `history` (no file there: nothing to rebuild)."""
+    sink = OpcUaSink(settings, history_path=history)
+    await sink.open()
+    try:
+        yield sink
+    finally:
+        await sink.close()
+
+
 async def test_each_characteristic_has_its_own_values_units_status_and_timestamp(tmp_path: Path) -> None:
     rows = [
         ("CMM-01", T0_NS, 100.0021, "PASS"),
@@ -78,7 +92,8 @@ async def test_each_characteristic_has_its_own_values_units_status_and_timestamp
         lower_tol_mm=np.array([-0.01, -0.005, -0.1, -0.01]),
         upper_tol_mm=np.array([0.01, math.nan, 0.1, 0.01]),
     )
-    async with asyncio.timeout(TIMEOUT_S), running(settings(tmp_path)) as sink:
+    history = tmp_path / "history.sqlite"
+    async with asyncio.timeout(TIMEOUT_S), running_with_history(settings(tmp_path), history) as sink:
         await sink.write(batch)
         async with connected(sink.endpoint_url) as client:
             ns = await namespace(client)
@@ -184,17 +199,20 @@ async def test_characteristics_come_back_after_a_restart_from_the_embedded_histo
     characteristic shows its newest value; after a restart with an empty inbox, they are all there
     again (rebuilt from the history), before any new file."""
     inbox = tmp_path / "inbox"
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)  # within the retention
     newest: dict[tuple[str, str], tuple[str, float]] = {}
+    all_values: dict[tuple[str, str], list[float]] = {}
     for k in range(40):
         lines = []
         for j in range(6):
             machine, feature = f"CMM-{(k * 5 + j) % 12:02d}", f"f{(k + j) % 3}"
             measured = 100.0 + (k * 6 + j) * 1e-4
-            stamp = (dt.datetime(2026, 1, 5, 6, tzinfo=dt.UTC) + dt.timedelta(seconds=k * 10 + j)).isoformat()
+            stamp = (start + dt.timedelta(seconds=k * 10 + j)).isoformat()
             stamp = stamp.replace("+00:00", "Z")
             row = csv_row(f"P{k}", timestamp=stamp, machine_id=machine, feature=feature, measured_mm=f"{measured:.4f}")
             lines.append(row)
             newest[(machine, feature)] = (f"P{k}", measured)
+            all_values.setdefault((machine, feature), []).append(round(measured, 4))
         drop_file(inbox, f"batch-{k:03d}.csv", HEADER + "".join(lines))
     assert len({m for m, _ in newest}) == 12 and len(newest) == 36
     port = free_port()
@@ -222,6 +240,12 @@ async def test_characteristics_come_back_after_a_restart_from_the_embedded_histo
         assert history.exists()
         async with running_gateway(config), connected(f"opc.tcp://127.0.0.1:{port}/cmm-twin/") as client:
             await check(client)
+            ns = await namespace(client)
+            node = client.get_node(char_id(ns, "CMM-03", "f1", "CompensatedLength"))
+            values = await node.read_raw_history(start, start + dt.timedelta(hours=2))
+            assert len(values) == len(all_values[("CMM-03", "f1")]) > 1, "HistoryRead from the embedded history"
+            stamps = [v.SourceTimestamp.timestamp() for v in values if v.SourceTimestamp is not None]
+            assert len(stamps) == len(values) == len(set(stamps)) and stamps == sorted(stamps), "oldest first, one each"
 
 
 async def test_a_rejected_row_turns_its_characteristic_bad_until_a_valid_one_comes(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.server.server import Server
@@ -19,7 +20,6 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
 from cmm_twin.gateway.sinks.historian.sqlite import SqliteHistorianSink
-from cmm_twin.gateway.sinks.opcua.history import install_history
 from cmm_twin.gateway.sinks.opcua.results import (
     EVENT_PROPERTIES,
     ResultEvents,
@@ -28,6 +28,8 @@ from cmm_twin.gateway.sinks.opcua.results import (
     result_ready_type_id,
 )
 from cmm_twin.gateway.sinks.opcua.settings import OpcUaSettings
+from cmm_twin.gateway.sinks.opcua.sink import OpcUaSink
+from cmm_twin.gateway.web import HISTORY_KEY
 from cmm_twin.records import RecordBatch
 from tests.test_opcua_history import (
     NAMESPACE_URI,
@@ -41,7 +43,7 @@ from tests.test_opcua_history import (
     read_pages,
     started,
 )
-from tests.test_opcua_sink import connected, free_port, running
+from tests.test_opcua_sink import connected, free_port
 
 TIMEOUT_S = 60.0
 CHAR_VALUES: dict[str, tuple[Any, ua.VariantType]] = {
@@ -190,37 +192,36 @@ async def test_result_ready_one_event_per_record_in_order() -> None:
 
 
 async def test_with_the_nodes_the_opcua_sink_builds(tmp_path: Path) -> None:
-    """History, GetLatestResult and ResultReady on the OPC UA sink's own server and characteristic
-    nodes (installed on the running server here; the sink will install them before it starts)."""
+    """History, GetLatestResult and ResultReady as the OPC UA sink installs them on its own server
+    (the embedded historian's reader taken from the gateway's app), with its characteristic nodes."""
     settings = OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
     records = batch("CMM-01", "D1", [T0_NS + i * 1_000_000_000 for i in range(30)])
     historian = SqliteHistorianSink(tmp_path / "history.sqlite")
     await historian.open()
+    app = web.Application()
+    app[HISTORY_KEY] = historian.stream
+    sink = OpcUaSink(settings, history_path=historian.path)
+    sink.add_routes(app)
+    await sink.open()
     try:
-        async with running(settings) as sink:
-            space = sink._space
-            assert space is not None
-            await install_history(space.server, historian.stream, sink.namespace_index)
-            await add_get_latest_result(space.server, sink.namespace_index)
-            events = await ResultEvents.create(space.server, sink.namespace_index)
-            await historian.write(records)
+        await historian.write(records)
+        async with connected(sink.endpoint_url) as client:
+            ns = await client.get_namespace_index(NAMESPACE_URI)
+            handler = Events()
+            subscription = await client.create_subscription(20, handler)
+            await subscription.subscribe_events(client.nodes.server, client.get_node(result_ready_type_id(ns)))
             await sink.write(records)
-            async with connected(sink.endpoint_url) as client:
-                ns = await client.get_namespace_index(NAMESPACE_URI)
-                handler = Events()
-                subscription = await client.create_subscription(20, handler)
-                await subscription.subscribe_events(client.nodes.server, client.get_node(result_ready_type_id(ns)))
-                node = client.get_node(char_id(ns, "CMM-01", "D1", "CompensatedLength"))
-                values, _ = await read_pages(node, details(at(T0_NS), at(T0_NS + 10**12), 7))
-                assert [v.Value.Value for v in values if v.Value] == records.compensated_mm.tolist()
-                cmm = client.get_node(nid("CMM", ns))
-                newest = await cmm.call_method(get_latest_result_node_id(ns), "CMM-01", "D1")
-                read = [await client.get_node(char_id(ns, "CMM-01", "D1", name)).read_value() for name in
-                        ("PartId", "MeasuredLength", "CompensatedLength", "Verdict", "Timestamp")]  # fmt: skip
-                assert [newest[0], newest[1], newest[2], newest[7], newest[9], newest[10]] == [*read, "mm"]
-                assert newest[0] == records.part_id[-1]
-                await events.emit(records)
-                await wait_for_count(handler.received, 30)
-                assert [e.PartId for e in handler.received] == records.part_id
+            node = client.get_node(char_id(ns, "CMM-01", "D1", "CompensatedLength"))
+            values, _ = await read_pages(node, details(at(T0_NS), at(T0_NS + 10**12), 7))
+            assert [v.Value.Value for v in values if v.Value] == records.compensated_mm.tolist()
+            cmm = client.get_node(nid("CMM", ns))
+            newest = await cmm.call_method(get_latest_result_node_id(ns), "CMM-01", "D1")
+            read = [await client.get_node(char_id(ns, "CMM-01", "D1", name)).read_value() for name in
+                    ("PartId", "MeasuredLength", "CompensatedLength", "Verdict", "Timestamp")]  # fmt: skip
+            assert [newest[0], newest[1], newest[2], newest[7], newest[9], newest[10]] == [*read, "mm"]
+            assert newest[0] == records.part_id[-1]
+            await wait_for_count(handler.received, 30)
+            assert [e.PartId for e in handler.received] == records.part_id, "one event per record the sink wrote"
     finally:
+        await sink.close()
         await historian.close()

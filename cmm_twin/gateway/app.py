@@ -103,7 +103,7 @@ class Gateway:
         async with contextlib.AsyncExitStack() as stack:
             openers: dict[str, SinkOpener] = {}
             for sink in self.sinks:
-                status = self.status.sinks[sink.name] = SinkStatus(durable=sink.durable)
+                status = self.status.sinks[sink.name] = SinkStatus(durable=sink.durable, info=sink.health_info)
                 opener = openers[sink.name] = SinkOpener(
                     sink, status, retry_min_s=config.sink_backoff_min_s, retry_max_s=config.sink_backoff_max_s
                 )

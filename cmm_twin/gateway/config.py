@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway.quality.settings import QualitySettings, quality_settings
+from cmm_twin.gateway.sinks.opcua.settings import IDENTITY_KEYS, MachineIdentity, machine_identity
 from cmm_twin.gateway.sources.inputs import InputSettings, input_settings
 from cmm_twin.options import (
     ENV_PREFIX,
@@ -141,9 +142,12 @@ CONFIG_OPTION = option_table(
         ),
     ),
 )[0]
-TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs", "machines", "quality")
+TOML_SECTIONS = ("physics", "limits", "materials", "ingest", "sinks", "inputs", "machines", "quality", "opcua")
 MACHINE_KEYS = ("cmm_mpe_a_um", "cmm_mpe_k_mm_per_um")
-"""Keys of a `[machines."<id>"]` table: the MPE E0 = A + L/K of that CMM (ISO 10360-2)."""
+"""Keys of a `[machines."<id>"]` table: the MPE E0 = A + L/K of that CMM (ISO 10360-2); the
+identification keys (`IDENTITY_KEYS`: manufacturer, model, ...) may stand beside them."""
+OPCUA_TABLE_KEYS = ("endpoint", "allow_anonymous", "trust_dir", "nodesets", "machine_idle_s")
+"""Keys of the `[opcua]` table: the `opcua_<key>` options (e.g. `machine_idle_s` is --opcua-machine-idle-s)."""
 SECTION_KEYS: dict[tuple[str, str], tuple[str, type, float]] = {
     ("ingest", "chunk_rows"): ("chunk_rows", int, 1_000_000),
     ("ingest", "files_per_commit"): ("files_per_commit", int, 10_000),
@@ -181,6 +185,8 @@ class GatewayConfig:
     """The `[inputs]` table: what every source settles the same way."""
     quality: QualitySettings = field(default_factory=QualitySettings)
     """The `[quality]` table: the capability monitor's window and alarm rule (docs/capability.md)."""
+    machine_identities: Mapping[str, MachineIdentity] = field(default_factory=dict)
+    """Each `[machines."<id>"]` table's identification (OPC UA Machinery), for those that have one."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Every option's value by dest, those of plugins' options too (a plugin reads the options it
     declared here); always agrees with the typed fields above."""
@@ -264,10 +270,19 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
 
 def _flatten_tables(toml_data: dict[str, Any], where: str) -> None:
     """The TOML keys of options that live in a table: `[inputs] material` (--default-material),
-    `[outbox] dir` (--outbox) and `[outbox] formats` (--outbox-formats, a list)."""
+    `[outbox] dir` (--outbox), `[outbox] formats` (--outbox-formats, a list) and `[opcua] <key>`
+    (--opcua-<key>; the flat `opcua_<key>` wins)."""
     inputs = toml_data.get("inputs")
     if isinstance(inputs, dict) and "material" in inputs:
         toml_data.setdefault("default_material", inputs["material"])
+    opcua = toml_data.pop("opcua", None)
+    if opcua is not None:
+        if not isinstance(opcua, dict):
+            raise ConfigError(f"{where}: opcua", "must be a table")
+        for key, value in opcua.items():
+            if key not in OPCUA_TABLE_KEYS:
+                raise ConfigError(f"{where}: opcua.{key}", f"unknown key (known: {', '.join(OPCUA_TABLE_KEYS)})")
+            toml_data.setdefault(f"opcua_{key}", value)
     outbox = toml_data.get("outbox")
     if not isinstance(outbox, dict):
         return  # absent, or the flat key `outbox = "DIR"`
@@ -292,9 +307,10 @@ def _machines(table: Mapping[str, Any], where: str, defaults: UncertaintyInputs)
         key = f'{where}: machines."{machine}"'
         if not isinstance(entry, dict):
             raise ConfigError(key, "must be a table")
-        extra = set(entry) - set(MACHINE_KEYS)
+        extra = set(entry) - set(MACHINE_KEYS) - set(IDENTITY_KEYS)
         if extra:
-            raise ConfigError(f"{key}.{sorted(extra)[0]}", f"unknown key (known: {', '.join(MACHINE_KEYS)})")
+            known = ", ".join(MACHINE_KEYS + IDENTITY_KEYS)
+            raise ConfigError(f"{key}.{sorted(extra)[0]}", f"unknown key (known: {known})")
         values = []
         for name in MACHINE_KEYS:
             value = entry.get(name, getattr(defaults, name))
@@ -303,6 +319,17 @@ def _machines(table: Mapping[str, Any], where: str, defaults: UncertaintyInputs)
             values.append(float(value))
         machines[str(machine)] = (values[0], values[1])
     return machines
+
+
+def _machine_identities(table: Mapping[str, Any], where: str) -> dict[str, MachineIdentity]:
+    """The identification of each `[machines."<id>"]` table that has one (OPC UA Machinery)."""
+    identities: dict[str, MachineIdentity] = {}
+    for machine, entry in table.items():
+        if isinstance(entry, dict):  # not a table: `_machines` says so
+            identity = machine_identity(str(machine), entry, f'{where}: machines."{machine}"')
+            if identity is not None:
+                identities[str(machine)] = identity
+    return identities
 
 
 def _read_toml(path: Path, options: Sequence[Option]) -> dict[str, Any]:
@@ -353,6 +380,10 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
     inputs = input_settings(_table(sections, "inputs", where), where, materials)
     try:
         uncertainty = UncertaintyInputs(**{k: float(v) for k, v in physics.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: physics", str(exc)) from None
+    machine_mpe = _machines(_table(sections, "machines", where), where, uncertainty)  # its errors name the file
+    try:
         out["physics"] = PhysicsConfig(
             uncertainty=uncertainty,
             limits=ThermalLimits(**{k: float(v) for k, v in limits.items()}),
@@ -362,12 +393,13 @@ def _sections(sections: Mapping[str, Any], where: str) -> dict[str, Any]:
             assumed_temp_c=inputs.assumed_temp_c,
             assumed_temp_half_range_k=inputs.assumed_temp_half_range_k,
             decision_resolution_um=float(resolution),
-            machine_mpe=_machines(_table(sections, "machines", where), where, uncertainty),
+            machine_mpe=machine_mpe,
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.key}", exc.reason) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: physics", str(exc)) from None
+    out["machine_identities"] = _machine_identities(_table(sections, "machines", where), where)
     out["materials"] = materials
     out["inputs"] = inputs
     out["quality"] = quality_settings(_table(sections, "quality", where), where)

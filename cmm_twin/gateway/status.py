@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class SinkStatus:
     last_error: str | None = None
     durable: bool = False
     """Fed from the spool: its buffer depth counts spooled records it has not acknowledged."""
+    info: Callable[[], dict[str, Any]] | None = None
+    """More of what /health shows of this sink (the sink's `health_info`), or None."""
 
 
 @dataclass

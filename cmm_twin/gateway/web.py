@@ -86,6 +86,7 @@ def health_document(
                 "oldest_age_s": round(sink.oldest_age_s, 3),
                 "rows_out": sink.rows_out,
                 "last_error": sink.last_error,
+                **(sink.info() if sink.info is not None else {}),
             }
             for name, sink in status.sinks.items()
         },

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -147,6 +148,11 @@ class Sink(abc.ABC):
         load (a newer record of the same characteristic supersedes each). A sink that keeps totals
         counts them here; the default does nothing."""
         return
+
+    def health_info(self) -> dict[str, Any]:
+        """More of what /health shows in this sink's entry (e.g. a part that degraded); the
+        default: nothing."""
+        return {}
 
     async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
         """For a live sink: the newest rows of these (machine_id, feature) were rejected (after

@@ -150,8 +150,10 @@ def result_status(verdict_code: int, flags: int) -> ua.StatusCode:
 class CharacteristicNodes:
     """The Characteristics of every machine in one server, created on first sight."""
 
-    def __init__(self, space: AddressSpace) -> None:
+    def __init__(self, space: AddressSpace, *, historized: bool = True) -> None:
         self.space = space
+        self.historized = historized
+        """Whether the HISTORIZED variables can be read with HistoryRead (an embedded history)."""
         self._folders: set[str] = set()
         self._units: dict[tuple[str, str], str] = {}
         """The unit (mm or deg) each created characteristic was created with."""
@@ -181,9 +183,8 @@ class CharacteristicNodes:
                 browse = result_variable_name(name, unit)
                 nodeid = characteristic_node_id(ns, machine_id, feature, browse)
                 units = _UNITS[unit][scale] if scale is not None else None
-                items += variable_items(
-                    nodeid, browse, ns, obj, vtype, description, units, historizing=name in HISTORIZED
-                )
+                historizing = self.historized and name in HISTORIZED
+                items += variable_items(nodeid, browse, ns, obj, vtype, description, units, historizing=historizing)
             for name, vtype, description in CHARACTERISTIC_VARIABLES:
                 nodeid = characteristic_node_id(ns, machine_id, feature, name)
                 items += variable_items(nodeid, name, ns, obj, vtype, description)

@@ -16,6 +16,7 @@ import socket
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from asyncua.server.server import Server
@@ -27,6 +28,9 @@ from cmm_twin.gateway.sinks.base import Delivered, Sink, SinkStartError, WriteOu
 from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, AddressSpace, gateway_values, ns_to_datetime
 from cmm_twin.gateway.sinks.opcua.certificates import APPLICATION_URI, SERVER_NAME, ensure_certificate, fingerprint
 from cmm_twin.gateway.sinks.opcua.characteristics import CharacteristicNodes
+from cmm_twin.gateway.sinks.opcua.history import install_history
+from cmm_twin.gateway.sinks.opcua.machinery import MachineryModel
+from cmm_twin.gateway.sinks.opcua.results import ResultEvents, add_get_latest_result
 from cmm_twin.gateway.sinks.opcua.security import (
     POLICY_NAMES,
     CredentialsUserManager,
@@ -70,11 +74,17 @@ class OpcUaSink(Sink):
         self._space: AddressSpace | None = None
         """The running server's nodes; None while not open."""
         self._characteristics: CharacteristicNodes | None = None
+        self._machinery: MachineryModel | None = None
+        """The Machinery model (OPC 40001-1) of the running server; its nodesets load in the background."""
+        self._machinery_load: asyncio.Task[bool] | None = None
         self._stale: dict[tuple[str, str], None] = {}
         """Characteristics of batches the runner dropped under load (`superseded`): written with
         the next batch or health sample, so no figure stays behind the monitor."""
         self.quality: QualityMonitor | None = None
         """The capability monitor whose figures the Characteristics show (from the gateway's app)."""
+        self._app: web.Application | None = None
+        """The gateway's HTTP application: the embedded historian's reader is taken from it."""
+        self._results: ResultEvents | None = None
         self._warned = False
         self._cert_path: Path | None = None
         self._cert_fingerprint = ""
@@ -111,9 +121,11 @@ class OpcUaSink(Sink):
         except BaseException:  # cancelled while starting: undo the partial start, then propagate
             await _stop(server)
             raise
-        self._characteristics = CharacteristicNodes(self._space)
+        self._characteristics = CharacteristicNodes(self._space, historized=self.history_path is not None)
+        self._machinery = MachineryModel(self._space.server, self._space.ns, self.settings)
         now = dt.datetime.now(dt.UTC)
         await self._rebuild_characteristics(now)
+        self._machinery_load = asyncio.create_task(self._machinery.load(), name="opcua-machinery-load")
         if self.quality is not None:  # what the monitor holds already (rebuilt from the history)
             for report in self.quality.reports():
                 await self._characteristics.write(report, now)
@@ -132,6 +144,12 @@ class OpcUaSink(Sink):
             _logger.debug("OPC UA: the characteristics start empty: cannot read the history: %s", exc)
             return
         await self._write_results(newest, now)
+        if self._machinery is not None:
+            features: dict[str, list[str]] = {}
+            for machine_id, feature in dict.fromkeys(zip(newest.machine_id, newest.feature, strict=True)):
+                features.setdefault(machine_id, []).append(feature)
+            for machine_id, known in features.items():
+                await self._machinery.ensure(machine_id, known)
         if len(newest):
             _logger.info("OPC UA: %d characteristics taken from the history", len(newest))
 
@@ -207,6 +225,12 @@ class OpcUaSink(Sink):
         await server.load_certificate(cert_path)
         await server.load_private_key(key_path)
         space = await AddressSpace.create(server)
+        from cmm_twin.gateway.web import HISTORY_KEY  # noqa: PLC0415 (web imports the sinks' base)
+
+        history = self._app.get(HISTORY_KEY) if self._app is not None and self.history_path is not None else None
+        await install_history(server, history, space.ns)
+        await add_get_latest_result(server, space.ns)
+        self._results = await ResultEvents.create(server, space.ns)
         await server.start()
         return space
 
@@ -214,6 +238,11 @@ class OpcUaSink(Sink):
         """Stop the server; never raises, idempotent."""
         space, self._space = self._space, None
         self._characteristics = None
+        self._results = None
+        task, self._machinery_load, self._machinery = self._machinery_load, None, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
         if space is not None:
             await _stop(space.server)
 
@@ -272,6 +301,10 @@ class OpcUaSink(Sink):
             return Delivered()
         now = dt.datetime.now(dt.UTC)
         await self._write_results(batch, now)
+        if self._machinery is not None:
+            await self._machinery.observe(now, ok=zip(batch.machine_id, batch.feature, strict=True))
+        if self._results is not None:
+            await self._results.emit(batch)
         await self._write_characteristics(batch, now)
         return Delivered()
 
@@ -326,10 +359,21 @@ class OpcUaSink(Sink):
             if report is not None:
                 await self._characteristics.write(report, now)
 
+    def health_info(self) -> dict[str, Any]:
+        """The Machinery model's state (`machinery`: loading, ready or unavailable and why,
+        `machines`, `nodesets_load_s`) and the number of characteristics served."""
+        info: dict[str, Any] = {"characteristics": len(self._characteristics or ())}
+        if self._machinery is not None:
+            info.update(self._machinery.health())
+        return info
+
     async def rejected(self, keys: Sequence[tuple[str, str]]) -> None:
         """The newest rows of these characteristics were rejected: their results turn Bad."""
+        now = dt.datetime.now(dt.UTC)
         if self._characteristics is not None:
-            await self._characteristics.mark_rejected(keys, dt.datetime.now(dt.UTC))
+            await self._characteristics.mark_rejected(keys, now)
+        if self._machinery is not None:
+            await self._machinery.observe(now, rejected=keys)
 
     def superseded(self, batch: RecordBatch) -> None:
         """A batch dropped under load: its machines' newest values come with a newer batch, but
@@ -337,10 +381,12 @@ class OpcUaSink(Sink):
         self._stale.update(dict.fromkeys(zip(batch.machine_id, batch.feature, strict=True)))
 
     def add_routes(self, app: web.Application) -> None:
-        """No routes: takes the gateway's capability monitor from the app, to show its figures."""
+        """No routes: takes the gateway's capability monitor from the app, to show its figures, and
+        keeps the app to take the embedded historian's reader from it when the server starts."""
         from cmm_twin.gateway.web import QUALITY_KEY  # noqa: PLC0415 (web imports the sinks' base)
 
         self.quality = app.get(QUALITY_KEY)
+        self._app = app  # the historian's routes (its reader) come after these
 
     async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
         """Publish the newest sample on the Gateway object (only the values that changed). Errors
@@ -351,6 +397,8 @@ class OpcUaSink(Sink):
         try:
             now = dt.datetime.now(dt.UTC)
             await space.write_gateway(gateway_values(samples[-1]), now)
+            if self._machinery is not None:
+                await self._machinery.tick(now)
             await self._write_stale(now)
         except Exception:
             _logger.exception("updating the OPC UA Gateway object failed")
