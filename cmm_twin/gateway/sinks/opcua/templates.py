@@ -56,6 +56,10 @@ class NodeTemplate:
         """The Value each node started with (a written template node holds another since)."""
         self._members = set(self.nodes)
         self._suffixes = [_text_id(nodeid)[len(self.prefix) :] for nodeid in self.nodes]
+        self._shared = {
+            nodeid: {k: v for k, v in aspace[nodeid].attributes.items() if k not in _PER_NODE} for nodeid in self.nodes
+        }
+        """Each node's attributes that every copy shares (all but NodeId and Value)."""
 
     def clone(self, root: ua.NodeId, parent: ua.NodeId, name: ua.QualifiedName) -> None:
         """Add a copy of the template as `root` (BrowseName, DisplayName and Description `name`)
@@ -71,7 +75,7 @@ class NodeTemplate:
         for old, new in new_ids.items():
             source = self.aspace[old]
             node = NodeData(new)
-            attributes = {k: v for k, v in source.attributes.items() if k not in _PER_NODE}
+            attributes = dict(self._shared[old])
             attributes[AttributeIds.NodeId] = AttributeValue(ua.DataValue(ua.Variant(new, ua.VariantType.NodeId)))
             initial = self.initial.get(old)
             if initial is not None:
