@@ -16,7 +16,6 @@ client on loopback (in this one process: one core encodes and decodes) and a rea
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sqlite3
 import statistics
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.figures import Figure, add_common_arguments, emit, progress
+from bench.figures import Figure, progress, run_main
 from cmm_twin.gateway.sinks.historian.sqlite import HistoryStore, SqliteHistorianSink
 from cmm_twin.gateway.sinks.opcua.results import result_ready_type_id
 from cmm_twin.physics.thermal import VERDICT_NAMES
@@ -192,10 +191,7 @@ def figures(quick: bool = False) -> list[Figure]:
 
 def main() -> None:
     """Run the benchmark and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    emit(figures(args.quick), as_json=args.json)
+    run_main(__doc__, figures)
 
 
 if __name__ == "__main__":

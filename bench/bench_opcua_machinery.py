@@ -10,7 +10,6 @@ Needs the nodesets (scripts/nodesets.sh, or CMM_OPCUA_NODESETS).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from asyncua.server.server import Server
 
-from bench.figures import Figure, add_common_arguments, emit, progress
+from bench.figures import Figure, progress, run_main
 from cmm_twin.gateway.sinks.opcua.address_space import AddressSpace
 from cmm_twin.gateway.sinks.opcua.machinery import MachineryModel
 from cmm_twin.gateway.sinks.opcua.nodesets import NODESETS_ENV, default_nodesets_dir, nodeset_paths
@@ -114,10 +113,7 @@ def figures(quick: bool) -> list[Figure]:
 
 def main() -> None:
     """Run the benchmark and print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    emit(figures(args.quick), as_json=args.json)
+    run_main(__doc__, figures)
 
 
 if __name__ == "__main__":

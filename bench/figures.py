@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -188,3 +188,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """`--quick` (smaller sizes, a smoke run) and `--json` (the figures as JSON on the last line)."""
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last")
+
+
+def run_main(doc: str | None, figures: Callable[[bool], Sequence[Figure]]) -> None:
+    """A benchmark's command line: the common arguments, then print `figures(quick)`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    emit(figures(args.quick), as_json=args.json)
