@@ -210,7 +210,8 @@ async def test_with_the_nodes_the_opcua_sink_builds(tmp_path: Path) -> None:
             handler = Events()
             subscription = await client.create_subscription(20, handler)
             await subscription.subscribe_events(client.nodes.server, client.get_node(result_ready_type_id(ns)))
-            await sink.write(records)
+            for i in range(len(records)):  # a live shop: one result of the characteristic per file
+                await sink.write(records.take([i]))
             node = client.get_node(char_id(ns, "CMM-01", "D1", "CompensatedLength"))
             values, _ = await read_pages(node, details(at(T0_NS), at(T0_NS + 10**12), 7))
             assert [v.Value.Value for v in values if v.Value] == records.compensated_mm.tolist()
@@ -221,7 +222,11 @@ async def test_with_the_nodes_the_opcua_sink_builds(tmp_path: Path) -> None:
             assert [newest[0], newest[1], newest[2], newest[7], newest[9], newest[10]] == [*read, "mm"]
             assert newest[0] == records.part_id[-1]
             await wait_for_count(handler.received, 30)
-            assert [e.PartId for e in handler.received] == records.part_id, "one event per record the sink wrote"
+            assert [e.PartId for e in handler.received] == records.part_id, "one event per result written"
+            await sink.write(records)  # a burst: the newest result of the characteristic only
+            await wait_for_count(handler.received, 31)
+            await asyncio.sleep(0.5)
+            assert [e.PartId for e in handler.received[30:]] == [records.part_id[-1]]
     finally:
         await sink.close()
         await historian.close()
