@@ -140,6 +140,11 @@ def _nid(identifier: str | int, ns: int = 0) -> ua.NodeId:
     return ua.NodeId(cast("ua.String | ua.Int32", identifier), cast("ua.Int16", ns))
 
 
+def status(code: int) -> ua.StatusCode:
+    """The StatusCode of a code of `asyncua.ua.status_codes.StatusCodes`."""
+    return ua.StatusCode(cast("ua.UInt32", code))
+
+
 def _dv(
     value: Any, vtype: ua.VariantType, source: dt.datetime, server: dt.datetime, status: ua.StatusCode | None = None
 ) -> ua.DataValue:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from asyncua import ua
 from asyncua.ua.attribute_ids import AttributeIds
@@ -60,6 +60,7 @@ from cmm_twin.gateway.sinks.opcua.address_space import (
     _nid,
     _object_item,
     ns_to_datetime,
+    status,
     variable_items,
 )
 from cmm_twin.gateway.sinks.opcua.templates import NodeTemplate
@@ -103,9 +104,9 @@ _UNITS: dict[str, dict[str, ua.EUInformation]] = {
     "mm": {"value": UNIT_MM, "small": UNIT_UM, "temperature": UNIT_DEGC},
     "deg": {"value": UNIT_DEGREE, "small": UNIT_MILLIDEGREE, "temperature": UNIT_DEGC},
 }
-_UNCERTAIN = ua.StatusCode(cast("ua.UInt32", StatusCodes.Uncertain))
+_UNCERTAIN = status(StatusCodes.Uncertain)
 _GOOD = ua.StatusCode()
-_BAD = ua.StatusCode(cast("ua.UInt32", StatusCodes.Bad))
+_BAD = status(StatusCodes.Bad)
 _UNCERTAIN_VERDICT = int(VERDICT_NAMES.tolist().index("UNCERTAIN"))
 
 

@@ -47,6 +47,7 @@ from asyncua.ua.status_codes import StatusCodes
 
 from cmm_twin.gateway.sinks.historian.lineprotocol import MEASUREMENT
 from cmm_twin.gateway.sinks.historian.sqlite import HistoryQuery, HistoryStream
+from cmm_twin.gateway.sinks.opcua.address_space import _EPOCH, ns_to_datetime, status
 from cmm_twin.gateway.sinks.opcua.characteristics import result_status
 from cmm_twin.physics.thermal import VERDICT_NAMES
 
@@ -66,7 +67,6 @@ MAX_VALUES_PER_READ = 2_000
 the answer on the event loop (about 17 µs a value on a loaded 2-core machine): 2,000 values hold
 the loop some 30 ms, 10,000 would hold it 170 ms, past the live data's latency goal."""
 _MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _UNSPECIFIED = ua.get_win_epoch()
 _CONTINUATION = struct.Struct(">4sB8sq")
 """magic, direction (0 forward, 1 newest first), the node's digest, the next instant to read (ns)."""
@@ -110,11 +110,6 @@ def datetime_ns(moment: dt.datetime) -> int:
     return max(_MIN_NS, min(_MAX_NS, (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000))
 
 
-def ns_datetime(time_ns: int) -> dt.datetime:
-    """Unix nanoseconds as an aware UTC datetime (microseconds, as OPC UA carries them in asyncua)."""
-    return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)
-
-
 @dataclass(frozen=True)
 class ReadWindow:
     """One page of a raw read: points with since_ns <= time < until_ns, the oldest `limit` of them
@@ -144,7 +139,7 @@ def read_window(
     end = None if details.EndTime is None or details.EndTime <= _UNSPECIFIED else datetime_ns(details.EndTime)
     wanted = int(details.NumValuesPerNode or 0)
     if (start is None) + (end is None) + (wanted == 0) > 1:
-        return _status(StatusCodes.BadArgumentsMissing)
+        return status(StatusCodes.BadArgumentsMissing)
     limit = min(wanted, page_max) if wanted else page_max
     if start is not None and end is not None:
         if start == end:  # the value at that instant (Part 11: time flows forward)
@@ -164,7 +159,7 @@ def read_window(
 
 
 def _resume(window: ReadWindow, nodeid: ua.NodeId, cont: bytes) -> ReadWindow | ua.StatusCode:
-    invalid = _status(StatusCodes.BadContinuationPointInvalid)
+    invalid = status(StatusCodes.BadContinuationPointInvalid)
     if len(cont) != _CONTINUATION.size:
         return invalid
     magic, reverse, digest, next_ns = _CONTINUATION.unpack(cont)
@@ -194,7 +189,7 @@ def _rows_to_values(column: int, is_verdict: bool) -> Callable[[list[tuple[Any, 
                     ua.DataValue(
                         Value=ua.Variant(value, vtype),
                         StatusCode=result_status(_VERDICT_CODES[verdict], flags or 0),
-                        SourceTimestamp=cast("ua.DateTime", ns_datetime(time_ns)),
+                        SourceTimestamp=cast("ua.DateTime", ns_to_datetime(time_ns)),
                     ),
                 )
             )
@@ -243,9 +238,7 @@ class StoreHistory(HistoryManager):
         if params.ReleaseContinuationPoints:  # stateless: nothing held to release
             return ua.HistoryReadResult(StatusCode=ua.StatusCode(), HistoryData=ua.HistoryData())
         if details.IsReadModified:  # values are never modified: there is no modified history
-            return ua.HistoryReadResult(
-                StatusCode=_status(StatusCodes.GoodNoData), HistoryData=ua.HistoryModifiedData()
-            )
+            return ua.HistoryReadResult(StatusCode=status(StatusCodes.GoodNoData), HistoryData=ua.HistoryModifiedData())
         window = read_window(details, item.NodeId, item.ContinuationPoint, self.page_max)
         if isinstance(window, ua.StatusCode):
             return ua.HistoryReadResult(StatusCode=window)
@@ -288,12 +281,8 @@ class StoreHistory(HistoryManager):
         return [value for _, value in pairs], more, (pairs[-1][0] if pairs else 0)
 
 
-def _status(code: int) -> ua.StatusCode:
-    return ua.StatusCode(cast("ua.UInt32", code))
-
-
 def _failed(code: int) -> ua.HistoryReadResult:
-    return ua.HistoryReadResult(StatusCode=_status(code))
+    return ua.HistoryReadResult(StatusCode=status(code))
 
 
 async def install_history(

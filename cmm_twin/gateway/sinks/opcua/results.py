@@ -21,10 +21,9 @@ Time the measurement time, Message `<m> <f> <verdict>`.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
-from typing import Any, cast
+from typing import Any
 
 from asyncua import ua
 from asyncua.common.node import Node
@@ -34,6 +33,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
+from cmm_twin.gateway.sinks.opcua.address_space import _EPOCH, _nid, ns_to_datetime, status
 from cmm_twin.gateway.sinks.opcua.characteristics import characteristic_node_id, result_variable_name
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 _String = ua.VariantType.String
 _Double = ua.VariantType.Double
 _DateTime = ua.VariantType.DateTime
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 METHOD_INPUTS: tuple[tuple[str, ua.VariantType, str], ...] = (
     ("MachineId", _String, "Machine id ([A-Za-z0-9_.-]{1,64})"),
@@ -75,14 +74,6 @@ EVENT_PROPERTIES: tuple[tuple[str, ua.VariantType], ...] = (
 )
 _NULL = ua.Variant(None, ua.VariantType.Null)
 _INITIAL: dict[ua.VariantType, Any] = {_String: "", _Double: math.nan, _DateTime: _EPOCH}
-
-
-def _nid(identifier: str | int, ns: int = 0) -> ua.NodeId:
-    return ua.NodeId(cast("ua.String | ua.Int32", identifier), cast("ua.Int16", ns))
-
-
-def _status(code: int) -> ua.StatusCode:
-    return ua.StatusCode(cast("ua.UInt32", code))
 
 
 def get_latest_result_node_id(ns: int) -> ua.NodeId:
@@ -121,17 +112,17 @@ class LatestResult:
                 if len(arguments) < len(METHOD_INPUTS)
                 else StatusCodes.BadTooManyArguments
             )
-            result.StatusCode = _status(code)
+            result.StatusCode = status(code)
             return result
-        checks = [_status(StatusCodes.Good if _is_text(a) else StatusCodes.BadTypeMismatch) for a in arguments]
+        checks = [status(StatusCodes.Good if _is_text(a) else StatusCodes.BadTypeMismatch) for a in arguments]
         if not all(check.is_good() for check in checks):
-            result.StatusCode = _status(StatusCodes.BadInvalidArgument)
+            result.StatusCode = status(StatusCodes.BadInvalidArgument)
             result.InputArgumentResults = checks
             return result
         machine_id, feature = (str(a.Value) for a in arguments)
         values = self.read(machine_id, feature)
         if values is None:
-            result.StatusCode = _status(StatusCodes.BadNotFound)
+            result.StatusCode = status(StatusCodes.BadNotFound)
             return result
         result.OutputArguments = values
         result.InputArgumentResults = checks
@@ -225,7 +216,7 @@ class ResultEvents:
         uncertainty = batch.uncertainty_um.tolist()
         stamps = batch.timestamp_ns.tolist()
         for i, (machine_id, feature) in enumerate(zip(batch.machine_id, batch.feature, strict=True)):
-            moment = _EPOCH + dt.timedelta(microseconds=stamps[i] // 1000)
+            moment = ns_to_datetime(stamps[i])
             event.SourceNode = characteristic_node_id(self.ns, machine_id, feature)
             event.SourceName = f"{machine_id}/{feature}"
             event.MachineId = machine_id

@@ -24,16 +24,14 @@ from asyncua.server.address_space import AddressSpace as UaAddressSpace
 from asyncua.server.address_space import AttributeValue, NodeData
 from asyncua.ua.attribute_ids import AttributeIds
 
+from cmm_twin.gateway.sinks.opcua.address_space import _nid
+
 _PER_NODE = frozenset({AttributeIds.NodeId, AttributeIds.Value})
 _NAMED = (AttributeIds.BrowseName, AttributeIds.DisplayName, AttributeIds.Description)
 
 
 def _text_id(nodeid: ua.NodeId) -> str:
     return cast("str", nodeid.Identifier)
-
-
-def _nid(text: str, ns: int) -> ua.NodeId:
-    return ua.NodeId(cast("ua.String", text), cast("ua.Int16", ns))
 
 
 class NodeTemplate:
