@@ -63,6 +63,15 @@ class LogFile:
         return cls(Path(path), float(values.get("log_file_max_mb", 10.0)), int(values.get("log_file_keep", 5)))
 
 
+def pop_log_file(values: dict[str, Any]) -> LogFile | None:
+    """The log file of resolved option `values`, its three options taken out of `values` (for a
+    program whose settings class has no field for them)."""
+    log_file = LogFile.of(values)
+    for option in LOG_FILE_OPTIONS:
+        values.pop(option.dest, None)
+    return log_file
+
+
 def one_line(text: str) -> str:
     """`text` with every character that is not printable (newline, carriage return, tab, ESC of an
     ANSI sequence, other control and separator characters) escaped as Python would (`\\n`,
