@@ -350,7 +350,7 @@ class Pipeline:
         path = job.path
         while True:
             if stop is not None and stop.is_set() and job.progress is not None:
-                log.info("stopping: %s left after line %d, resumed on restart", path.name, job.progress.line)
+                log.info("stopping: %s left after line %d, resumed on restart", safe_name(path.name), job.progress.line)
                 return None
             try:
                 step = await self.state.call(self.committer.step, job)
