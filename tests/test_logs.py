@@ -126,32 +126,32 @@ def test_a_line_every_interval_folded_lines_at_debug_and_names_escaped(tmp_path:
 
 
 def test_log_file_is_rotated_and_stderr_keeps_logging(tmp_path: Path) -> None:
-    """--log-file with a 2 kB limit and 2 kept: the file and exactly two rotated ones, none past
-    the limit, all time-stamped; stderr has every line too. --log-summary-s 0: no summary and
-    every per-file line at INFO."""
+    """--log-file with a 1 kB limit and 2 kept (40 files log well over 3 kB): the file and exactly
+    two rotated ones, none past the limit, all time-stamped; stderr has every line too.
+    --log-summary-s 0: no summary and every per-file line at INFO."""
     log_file = tmp_path / "logs" / "gateway.log"
     log_file.parent.mkdir()
     args = gateway_args(
         tmp_path / "data",
-        *("--log-file", str(log_file), "--log-file-max-mb", "0.002", "--log-file-keep", "2"),
+        *("--log-file", str(log_file), "--log-file-max-mb", "0.001", "--log-file-keep", "2"),
         *("--log-summary-s", "0"),
     )
     gateway = GatewayProcess(args, tmp_path / "stderr.log")
     try:
         gateway.wait_ready()
-        for i in range(20):
+        for i in range(40):
             drop_file(tmp_path / "data" / "inbox", f"r{i:02}.csv", HEADER + csv_row(f"P{i}"))
-        wait_processed(gateway, 20)
+        wait_processed(gateway, 40)
     finally:
         assert gateway.stop() == 0
     stderr = gateway.log_text()
-    assert [level for level, _ in PER_FILE_RE.findall(stderr)] == ["INFO"] * 20
+    assert [level for level, _ in PER_FILE_RE.findall(stderr)] == ["INFO"] * 40
     assert "[cmm_twin.gateway.summary]" not in stderr
     assert sorted(p.name for p in log_file.parent.iterdir()) == ["gateway.log", "gateway.log.1", "gateway.log.2"]
     kept = [log_file.with_name(n).read_text() for n in ("gateway.log.2", "gateway.log.1", "gateway.log")]
-    assert all(0 < len(t.encode()) <= 2000 for t in kept)
+    assert all(0 < len(t.encode()) <= 1000 for t in kept)
     assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line) for t in kept for line in t.splitlines())
-    assert "gateway stopped: 20 files" in kept[-1]
+    assert "gateway stopped: 40 files" in kept[-1]
     assert "".join(kept) in stderr.replace("\r", "")  # the file's lines, in order, are stderr's last ones
 
 
