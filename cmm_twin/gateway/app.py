@@ -30,6 +30,7 @@ from cmm_twin.gateway.sinks.base import Sink
 from cmm_twin.gateway.sinks.registry import SINK_PLUGINS
 from cmm_twin.gateway.state import AsyncState, DiskFullError, StateStore, StateUnavailableError
 from cmm_twin.gateway.status import GatewayStatus, SinkState, SinkStatus
+from cmm_twin.gateway.summary import Summary
 from cmm_twin.gateway.waits import wait_or_stop
 from cmm_twin.gateway.web import HttpServer, build_app
 from cmm_twin.records import RecordBatch
@@ -181,6 +182,7 @@ class Gateway:
                     tasks.create_task(runner.run(inner_stop))
                 tasks.create_task(health.run(inner_stop))
                 tasks.create_task(self._purge_loop(state, inner_stop))
+                tasks.create_task(Summary(self.status, self.metrics, config.options["log_summary_s"]).run(inner_stop))
                 exit_code = await self._supervise(stop, inner_stop, queue)
             log.info(
                 "gateway stopped: %d files, %d rows in, %d rejected, %d buffered",

@@ -12,7 +12,7 @@ from cmm_twin.errors import CmmTwinError
 from cmm_twin.gateway.app import Gateway
 from cmm_twin.gateway.config import PROG, GatewayConfig, load_config
 from cmm_twin.gateway.limits import raise_open_file_limit
-from cmm_twin.logs import setup_logging
+from cmm_twin.logs import LogFile, start_logging
 from cmm_twin.options import load_or_report
 
 log = logging.getLogger("cmm_twin.gateway")
@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_or_report(PROG, lambda: load_config(argv))
     if config is None:
         return 2
-    setup_logging(config.log_level)
+    if not start_logging(PROG, config.log_level, LogFile.of(config.options)):
+        return 2
     raise_open_file_limit()
     try:
         return asyncio.run(serve(config))

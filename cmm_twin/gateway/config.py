@@ -27,6 +27,7 @@ from cmm_twin.errors import ConfigError
 from cmm_twin.gateway.quality.settings import QualitySettings, quality_settings
 from cmm_twin.gateway.sinks.opcua.settings import IDENTITY_KEYS, MachineIdentity, machine_identity
 from cmm_twin.gateway.sources.inputs import InputSettings, input_settings
+from cmm_twin.logs import LOG_FILE_OPTIONS
 from cmm_twin.options import (
     ENV_PREFIX,
     ConfigErrorParser,
@@ -124,6 +125,15 @@ CORE_OPTIONS: tuple[Option, ...] = option_table(
         ),
         Option("--default-material", parse_text, "AL6061", "material of rows without a material column", metavar="KEY"),
         Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", metavar="LEVEL"),
+        *LOG_FILE_OPTIONS,
+        Option(
+            "--log-summary-s",
+            _non_negative,
+            60.0,
+            "log a summary line (files, rows, rejects, each sink's buffer) this often; past a few files per"
+            " interval the per-file lines go to DEBUG (0: no summary, every file at INFO)",
+            metavar="S",
+        ),
     ),
 )
 """The gateway's own options; sink plugins append theirs in `gateway_options()`."""

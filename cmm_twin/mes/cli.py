@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cmm_twin.errors import CmmTwinError
-from cmm_twin.logs import setup_logging
+from cmm_twin.logs import LOG_FILE_OPTIONS, LogFile, pop_log_file, start_logging
 from cmm_twin.mes.server import MesConfig, create_app
 from cmm_twin.mes.store import StoreError
 from cmm_twin.options import (
@@ -91,6 +91,7 @@ OPTIONS: tuple[Option, ...] = option_table(
             "DEBUG, INFO, WARNING or ERROR (the start-up line is always logged)",
             "LEVEL",
         ),
+        *LOG_FILE_OPTIONS,
     ),
 )
 
@@ -107,9 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> MesConfig:
     """Parse and validate flags and `CMM_MES_<FLAG>` variables (and MES_TOKEN); raises ConfigError."""
+    return load_settings(argv, environ)[0]
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[MesConfig, LogFile | None]:
+    """`load_config`'s configuration and the log file (--log-file and its rotation), or None."""
     environ = os.environ if environ is None else environ
     values = resolve(OPTIONS, build_parser().parse_args(argv), environ).values
-    return MesConfig(**values, token=environ.get(TOKEN_ENV) or None)
+    log_file = pop_log_file(values)
+    return MesConfig(**values, token=environ.get(TOKEN_ENV) or None), log_file
 
 
 async def serve(config: MesConfig, stop: asyncio.Event | None = None) -> None:
@@ -143,10 +152,12 @@ async def serve(config: MesConfig, stop: asyncio.Event | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, serve. Bad configuration exits 2 with one line on stderr."""
-    config = load_or_report(PROG, lambda: load_config(argv))
-    if config is None:
+    settings = load_or_report(PROG, lambda: load_settings(argv))
+    if settings is None:
         return 2
-    setup_logging(config.log_level)
+    config, log_file = settings
+    if not start_logging(PROG, config.log_level, log_file):
+        return 2
     ready_log.setLevel(logging.INFO)
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     try:

@@ -28,7 +28,7 @@ from typing import Any
 
 from cmm_twin.errors import ConfigError
 from cmm_twin.gateway.sources.inputs import InputSettings
-from cmm_twin.logs import setup_logging
+from cmm_twin.logs import LOG_FILE_OPTIONS, LogFile, pop_log_file, start_logging
 from cmm_twin.options import (
     ConfigErrorParser,
     Option,
@@ -78,6 +78,8 @@ class SimulatorSettings:
     mpe: tuple[MachineMpe, ...] = DEFAULT_MPE
     """(A um, K mm/um) of each machine's E0 = A + L/K, cycled over the machines."""
     log_level: str = "INFO"
+    log_file: LogFile | None = None
+    """Where the simulator also logs (--log-file and its rotation), or None."""
 
     @property
     def wall_step_s(self) -> float:
@@ -191,6 +193,7 @@ OPTIONS: tuple[Option, ...] = option_table(
             "A:K[,A:K...]",
         ),
         Option("--log-level", parse_log_level, "INFO", "DEBUG, INFO, WARNING or ERROR", "LEVEL"),
+        *LOG_FILE_OPTIONS,
     ),
 )
 
@@ -215,6 +218,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> Simula
     """
     values = resolve(OPTIONS, build_parser().parse_args(argv), environ).values
     values["rate_hz"] = values.pop("rate")
+    values["log_file"] = pop_log_file(values)
     settings = SimulatorSettings(**values)
     if settings.truth_dir is not None and _same_path(settings.truth_dir, settings.outdir):
         raise ConfigError("--truth-dir", "must differ from --outdir (truth files share the inbox file names)")
@@ -333,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_or_report(PROG, lambda: parse_settings(argv, os.environ))
     if settings is None:
         return 2
-    setup_logging(settings.log_level)
+    if not start_logging(PROG, settings.log_level, settings.log_file):
+        return 2
     for flag, directory in (("--outdir", settings.outdir), ("--truth-dir", settings.truth_dir)):
         if directory is None:
             continue

@@ -36,7 +36,7 @@ from cmm_twin.gateway.sources import IngestSettings, Source, source_for
 from cmm_twin.gateway.state import AsyncState, is_disk_full
 from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.gateway.waits import wait_or_stop
-from cmm_twin.logs import safe_name
+from cmm_twin.logs import PER_FILE, safe_name
 from cmm_twin.records import RecordBatch
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ class Pipeline:
         path = job.path
         while True:
             if stop is not None and stop.is_set() and job.progress is not None:
-                log.info("stopping: %s left after line %d, resumed on restart", path.name, job.progress.line)
+                log.info("stopping: %s left after line %d, resumed on restart", safe_name(path.name), job.progress.line)
                 return None
             try:
                 step = await self.state.call(self.committer.step, job)
@@ -461,6 +461,7 @@ class Pipeline:
             outcome.rows_rejected,
             outcome.elapsed_ms,
             where,
+            extra=PER_FILE,  # folded to DEBUG by the summary when many files arrive
         )
         if outcome.note:
             log.warning("%s: %s in %s/, report %s", name, outcome.note, where, reports.REPORT_SUFFIX)
