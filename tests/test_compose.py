@@ -18,6 +18,7 @@ import functools
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +36,7 @@ from cmm_twin.gateway.sinks.historian.lineprotocol import (
     TAG_KEYS,
 )
 from cmm_twin.gateway.sinks.historian.settings import HistorianSettings
+from cmm_twin.gateway.sinks.opcua.nodesets import default_nodesets_dir
 from cmm_twin.mes.cli import load_config as load_mes_config
 from cmm_twin.simulator.cli import parse_settings
 
@@ -47,14 +49,21 @@ DASHBOARD_FILE = ROOT / "grafana" / "dashboards" / "cmm_dashboard.json"
 DATASOURCE_FILE = ROOT / "grafana" / "provisioning" / "datasources" / "influxdb.yml"
 PROVIDER_FILE = ROOT / "grafana" / "provisioning" / "dashboards" / "cmm.yml"
 
-SERVICES = {"influxdb", "grafana", "mes", "gateway", "simulator"}
-PUBLISHED_PORTS = {
-    "influxdb": {"127.0.0.1:8086:8086"},
-    "grafana": {"127.0.0.1:3000:3000"},
-    "mes": {"127.0.0.1:8000:8000"},
-    "gateway": {"127.0.0.1:8080:8080", "127.0.0.1:4840:4840"},
+SERVICES = {"influxdb", "influxdb-init", "grafana", "mes", "gateway", "simulator"}
+ONE_SHOT = {"influxdb-init"}
+"""Services that run once: `restart: "no"`, and what depends on them waits for their success."""
+# service -> (host port variable, default, container port), each published on ${CMM_BIND:-127.0.0.1}.
+PUBLISHED_PORTS: dict[str, set[tuple[str, int, int]]] = {
+    "influxdb": {("INFLUXDB_PORT", 8086, 8086)},
+    "influxdb-init": set(),
+    "grafana": {("GRAFANA_PORT", 3000, 3000)},
+    "mes": {("MES_PORT", 8000, 8000)},
+    "gateway": {("GATEWAY_HTTP_PORT", 8080, 8080), ("GATEWAY_OPCUA_PORT", 4840, 4840)},
     "simulator": set(),
 }
+TOKENS_VOLUME = "influx-tokens"
+ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
+TOKEN_SCRIPT = ROOT / "deploy" / "docker" / "influx-tokens.sh"
 
 # measurement -> (fields, tags): the contract, from the code that writes the points.
 SCHEMA: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -419,7 +428,7 @@ def _repo_path_of(service: Mapping[str, Any], container_path: str) -> Path | Non
     return ROOT / mount.source / path.relative_to(PurePosixPath(mount.target))
 
 
-def test_the_stack_has_the_five_services() -> None:
+def test_the_stack_has_its_services() -> None:
     assert set(_services()) == SERVICES
 
 
@@ -475,28 +484,32 @@ def test_the_datasource_takes_its_settings_from_the_grafana_environment() -> Non
     source = _provisioned_datasource()
     grafana_env = _environment(_services()["grafana"])
     text = DATASOURCE_FILE.read_text(encoding="utf-8")
-    referenced = set(re.findall(r"\$\{?([A-Za-z_]\w*)\}?", text))
-    assert referenced, "the datasource file should take org, bucket and token from the environment"
+    referenced = set(re.findall(r"\$\{?([A-Za-z_]\w*)\}?", text)) - {"__file"}
+    assert referenced, "the datasource file should take org and bucket from the environment"
     assert referenced <= set(grafana_env), f"not passed to grafana: {sorted(referenced - set(grafana_env))}"
     assert source["url"] == "http://influxdb:8086"
     for key in ("organization", "defaultBucket"):
         assert re.fullmatch(r"\$\{?[A-Z_][A-Z0-9_]*\}?", source["jsonData"][key]), key
-    for key, value in source["secureJsonData"].items():
-        assert re.fullmatch(r"\$\{?[A-Z_][A-Z0-9_]*\}?", value), f"secureJsonData.{key} must come from the environment"
+    # The token: Grafana's read-only one, a file the init step made, in a read-only mount.
+    assert source["secureJsonData"] == {"token": "$__file{/run/secrets/influx/grafana.token}"}
+    mounts = {m.target: m for m in _mounts(_services()["grafana"])}
+    assert mounts["/run/secrets/influx"].source == TOKENS_VOLUME and mounts["/run/secrets/influx"].read_only
 
 
-_PINNED_IMAGE_RE = re.compile(
-    r"[a-z0-9][a-z0-9./_-]*:(?!latest\b)[A-Za-z0-9_.-]*\d[A-Za-z0-9_.-]*(@sha256:[0-9a-f]{64})?"
-)
+# A version tag (for reading) and the digest (what is pulled).
+_PINNED_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9./_-]*:(?!latest\b)[A-Za-z0-9_.-]*\d[A-Za-z0-9_.-]*@sha256:[0-9a-f]{64}")
+_DIGEST = "@sha256:" + "0123456789abcdef" * 4
 
 
 @pytest.mark.parametrize(
     ("image", "pinned"),
     [
-        ("influxdb:2.7.11", True),
-        ("grafana/grafana:11.4.0", True),
+        ("influxdb:2.7.11" + _DIGEST, True),
+        ("grafana/grafana:11.4.0" + _DIGEST, True),
+        ("influxdb:2.7.11", False),
+        ("grafana/grafana:11.4.0@sha256:abc", False),
         ("grafana/grafana", False),
-        ("grafana/grafana:latest", False),
+        ("grafana/grafana:latest" + _DIGEST, False),
         ("influxdb:alpine", False),
     ],
 )
@@ -512,34 +525,51 @@ def test_images_are_pinned() -> None:
             assert "build" in service, f"{name}: neither image nor build"
     images = {name: s.get("image", "") for name, s in _services().items()}
     assert images["influxdb"].startswith("influxdb:2.7.")
+    assert images["influxdb-init"] == images["influxdb"]  # its influx CLI matches the server
     assert images["grafana"].startswith("grafana/grafana:11.")
-    bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
-    assert bases
-    for base in bases:
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?$", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    for base, _ in stages:
         assert _PINNED_IMAGE_RE.fullmatch(base), f"Dockerfile base {base} is not pinned"
-        assert re.match(r"python:3\.11\.\d+-slim", base), base
+    assert [stage for _, stage in stages] == ["nodesets", ""]  # the last stage is the image
+    assert re.match(r"node:\d+\.\d+\.\d+-bookworm-slim@", stages[0][0]), stages[0]
+    assert re.match(r"python:3\.11\.\d+-slim-bookworm@", stages[-1][0]), stages[-1]
 
 
-def test_the_dockerfile_runs_the_three_programs_as_a_non_root_user() -> None:
+def test_the_dockerfile_installs_the_package_and_runs_it_as_a_non_root_user() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
-    assert re.search(r"^RUN pip install --no-cache-dir -r requirements\.txt$", text, re.MULTILINE)
+    # The dependencies in a layer of their own, then the package (its console command on PATH).
+    runs = re.findall(r"^RUN (.+)$", text, re.MULTILINE)
+    deps = runs.index("pip install --no-cache-dir -r /tmp/src/requirements.txt")
+    package = next(i for i, run in enumerate(runs) if run.startswith("pip install --no-cache-dir --no-deps /tmp/src "))
+    assert deps < package and "cmm-twin --version" in runs[package]
     copied: list[str] = []
     for line in re.findall(r"^COPY\s+(.+)$", text, re.MULTILINE):
         copied += [p.rstrip("/") for p in line.split()[:-1] if not p.startswith("--")]
-    assert {"requirements.txt", "cmm_twin", "cmm_edge_gateway.py", "mock_mes.py", "cmm_simulator.py"} <= set(copied)
+    assert {"requirements.txt", "pyproject.toml", "README.md", "LICENSE", "cmm_twin"} <= set(copied)
+    assert {"cmm_twin/launcher/nodesets.sh", "deploy/docker/entrypoint.sh"} <= set(copied)
     ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()}
     for source in copied:
+        if source == "/nodesets":  # from the node stage
+            continue
         assert (ROOT / source).exists(), f"COPY {source}: missing"
-        assert source not in ignored, f"COPY {source}: excluded by .dockerignore"
+        assert source.split("/")[0] not in ignored, f"COPY {source}: excluded by .dockerignore"
     assert {".env", ".git", ".venv", "data"} <= ignored
+    # The nodesets land where the gateway looks by default (the image's Python has prefix /usr/local).
+    where = default_nodesets_dir().relative_to(sys.prefix)
+    assert re.search(rf"^COPY --from=nodesets /nodesets /usr/local/{re.escape(str(where))}$", text, re.MULTILINE)
+    assert re.search(r"^RUN bash /tmp/nodesets\.sh /nodesets ", text, re.MULTILINE)
     users = re.findall(r"^USER\s+(\S+)$", text, re.MULTILINE)
     assert users, "no USER: the processes would run as root"
     assert users[-1].split(":")[0] not in {"root", "0"}
+    assert re.search(r'^ENTRYPOINT \["cmm-twin-entrypoint"\]$', text, re.MULTILINE)
 
 
 def test_every_service_has_a_health_check_restarts_and_waits_for_healthy_dependencies() -> None:
     services = _services()
     for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no" and "healthcheck" not in service, name
+            continue
         check = service.get("healthcheck")
         assert isinstance(check, dict), f"{name}: no healthcheck"
         assert not check.get("disable", False), name
@@ -552,27 +582,63 @@ def test_every_service_has_a_health_check_restarts_and_waits_for_healthy_depende
         assert isinstance(depends, dict), f"{name}: depends_on needs conditions"
         for dependency, rule in depends.items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
-            assert rule == {"condition": "service_healthy"}, f"{name} -> {dependency}"
-    assert set(services["gateway"]["depends_on"]) == {"influxdb", "mes"}
-    assert set(services["grafana"]["depends_on"]) == {"influxdb"}
+            wanted = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert rule == {"condition": wanted}, f"{name} -> {dependency}"
+    assert set(services["gateway"]["depends_on"]) == {"influxdb", "influxdb-init", "mes"}
+    assert set(services["grafana"]["depends_on"]) == {"influxdb", "influxdb-init"}
+    assert set(services["influxdb-init"]["depends_on"]) == {"influxdb"}
     assert services["influxdb"]["healthcheck"]["test"] == ["CMD", "influx", "ping"]
     for name, port in (("mes", 8000), ("gateway", 8080)):
         command = " ".join(services[name]["healthcheck"]["test"])
         assert f"http://127.0.0.1:{port}/health" in command, name
 
 
-def test_ports_are_published_on_the_host_loopback_only() -> None:
+_PORT_RE = re.compile(r"\$\{CMM_BIND:-127\.0\.0\.1\}:\$\{([A-Z_]+_PORT):-(\d+)\}:(\d+)")
+
+
+def port_problems(service: Mapping[str, Any]) -> list[str]:
+    """Published ports that are not `${CMM_BIND:-127.0.0.1}:${NAME_PORT:-N}:TARGET` strings."""
+    return [
+        f"{port!r}: expected ${{CMM_BIND:-127.0.0.1}}:${{NAME_PORT:-N}}:TARGET"
+        for port in service.get("ports", [])
+        if not (isinstance(port, str) and _PORT_RE.fullmatch(port))
+    ]
+
+
+def test_the_port_rule_rejects_a_fixed_or_unquoted_port() -> None:
+    assert port_problems({"ports": ["${CMM_BIND:-127.0.0.1}:${MES_PORT:-8000}:8000"]}) == []
+    assert port_problems({"ports": ["127.0.0.1:8000:8000"]})
+    assert port_problems({"ports": ["${CMM_BIND:-0.0.0.0}:${MES_PORT:-8000}:8000"]})
+    assert port_problems({"ports": ["${MES_PORT:-8000}:8000"]})
+    assert port_problems({"ports": [{"target": 8000, "published": 8000}]})
+
+
+def test_ports_come_from_variables_with_loopback_defaults() -> None:
+    example = _env_example()
+    assert example["CMM_BIND"] == "127.0.0.1"
     for name, service in _services().items():
-        published: set[str] = set()
-        for port in service.get("ports", []):
-            if isinstance(port, dict):
-                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
-                published.add(f"127.0.0.1:{port['published']}:{port['target']}")
-            else:
-                assert isinstance(port, str), f"{name}: quote port {port!r} (YAML reads 8080:8080 as a number)"
-                assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", port), f"{name}: {port} is not bound to 127.0.0.1"
-                published.add(port)
-        assert published == PUBLISHED_PORTS[name], name
+        assert port_problems(service) == [], name
+        published = {_PORT_RE.fullmatch(port).groups() for port in service.get("ports", [])}  # type: ignore[union-attr]
+        assert {(var, int(default), int(target)) for var, default, target in published} == PUBLISHED_PORTS[name]
+        for var, default, target in published:
+            # Without .env and with the example: this host only, the documented port.
+            for env in ({}, example):
+                assert interpolate(f"${{CMM_BIND:-127.0.0.1}}:${{{var}:-{default}}}", env) == f"127.0.0.1:{default}"
+            assert example[var] == default, var
+            assert int(target) > 0
+
+
+def test_every_service_rotates_its_logs_and_has_resource_limits() -> None:
+    for name, service in _services().items():
+        logging = service.get("logging")
+        assert isinstance(logging, dict), f"{name}: no logging"
+        assert logging["driver"] == "json-file", name
+        assert re.fullmatch(r"\d+[km]", logging["options"]["max-size"]), name
+        assert int(logging["options"]["max-file"]) >= 2, name
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        memory, cpus = service.get("mem_limit", limits.get("memory")), service.get("cpus", limits.get("cpus"))
+        assert isinstance(memory, str) and re.fullmatch(r"\d+[mg]", memory), f"{name}: no memory limit"
+        assert cpus is not None and 0 < float(cpus) <= 2, f"{name}: no CPU limit"
 
 
 # ------------------------------------------------------------------ interpolation and secrets
@@ -627,17 +693,23 @@ def _environment(service: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _is_secret_key(key: str) -> bool:
-    return any(word in key.upper() for word in SECRET_WORDS)
+    return any(word in key.upper() for word in SECRET_WORDS) and not key.endswith("_FILE")
 
 
 def secret_environment_problems(compose: Mapping[str, Any]) -> list[str]:
-    """Environment values of PASSWORD/TOKEN/SECRET keys that are not exactly a `${VAR}` reference."""
-    return [
-        f"{name}: {key}"
-        for name, service in compose["services"].items()
-        for key, value in _environment(service).items()
-        if _is_secret_key(key) and not _SECRET_REFERENCE_RE.fullmatch(value)
-    ]
+    """Environment values of PASSWORD/TOKEN/SECRET keys that are not exactly a `${VAR}` reference, and
+    `<SECRET>_FILE` values that are not a path under /run/secrets/ (the file holds the secret)."""
+    problems: list[str] = []
+    for name, service in compose["services"].items():
+        for key, value in _environment(service).items():
+            names_a_file = key.endswith("_FILE") and _is_secret_key(key.removesuffix("_FILE"))
+            if names_a_file:
+                bad = not re.fullmatch(r"/run/secrets/[\w./-]+", value) or ".." in value
+            else:
+                bad = _is_secret_key(key) and not _SECRET_REFERENCE_RE.fullmatch(value)
+            if bad:
+                problems.append(f"{name}: {key}")
+    return problems
 
 
 def test_secret_environment_values_are_interpolated_from_env() -> None:
@@ -645,7 +717,7 @@ def test_secret_environment_values_are_interpolated_from_env() -> None:
     assert secret_environment_problems(compose) == []
     keys = {k for s in compose["services"].values() for k in _environment(s) if _is_secret_key(k)}
     assert {"DOCKER_INFLUXDB_INIT_PASSWORD", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN", "GF_SECURITY_ADMIN_PASSWORD"} <= keys
-    assert {"INFLUX_TOKEN", "OPCUA_PASSWORD", "MES_TOKEN"} <= keys
+    assert {"OPCUA_PASSWORD", "MES_TOKEN", "GATEWAY_TOKEN"} <= keys
     # Each required value fails loudly when .env lacks it.
     for name, service in compose["services"].items():
         for key, value in _environment(service).items():
@@ -658,6 +730,8 @@ def test_the_secret_rule_rejects_a_literal() -> None:
     assert secret_environment_problems(compose) == ["x: MES_TOKEN"]
     listed = {"services": {"x": {"environment": ["GF_SECURITY_ADMIN_PASSWORD=admin"]}}}
     assert secret_environment_problems(listed) == ["x: GF_SECURITY_ADMIN_PASSWORD"]
+    files = {"x": {"environment": {"INFLUX_TOKEN_FILE": "/run/secrets/a/t", "MES_TOKEN_FILE": "abcdef"}}}
+    assert secret_environment_problems({"services": files}) == ["x: MES_TOKEN_FILE"]
 
 
 def test_every_compose_variable_is_in_env_example_and_every_secret_there_is_empty() -> None:
@@ -682,6 +756,7 @@ def _commands_with_env() -> dict[str, list[str]]:
     commands: dict[str, list[str]] = {}
     for name in ("mes", "gateway", "simulator"):
         command = _services()[name]["command"]
+        assert "entrypoint" not in _services()[name], f"{name}: keep the image's entry point (secrets from files)"
         assert isinstance(command, list), f"{name}: use the exec form of command"
         commands[name] = [interpolate(str(part), env) for part in command]
     return commands
@@ -691,13 +766,15 @@ def test_the_command_lines_parse_with_the_programs_own_parsers() -> None:
     commands = _commands_with_env()
     example = _env_example()
     mes = commands["mes"]
-    assert mes[:2] == ["python", "mock_mes.py"]
+    assert mes[:2] == ["cmm-twin", "mes"]
     mes_config = load_mes_config(mes[2:], environ={})
     assert (mes_config.host, mes_config.port, str(mes_config.db)) == ("0.0.0.0", 8000, "/data/mes.sqlite")
 
     gateway = commands["gateway"]
-    assert gateway[:2] == ["python", "cmm_edge_gateway.py"]
-    config = load_gateway_config(gateway[2:], environ={})
+    assert gateway[:2] == ["cmm-twin", "gateway"]
+    env = {key: value or f"test-{key.lower()}" for key, value in _env_example().items()}
+    gateway_env = {key: interpolate(value, env) for key, value in _environment(_services()["gateway"]).items()}
+    config = load_gateway_config(gateway[2:], environ=gateway_env)
     assert str(config.data_dir) == "/data"
     assert config.options["mes_url"] == "http://mes:8000"
     assert config.http == ("0.0.0.0", 8080)
@@ -710,7 +787,7 @@ def test_the_command_lines_parse_with_the_programs_own_parsers() -> None:
     assert config.once is False
 
     simulator = commands["simulator"]
-    assert simulator[:2] == ["python", "cmm_simulator.py"]
+    assert simulator[:2] == ["cmm-twin", "simulate"]
     settings = parse_settings(simulator[2:], {})
     assert str(settings.outdir) == str(config.inbox) == "/data/inbox"
     assert (settings.machines, settings.rate_hz, settings.speedup) == (3, 1.0, 60.0)
@@ -724,11 +801,66 @@ def test_the_gateway_gets_its_tokens_and_opcua_credentials_from_env() -> None:
     assert interpolate(gateway["OPCUA_USER"], env)
     assert interpolate(gateway["OPCUA_PASSWORD"], env)
     influx = _environment(services["influxdb"])
-    assert gateway["INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     assert gateway["MES_TOKEN"] == _environment(services["mes"])["MES_TOKEN"]
+    assert gateway["GATEWAY_TOKEN"].startswith("${GATEWAY_TOKEN:?")  # its HTTP side is not loopback
     assert influx["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
     grafana = _environment(services["grafana"])
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+
+
+def test_the_influxdb_tokens_are_least_privilege() -> None:
+    """The admin token reaches only InfluxDB and the init step; the gateway gets a write-only token and
+    Grafana a read-only one, made by the init step into a volume the two mount read-only."""
+    services = _services()
+    admin = _environment(services["influxdb"])["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+    holders = {name for name, s in services.items() for value in _environment(s).values() if value == admin}
+    assert holders == {"influxdb", "influxdb-init"}
+    assert "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN" not in DATASOURCE_FILE.read_text(encoding="utf-8")
+    init = services["influxdb-init"]
+    assert _environment(init)["INFLUX_TOKEN"] == admin
+    assert init["entrypoint"] == ["bash", "/init/influx-tokens.sh"]
+    assert _repo_path_of(init, "/init/influx-tokens.sh") == ROOT / "deploy/docker/influx-tokens.sh"
+    init_mounts = {m.target: m for m in _mounts(init)}
+    assert init_mounts["/tokens"].source == TOKENS_VOLUME and not init_mounts["/tokens"].read_only
+    gateway = services["gateway"]
+    assert "INFLUX_TOKEN" not in _environment(gateway)
+    assert _environment(gateway)["INFLUX_TOKEN_FILE"] == "/run/secrets/influx/gateway.token"
+    for name in ("gateway", "grafana"):
+        mount = {m.target: m for m in _mounts(services[name])}["/run/secrets/influx"]
+        assert (mount.source, mount.read_only) == (TOKENS_VOLUME, True), name
+    for name in set(services) - {"influxdb-init", "gateway", "grafana"}:
+        assert TOKENS_VOLUME not in {m.source for m in _mounts(services[name])}, name
+    # The script makes exactly these: write-only for the gateway (the image's uid), read-only for Grafana.
+    script = TOKEN_SCRIPT.read_text(encoding="utf-8")
+    assert re.findall(r"^make (\w+) \"\$(\w+)\" (--\S+)$", script, re.MULTILINE) == [
+        ("gateway", "gateway_uid", "--write-bucket"),
+        ("grafana", "grafana_uid", "--read-bucket"),
+    ]
+    uid = re.search(r"^gateway_uid=(\d+)", script, re.MULTILINE)
+    assert uid is not None
+    assert re.search(rf"^USER {uid.group(1)}:", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert "--all-access" not in script and "--operator" not in script
+    checked = subprocess.run(["bash", "-n", str(TOKEN_SCRIPT)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+
+
+def _entrypoint(env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *command], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_the_image_entry_point_reads_a_secret_from_its_file(tmp_path: Path) -> None:
+    token = tmp_path / "gateway.token"
+    token.write_text("write-only-token")
+    shown = 'echo "$INFLUX_TOKEN|${INFLUX_TOKEN_FILE-unset}|$MES_TOKEN"'
+    result = _entrypoint(
+        {"PATH": "/usr/bin:/bin", "INFLUX_TOKEN_FILE": str(token), "MES_TOKEN": "m"}, "sh", "-c", shown
+    )
+    assert (result.returncode, result.stdout) == (0, "write-only-token|unset|m\n"), result.stderr
+    missing = _entrypoint({"PATH": "/usr/bin:/bin", "INFLUX_TOKEN_FILE": str(tmp_path / "nope")}, "true")
+    assert missing.returncode == 2
+    assert missing.stderr == f"entrypoint: INFLUX_TOKEN_FILE={tmp_path / 'nope'} is not a readable file\n"
 
 
 # --------------------------------------------------------------------------- the whole tree
@@ -757,6 +889,8 @@ def credential_problems(path: str, text: str) -> list[str]:
                 continue  # the name of an environment variable, not its value
             if path.endswith(".py") and not match.group("quote"):
                 continue  # Python: an expression (a name or attribute), not a literal
+            if match.group("key").endswith("_FILE") and value.startswith("/"):
+                continue  # VAR_FILE: the path of the file holding the secret
             problems.append(f"{path}:{number}: {match.group('key')}")
     return problems
 
@@ -772,6 +906,8 @@ def test_the_credential_scan_finds_literal_credentials() -> None:
     assert credential_problems("x.env", "MES_TOKEN=<set-a-long-random-token>") == []
     assert credential_problems("x.env", "MES_TOKEN=") == []
     assert credential_problems("x.yml", "token: $DOCKER_INFLUXDB_INIT_ADMIN_TOKEN") == []
+    assert credential_problems("x.yml", "INFLUX_TOKEN_FILE: /run/secrets/influx/gateway.token") == []
+    assert credential_problems("x.yml", "INFLUX_TOKEN_FILE: " + value)
 
 
 def _tree_files() -> list[str]:
