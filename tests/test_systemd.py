@@ -23,7 +23,7 @@ from tests.gateway_harness import ROOT
 UNIT = ROOT / "deploy" / "systemd" / "cmm-twin-gateway.service"
 ENV_EXAMPLE = ROOT / "deploy" / "systemd" / "cmm-twin-gateway.env.example"
 INSTALL_PREFIX = "/opt/cmm-twin"
-SECRETS = {"MES_TOKEN", "INFLUX_TOKEN", "OPCUA_USER", "OPCUA_PASSWORD"}
+SECRETS = {"MES_TOKEN", "INFLUX_TOKEN", "OPCUA_USER", "OPCUA_PASSWORD", "GATEWAY_TOKEN"}
 HARDENING = {
     "NoNewPrivileges": "yes",
     "ProtectSystem": "strict",
