@@ -1,0 +1,1 @@
+"""The edge gateway: inbox ingestion, compensation, sink runner, OPC UA, HTTP."""

@@ -1,0 +1,1 @@
+"""Sinks: where result records go (OPC UA, MES, historian). Each implements `Sink`."""
