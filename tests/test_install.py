@@ -81,8 +81,12 @@ def build_wheel(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    with pytest.raises(importlib.metadata.PackageNotFoundError):
-        importlib.metadata.distribution("cmm-twin")  # else the fresh venv could import this one's copy
+    # The fresh venv sees this venv's site-packages: cmm_twin must not be there, else it could
+    # import that copy instead of the wheel's.
+    ours = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed_here = [d.metadata["Name"] for d in importlib.metadata.distributions(path=ours)]
+    assert "cmm-twin" not in installed_here, f"cmm-twin is installed in {ours}: pip uninstall cmm-twin"
+    assert not [p for p in ours if (Path(p) / "cmm_twin").exists()], ours
     tmp = tmp_path_factory.mktemp("install")
     wheel = build_wheel(tmp)
     venv = tmp / "venv"
@@ -95,8 +99,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         env=clean_environment(),
     )
     (site_packages,) = (venv / "lib").glob("python3.*/site-packages")
-    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (site_packages / "zz-shared-dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
+    (site_packages / "zz-shared-dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
     return Installed(venv, wheel)
 
 

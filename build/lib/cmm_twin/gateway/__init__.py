@@ -1,1 +1,0 @@
-"""The edge gateway: inbox ingestion, compensation, sink runner, OPC UA, HTTP."""

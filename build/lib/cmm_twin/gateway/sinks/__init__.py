@@ -1,1 +1,0 @@
-"""Sinks: where result records go (OPC UA, MES, historian). Each implements `Sink`."""
