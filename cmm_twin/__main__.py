@@ -1,8 +1,12 @@
-"""`python -m cmm_twin COMMAND`: the commands of cmm-twin.
+"""`cmm-twin COMMAND` (installed) or `python -m cmm_twin COMMAND` (a checkout): the commands of cmm-twin.
 
-    python -m cmm_twin run            # the mock MES, the edge gateway and the simulator; Ctrl+C stops all
+    cmm-twin run            # the mock MES, the edge gateway and the simulator; Ctrl+C stops all
+    cmm-twin gateway        # the edge gateway alone (= python cmm_edge_gateway.py)
+    cmm-twin mes            # the mock MES alone (= python mock_mes.py)
+    cmm-twin simulate       # the shop simulator alone (= python cmm_simulator.py)
+    cmm-twin nodesets       # fetch the OPC UA nodesets of the Machinery model (npm, pinned)
 
-`python -m cmm_twin run --help` lists the options of a command.
+`cmm-twin COMMAND --help` lists the options of a command.
 """
 
 from __future__ import annotations
@@ -13,11 +17,38 @@ from collections.abc import Callable, Sequence
 
 from cmm_twin import __version__
 
-PROG = "python -m cmm_twin"
+PROG = "cmm-twin"
+
+# Each command imports its program on use: `--version` and `--help` stay fast, and one program's
+# imports (NumPy, asyncua, aiohttp) are not paid by another.
 
 
 def _run(argv: Sequence[str]) -> int:
-    from cmm_twin.launcher import main  # noqa: PLC0415 (imported on use: it loads NumPy)
+    from cmm_twin.launcher import main  # noqa: PLC0415
+
+    return main(argv)
+
+
+def _gateway(argv: Sequence[str]) -> int:
+    from cmm_twin.gateway.cli import main  # noqa: PLC0415
+
+    return main(argv)
+
+
+def _mes(argv: Sequence[str]) -> int:
+    from cmm_twin.mes.cli import main  # noqa: PLC0415
+
+    return main(argv)
+
+
+def _simulate(argv: Sequence[str]) -> int:
+    from cmm_twin.simulator.cli import main  # noqa: PLC0415
+
+    return main(list(argv))
+
+
+def _nodesets(argv: Sequence[str]) -> int:
+    from cmm_twin.launcher.nodesets import main  # noqa: PLC0415
 
     return main(argv)
 
@@ -27,6 +58,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
         _run,
         "start the whole twin: mock MES, edge gateway and shop simulator (Ctrl+C stops all; see run --help)",
     ),
+    "gateway": (_gateway, "the edge gateway alone: inbox, compensation, OPC UA, MES, historian, live page"),
+    "mes": (_mes, "the mock MES alone: receives, validates and stores measurements"),
+    "simulate": (_simulate, "the shop simulator alone: writes measurement files into an inbox"),
+    "nodesets": (_nodesets, "fetch the OPC UA nodesets of the Machinery model (npm; version and sha512 pinned)"),
 }
 
 

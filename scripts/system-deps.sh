@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite needs when they are missing.
 # Runs apt-get only as root (as in CI); otherwise it says what is missing and carries on.
 set -euo pipefail
-packages=(victoria-metrics chromium)
+packages=(victoria-metrics chromium systemd)  # systemd: systemd-analyze for tests/test_systemd.py
 if [ "${#packages[@]}" -eq 0 ]; then
   exit 0
 fi

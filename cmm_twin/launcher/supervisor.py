@@ -23,8 +23,11 @@ from cmm_twin.launcher.settings import CHAOS_COMMAND, LauncherSettings, child_en
 from cmm_twin.simulator.gateway_toml import gateway_toml
 from cmm_twin.simulator.shop import SECONDS_PER_DAY
 
-ROOT = Path(__file__).resolve().parents[2]
-"""The repository: the children are its top-level scripts."""
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+"""The directory holding the `cmm_twin` package the launcher runs from: a checkout or site-packages."""
+CHILD_COMMAND = [sys.executable, "-m", "cmm_twin"]
+"""Each child is `python -m cmm_twin mes|gateway|simulate ...` with this Python: the same package,
+installed or not (the checkout's top-level scripts are thin entry points to the same code)."""
 HOST = "127.0.0.1"
 KILL_WAIT_S = 10.0
 READY_TIMEOUT_S = 60.0
@@ -121,6 +124,9 @@ class Launcher:
         self._children: list[_Child] = []
         self._tg: asyncio.TaskGroup | None = None
         self._env = child_environment(os.environ)
+        if (PACKAGE_PARENT / "pyproject.toml").is_file():  # a checkout run from elsewhere: the children import it too
+            paths = [str(PACKAGE_PARENT), self._env.get("PYTHONPATH")]
+            self._env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
         self._preexec = _parent_death_signal()
         self._output_ok = True
 
@@ -163,12 +169,13 @@ class Launcher:
     async def _start_all(self) -> bool:
         """Start the MES, the gateway, the simulator, each after the one before is ready."""
         s = self.settings
-        mes = self._child("mes", MES_READY_RE, "mock_mes.py", self._mes_args(self.mes_port))
+        mes = self._child("mes", MES_READY_RE, "mes", self._mes_args(self.mes_port))
         match = await self._start(mes)
         if match is None:
             return False
         self.mes_port = int(match.group(1))
-        mes.argv = [*mes.argv[:2], *self._mes_args(self.mes_port)]  # a restart takes the same port
+        # A restart takes the same port.
+        mes.argv = [*mes.argv[: len(CHILD_COMMAND) + 1], *self._mes_args(self.mes_port)]
 
         if s.outbox:  # the outbox directory stands for a share that exists (a missing one buffers)
             (s.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
@@ -184,7 +191,7 @@ class Launcher:
             "--health-interval-s", "1",
             *(["--outbox", str(s.data_dir / "outbox")] if s.outbox else []),
         ]  # fmt: skip
-        match = await self._start(self._child("gateway", GATEWAY_READY_RE, "cmm_edge_gateway.py", gateway_args))
+        match = await self._start(self._child("gateway", GATEWAY_READY_RE, "gateway", gateway_args))
         if match is None:
             return False
         self.http_port = int(match.group(2))
@@ -197,16 +204,13 @@ class Launcher:
             "--speedup", str(s.speedup),
             "--format", s.format,
         ]  # fmt: skip
-        return (
-            await self._start(self._child("simulator", SIMULATOR_READY_RE, "cmm_simulator.py", simulator_args))
-            is not None
-        )
+        return await self._start(self._child("simulator", SIMULATOR_READY_RE, "simulate", simulator_args)) is not None
 
     def _mes_args(self, port: int) -> list[str]:
         return ["--host", HOST, "--port", str(port), "--db", str(self.settings.data_dir / "mes.sqlite")]
 
-    def _child(self, name: str, ready_re: re.Pattern[str], script: str, args: list[str]) -> _Child:
-        child = _Child(name, ready_re, [sys.executable, str(ROOT / script), *args])
+    def _child(self, name: str, ready_re: re.Pattern[str], command: str, args: list[str]) -> _Child:
+        child = _Child(name, ready_re, [*CHILD_COMMAND, command, *args])
         self._children.append(child)
         return child
 
