@@ -102,7 +102,7 @@ def test_live_page_shows_the_twin_and_an_mes_outage(twin: tuple[GatewayProcess, 
             page.on("pageerror", on_page_error)
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
-            page.goto(f"http://127.0.0.1:{gateway.http_port}/")
+            page.goto(f"http://127.0.0.1:{gateway.http_port}/#window=10m")
 
             # Every chart has data.
             page.wait_for_function(
@@ -270,8 +270,8 @@ def gap_rows() -> str:
         csv_row(
             f"P{k}",
             timestamp=datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            measured_mm=f"{100.0 + 0.002 * math.sin(k / 5):.4f}",
-            part_temp_c=f"{21.0 + math.sin(k / 7):.2f}",
+            measured_mm=f"{100.0 * (1 + 23.6e-6 * math.sin(k / 7)) + 0.0015 * math.sin(k / 3):.5f}",
+            part_temp_c=f"{20.0 + math.sin(k / 7):.3f}",
         )
         for k, t in enumerate(stamps)
     ]

@@ -900,7 +900,18 @@
     ctx.setLineDash([]);
   }
 
+  // The stream reports health only when it changes: while it is live, the last sample still holds
+  // (a second at a time, so that a real pause, the stream down, stays a gap).
+  function carryBufferForward() {
+    const last = state.buffer[state.buffer.length - 1];
+    const now = serverNow();
+    if (last && $("stream-state").dataset.state === "live" && now - last.t >= 1000) {
+      addBufferSample(now, last.depth, last.mes, last.sinks);
+    }
+  }
+
   function drawBuffer() {
+    carryBufferForward();
     const canvas = $("chart-buffer");
     const { ctx, w, h } = prepare(canvas);
     const domain = wallDomain();
@@ -919,9 +930,10 @@
     for (const p of total) maxDepth = Math.max(maxDepth, p.depth);
     maxDepth *= 1.15;
     // one state strip per sink above the plot, so nothing covers the axis labels below it
-    const stripTop = 4;
-    const stripH = 6;
-    const top = stripTop + names.length * (stripH + 2) + 4;
+    const stripTop = 2;
+    const stripH = 8;
+    const stripGap = 5;
+    const top = stripTop + names.length * (stripH + stripGap) + 4;
     const area = plotArea(w, h, { left: 62, right: 12, top, bottom: 36 }, domain, [0, maxDepth]);
     const yTicks = linearTicks(0, maxDepth, 3);
     yTicks.label = (v) => String(Math.round(v));
@@ -931,7 +943,7 @@
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
     names.forEach((name, row) => {
-      const y = stripTop + row * (stripH + 2);
+      const y = stripTop + row * (stripH + stripGap);
       ctx.fillStyle = COLORS.muted;
       ctx.fillText(name, area.left - 5, y + stripH / 2);
       shown.forEach((p, i) => {
