@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "opcua_history": "bench.bench_opcua_history",
     "opcua_machinery": "bench.bench_opcua_machinery",
     "opcua_live": "bench.bench_opcua_live",
+    "footprint": "bench.bench_footprint",
 }
 
 

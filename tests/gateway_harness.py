@@ -88,7 +88,7 @@ class RecordingSink(Sink):
 
 
 def gateway_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
-    """A config for in-process tests: loopback, HTTP port 0, no OPC UA and no historian unless
+    """A config for in-process tests: loopback, HTTP port 0, no OPC UA, no historian and no MES unless
     asked (so a test's buffer depth is that of the sinks it is about). `overrides` name config
     fields or options (a plugin's, like `mes_url` or `historian`)."""
     base = GatewayConfig(
@@ -96,7 +96,7 @@ def gateway_config(data_dir: Path, **overrides: Any) -> GatewayConfig:
         http=("127.0.0.1", 0),
         sinks_off=frozenset({"opcua"}),
         settle_ms=50.0,
-        options={"historian": "none"},
+        options={"historian": "none", "mes_url": None},
     )
     return with_overrides(base, **overrides)
 

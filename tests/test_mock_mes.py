@@ -1067,9 +1067,9 @@ def test_bad_values_name_the_flag_or_variable(args: list[str], env: dict[str, st
     assert caught.value.key == named
 
 
-def test_missing_db_and_env_configuration(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--db: required"):
-        load_config([], {})
+def test_default_db_and_env_configuration(tmp_path: Path) -> None:
+    bare = load_config([], {})  # `python mock_mes.py`: where the bare gateway delivers
+    assert (bare.host, bare.port, bare.db) == ("127.0.0.1", 8000, Path("data/mes.sqlite"))
     config = load_config(
         [],
         {

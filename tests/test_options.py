@@ -56,11 +56,11 @@ def test_an_empty_variable_counts_as_unset(empty: str) -> None:
 
 def test_the_rule_is_the_same_in_every_program(tmp_path: Path) -> None:
     gateway = gateway_config.load_config([], environ={"CMM_MES_URL": "", "CMM_ONCE": "", "CMM_SETTLE_MS": " "})
-    assert (gateway.options["mes_url"], gateway.once, gateway.settle_ms) == (None, False, 2000.0)
+    assert (gateway.options["mes_url"], gateway.once, gateway.settle_ms) == ("http://127.0.0.1:8000", False, 2000.0)
     mes = mes_cli.load_config(["--db", "x.db"], {"CMM_MES_PORT": "", "CMM_MES_SEED": ""})
     assert (mes.port, mes.seed) == (8000, 0)
     simulator = simulator_cli.parse_settings(["--outdir", str(tmp_path)], {"CMM_SIM_RATE": "", "CMM_SIM_COUNT": ""})
-    assert (simulator.rate_hz, simulator.count) == (1.0, None)
+    assert (simulator.rate_hz, simulator.count) == (2.0, None)
     settings = load_settings([], {"CMM_RUN_HTTP_PORT": "", "CMM_RUN_CHAOS_AFTER": ""})
     assert (settings.http_port, settings.chaos_after) == (8080, None)
 
@@ -116,7 +116,7 @@ def test_a_variable_meant_for_one_program_never_changes_another(tmp_path: Path) 
     assert (settings.rate, settings.machines, settings.speedup, settings.data_dir) == (4.0, 3, 240.0, Path("data"))
     assert (settings.http_port, settings.mes_port) == (8080, 8000)
     simulator = simulator_cli.parse_settings(["--outdir", str(tmp_path)], environ)
-    assert (simulator.count, simulator.rate_hz, simulator.machines, simulator.seed) == (None, 1.0, 3, 11)
+    assert (simulator.count, simulator.rate_hz, simulator.machines, simulator.seed) == (None, 2.0, 3, 11)
     assert mes_cli.load_config(["--db", "x.db"], environ).port == 9001
     assert gateway_config.load_config([], environ=environ).data_dir == Path("gateway-data")
 

@@ -23,7 +23,7 @@ from cmm_twin.errors import ConfigError
 from cmm_twin.physics.materials import MATERIALS
 from cmm_twin.records import measurement_id
 from cmm_twin.simulator.catalogue import CATALOGUE, part_type_index
-from cmm_twin.simulator.cli import main
+from cmm_twin.simulator.cli import main, parse_settings
 from cmm_twin.simulator.scenario import ShopScenario
 from cmm_twin.simulator.shop import BLOCK_PARTS, PartBatch, ShopModel
 from cmm_twin.simulator.writer import CSV_COLUMNS, TRUTH_COLUMNS, format_timestamp, temp_name
@@ -329,12 +329,9 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], fla
     assert not (tmp_path / "in").exists()
 
 
-def test_missing_outdir_and_same_truth_dir_are_errors(tmp_path: Path) -> None:
-    result = run_cli(["--count", "1"])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "cmm_simulator: error: --outdir: required (give --outdir DIR or set CMM_SIM_OUTDIR)"
-    ]
+def test_default_outdir_and_same_truth_dir_is_an_error(tmp_path: Path) -> None:
+    bare = parse_settings([], {})  # `python cmm_simulator.py`: the bare gateway's inbox, at `make run`'s rate
+    assert (bare.outdir, bare.rate_hz) == (Path("data/inbox"), 2.0)
     result = run_cli(["--outdir", str(tmp_path), "--truth-dir", str(tmp_path)])
     assert result.returncode == 2
     assert "--truth-dir" in result.stderr

@@ -267,7 +267,7 @@ def test_the_gateway_takes_every_format_with_the_truths_ids(tmp_path: Path) -> N
     gateway = [
         *("--data-dir", str(tmp_path), "--http", "127.0.0.1:0", "--settle-ms", "50"),
         *("--opcua-endpoint", f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", "--historian", "none"),
-        *("--stdout-sink", "--config", str(config), "--once"),
+        *("--stdout-sink", "--config", str(config), "--once", "--mes-url", "off"),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMM_")}
     done = subprocess.run(

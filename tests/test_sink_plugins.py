@@ -38,7 +38,9 @@ from tests.gateway_harness import (
 
 def test_registry_builds_each_plugin_only_when_configured(tmp_path: Path) -> None:
     assert [p.name for p in SINK_PLUGINS] == ["opcua", "page", "mes", "historian", "stdout", "outbox"]
-    off = GatewayConfig(data_dir=tmp_path, sinks_off=frozenset({"opcua"}), options={"historian": "none"})
+    off = GatewayConfig(
+        data_dir=tmp_path, sinks_off=frozenset({"opcua"}), options={"historian": "none", "mes_url": None}
+    )
     built = {p.name: p.build(off, {}) for p in SINK_PLUGINS}
     assert built["opcua"] is None and built["mes"] is None and built["historian"] is None
     assert built["stdout"] is None, "off unless --stdout-sink"

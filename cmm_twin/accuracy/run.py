@@ -133,6 +133,8 @@ def run_gateway(data_dir: Path, config: Path, log_path: Path) -> int:
         "50",
         "--historian",
         "sqlite",
+        "--mes-url",
+        "off",
         "--history-retention-days",
         str(RETENTION_DAYS),
         "--log-level",

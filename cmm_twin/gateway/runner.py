@@ -110,6 +110,7 @@ class DurableRunner:
         self.buffer: deque[_Batch] = deque()
         """Batches in hand with their spool sequence numbers and what the sink prepared."""
         self._outage = False
+        self._backlog_at_start = False
         self._flush_started: float | None = None
         self._refused_reason: str | None = None
         self._attempt = 0
@@ -133,6 +134,9 @@ class DurableRunner:
             return  # stopping before the sink ever opened: everything stays spooled
         read_seq = await self.state.call(store.acked_seq, name)
         await self.refresh_status()
+        # A backlog spooled before this start is an outage not yet over: say "Flushing buffer..."
+        # when it starts to drain (or "Network Lost!" first, if the receiver is still away).
+        self._backlog_at_start = self.status.buffer_depth > 0
         # The spool read (and the sink's encoding) of the next page and the acknowledgement of
         # the last batch run on the state thread while the next batch is on the wire: one of
         # each in flight at most.
@@ -380,8 +384,8 @@ class DurableRunner:
     def _recovered(self, batch_len: int) -> None:
         self._attempt = 0
         self._refused_reason = None
-        if self._outage:
-            self._outage = False
+        if self._outage or self._backlog_at_start:
+            self._outage = self._backlog_at_start = False
             self._flush_started = time.monotonic()
             log.info("Flushing buffer... (%s: %d records buffered)", self.sink.name, self.status.buffer_depth)
         self.status.state = SinkState.CONNECTED

@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -65,7 +66,7 @@ OPTIONS: tuple[Option, ...] = option_table(
     (
         Option("--host", parse_host, "127.0.0.1", "address to listen on", "HOST"),
         Option("--port", parse_whole(0, 65535), 8000, "TCP port (0: any free port, logged at start)", "PORT"),
-        Option("--db", parse_path, None, "SQLite database file (created if missing)", "PATH", required=True),
+        Option("--db", parse_path, Path("data/mes.sqlite"), "SQLite database file (created if missing)", "PATH"),
         Option("--fail-rate", parse_number(0.0, 1.0), 0.0, "share of POSTs answered 503 + Retry-After: 1 (0..1)", "F"),
         Option("--latency-ms", parse_number(0.0, 600_000.0), 0.0, "delay before answering each /api/ request", "N"),
         Option("--seed", parse_whole(-(2**63), 2**63 - 1), 0, "seed of the fault injection (reproducible runs)", "S"),

@@ -1,6 +1,6 @@
 """Command line of the CMM simulator (README, "The simulator").
 
-`cmm_simulator.py --outdir DIR [--machines N] [--count N] [--rate HZ] [--seed S] [--truth-dir DIR]
+`cmm_simulator.py [--outdir DIR] [--machines N] [--count N] [--rate HZ] [--seed S] [--truth-dir DIR]
 [--speedup X] [--start ISO8601] [--format csv|dfq|calypso|qif] [--timezone ZONE] [--scenario lab|shop|hot-parts]
 [--mpe A:K[,A:K...]] [--log-level LEVEL]`.
 Every flag has an environment variable `CMM_SIM_<FLAG>` (`CMM_SIM_OUTDIR`, `CMM_SIM_RATE`,
@@ -61,7 +61,7 @@ class SimulatorSettings:
     machines: int = 3
     count: int | None = None
     """Parts to write; None runs until stopped."""
-    rate_hz: float = 1.0
+    rate_hz: float = 2.0
     """Parts per wall-clock second; 0 writes as fast as possible."""
     seed: int = 0
     truth_dir: Path | None = None
@@ -142,14 +142,13 @@ OPTIONS: tuple[Option, ...] = option_table(
         Option(
             "--outdir",
             parse_path,
-            None,
-            "inbox directory the files go to (created if missing)",
+            Path("data/inbox"),
+            "inbox directory the files go to (created if missing; the default is the gateway's default inbox)",
             "DIR",
-            required=True,
         ),
         Option("--machines", parse_whole(1, MAX_MACHINES), 3, f"CMMs, 1..{MAX_MACHINES}", "N"),
         Option("--count", parse_whole(1), None, "stop after N parts (off: run until stopped)", "N"),
-        Option("--rate", parse_number(0.0), 1.0, "parts per second (0 = max)", "HZ"),
+        Option("--rate", parse_number(0.0), 2.0, "parts per second (0 = max)", "HZ"),
         Option("--seed", parse_whole(0), 0, "random seed", "S"),
         Option("--truth-dir", parse_path, None, "also write the ground truth of every part here", "DIR"),
         Option(

@@ -1,6 +1,7 @@
 """The MES sink plugin: result records POSTed to the plant's MES, durable (store-and-forward).
 
-On when `--mes-url` is given; the bearer token comes only from MES_TOKEN.
+On unless `--mes-url` is off (its default is the mock MES on 127.0.0.1:8000); the bearer token
+comes only from MES_TOKEN.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def build(config: GatewayConfig, environ: Mapping[str, str]) -> Sink | None:
-    """The MES sink, or None without `--mes-url`."""
+    """The MES sink, or None when `--mes-url` is off."""
     settings = MesSettings.from_config(config, environ)
     if settings is None:
         return None

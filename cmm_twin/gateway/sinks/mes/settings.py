@@ -1,4 +1,5 @@
-"""Settings of the MES sink: `--mes-url` (the sink is off without it) and MES_TOKEN."""
+"""Settings of the MES sink: `--mes-url` (default the mock MES on this machine; `''` or `off` turns
+the sink off) and MES_TOKEN."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ if TYPE_CHECKING:
     from cmm_twin.gateway.config import GatewayConfig
 
 TOKEN_ENV = "MES_TOKEN"
+DEFAULT_MES_URL = "http://127.0.0.1:8000"
+"""Where `python mock_mes.py` listens by default: the three bare commands meet on one machine."""
+
+
+def parse_mes_url(value: str) -> str | None:
+    """An http(s) URL, or None (the sink off) for `''` or `off`."""
+    if value.strip().lower() in ("", "off"):
+        return None
+    return parse_url(value)
+
 
 OPTIONS = (
     Option(
         "--mes-url",
-        parse_url,
-        None,
-        "base URL of the MES (e.g. http://127.0.0.1:8000); without it the MES sink is off",
+        parse_mes_url,
+        DEFAULT_MES_URL,
+        "base URL of the MES; '' or off turns the MES sink off (an empty variable counts as unset: use"
+        " CMM_MES_URL=off)",
         metavar="URL",
     ),
 )
@@ -33,7 +45,7 @@ class MesSettings:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, environ: Mapping[str, str] | None = None) -> MesSettings | None:
-        """The settings, or None when `--mes-url` is not given."""
+        """The settings, or None when `--mes-url` is off."""
         base_url = config.options["mes_url"]
         if base_url is None:
             return None
