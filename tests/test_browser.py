@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,7 +250,7 @@ CHART_STATE = """() => [...document.querySelectorAll('canvas.chart')].map(c => (
     span: Number(c.dataset.xMax) - Number(c.dataset.xMin)}))"""
 
 
-def wait_for_window(page: Page, span_ms: int, thermal_points: str) -> list[dict[str, object]]:
+def wait_for_window(page: Page, span_ms: int, thermal_points: str) -> list[dict[str, Any]]:
     """Wait until every chart spans `span_ms` and the thermal chart satisfies `thermal_points` (JS, n)."""
     page.wait_for_function(
         f"""() => [...document.querySelectorAll('canvas.chart')].every(c =>
@@ -257,7 +258,7 @@ def wait_for_window(page: Page, span_ms: int, thermal_points: str) -> list[dict[
             && (n => {thermal_points})(Number(document.querySelector('#chart-thermal').dataset.points))""",
         timeout=60_000,
     )
-    charts: list[dict[str, object]] = page.evaluate(CHART_STATE)
+    charts: list[dict[str, Any]] = page.evaluate(CHART_STATE)
     return charts
 
 
@@ -278,11 +279,11 @@ def gap_rows() -> str:
     return HEADER + "".join(rows)
 
 
-def steer_the_page(url: str) -> tuple[list[list[dict[str, object]]], dict[str, list[str]], list[str]]:
+def steer_the_page(url: str) -> tuple[list[list[dict[str, Any]]], dict[str, list[str]], list[str]]:
     """Drive the time window and two widths; returns the charts' state per step, the layout
     problems per width, and console or page errors."""
     problems: list[str] = []
-    steps: list[list[dict[str, object]]] = []
+    steps: list[list[dict[str, Any]]] = []
     layout: dict[str, list[str]] = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
