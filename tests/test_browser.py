@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from playwright.sync_api import ConsoleMessage, Error, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
 from cmm_twin.gateway.sinks.base import Delivered
 from cmm_twin.records import RecordBatch, canonical_timestamp
@@ -192,6 +192,15 @@ def angle_and_one_sided_batch() -> RecordBatch:
     )
 
 
+def watched_page(browser: Browser, url: str, problems: list[str]) -> Page:
+    """A 1280x800 page of `browser` at `url`, its console errors and page errors into `problems`."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.goto(url)
+    return page
+
+
 def read_limits_page(url: str) -> tuple[list[str], list[str]]:
     """The page's latest-measurement line for the angle and the flatness, its UNDEFINED count, and
     any console or page errors."""
@@ -199,10 +208,7 @@ def read_limits_page(url: str) -> tuple[list[str], list[str]]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            page.goto(url)
+            page = watched_page(browser, url, problems)
             page.wait_for_function("() => Number(document.querySelector('#chart-deviation').dataset.points) === 3")
             page.wait_for_function("() => document.querySelector('#count-undefined').innerText.trim() === '1'")
             texts = [text_of(page, "latest-measurement"), text_of(page, "count-undefined")]
@@ -288,10 +294,7 @@ def steer_the_page(url: str) -> tuple[list[list[dict[str, Any]]], dict[str, list
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            page.goto(url)
+            page = watched_page(browser, url, problems)
             steps.append(wait_for_window(page, 3_600_000, "n === 122"))  # the default: 1 h
             page.click("#window-control button[data-window='10m']")
             steps.append(wait_for_window(page, 600_000, "n > 0 && n < 40"))
