@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ import pytest
 
 from tests.gateway_harness import ROOT, GatewayProcess, free_port
 
-TOKEN = "s3cret-token-for-the-test"
+TOKEN = secrets.token_urlsafe(18)
+"""A fresh token per run (no credential in the tree)."""
 
 
 def gateway_args(tmp_path: Path, *extra: str) -> list[str]:
