@@ -17,21 +17,26 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from playwright.sync_api import ConsoleMessage, Error, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
 from cmm_twin.gateway.sinks.base import Delivered
 from cmm_twin.records import RecordBatch, canonical_timestamp
 from tests.gateway_harness import (
+    HEADER,
     ROOT,
     GatewayProcess,
     MesProcess,
+    csv_row,
+    drop_file,
     free_port,
     gateway_config,
     run_simulator,
     running_gateway,
+    wait_for,
 )
 from tests.test_page import page_feed
 
@@ -98,7 +103,7 @@ def test_live_page_shows_the_twin_and_an_mes_outage(twin: tuple[GatewayProcess, 
             page.on("pageerror", on_page_error)
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
-            page.goto(f"http://127.0.0.1:{gateway.http_port}/")
+            page.goto(f"http://127.0.0.1:{gateway.http_port}/#window=10m")
 
             # Every chart has data.
             page.wait_for_function(
@@ -133,6 +138,8 @@ def test_live_page_shows_the_twin_and_an_mes_outage(twin: tuple[GatewayProcess, 
                 timeout=60_000,
             )
             assert text_of(page, "mes-state") in ("buffering", "disconnected"), text_of(page, "mes-state")
+            # The buffer chart has a series for each sink with a buffer, the MES's among them.
+            page.wait_for_function("() => document.querySelector('#chart-buffer').dataset.series === 'historian,mes'")
             page.screenshot(path=str(ARTIFACTS / "live-page-mes-outage.png"))
 
             # The MES comes back: the buffer drains to zero and the MES shows connected again.
@@ -185,6 +192,15 @@ def angle_and_one_sided_batch() -> RecordBatch:
     )
 
 
+def watched_page(browser: Browser, url: str, problems: list[str]) -> Page:
+    """A 1280x800 page of `browser` at `url`, its console errors and page errors into `problems`."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.goto(url)
+    return page
+
+
 def read_limits_page(url: str) -> tuple[list[str], list[str]]:
     """The page's latest-measurement line for the angle and the flatness, its UNDEFINED count, and
     any console or page errors."""
@@ -192,10 +208,7 @@ def read_limits_page(url: str) -> tuple[list[str], list[str]]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            page.goto(url)
+            page = watched_page(browser, url, problems)
             page.wait_for_function("() => Number(document.querySelector('#chart-deviation').dataset.points) === 3")
             page.wait_for_function("() => document.querySelector('#count-undefined').innerText.trim() === '1'")
             texts = [text_of(page, "latest-measurement"), text_of(page, "count-undefined")]
@@ -222,3 +235,109 @@ async def test_page_shows_limits_units_and_undefined_verdicts(tmp_path: Path) ->
     assert undefined == "1"
     assert flatness.startswith("latest P3 at ")
     assert " UTC · limits none / +4.0 µm · PASS · 1 parts shown" in flatness
+
+
+LAYOUT_PROBLEMS = """() => {
+    const width = window.innerWidth;
+    const out = [];
+    if (document.scrollingElement.scrollWidth > width) out.push('scrollWidth ' + document.scrollingElement.scrollWidth);
+    for (const el of document.body.querySelectorAll('*')) {
+        const box = el.getBoundingClientRect();
+        if (!box.width && !box.height) continue;
+        if (box.left < -0.5 || box.right > width + 0.5) {
+            const name = el.tagName + '#' + el.id + '.' + el.className;
+            out.push(name + ' ' + box.left.toFixed(1) + '..' + box.right.toFixed(1));
+        }
+    }
+    return out;
+}"""
+CHART_STATE = """() => [...document.querySelectorAll('canvas.chart')].map(c => ({
+    id: c.id, points: Number(c.dataset.points), segments: Number(c.dataset.segments),
+    span: Number(c.dataset.xMax) - Number(c.dataset.xMin)}))"""
+
+
+def wait_for_window(page: Page, span_ms: int, thermal_points: str) -> list[dict[str, Any]]:
+    """Wait until every chart spans `span_ms` and the thermal chart satisfies `thermal_points` (JS, n)."""
+    page.wait_for_function(
+        f"""() => [...document.querySelectorAll('canvas.chart')].every(c =>
+                Number(c.dataset.xMax) - Number(c.dataset.xMin) === {span_ms})
+            && (n => {thermal_points})(Number(document.querySelector('#chart-thermal').dataset.points))""",
+        timeout=60_000,
+    )
+    charts: list[dict[str, Any]] = page.evaluate(CHART_STATE)
+    return charts
+
+
+def gap_rows() -> str:
+    """length_x of CMM-01 every 20 s from 50 to 30 minutes ago and from 20 minutes ago to now: a
+    10-minute pause in the middle (61 + 61 rows)."""
+    now = int(time.time()) // 20 * 20
+    stamps = [now - 3000 + 20 * k for k in range(61)] + [now - 1200 + 20 * k for k in range(61)]
+    rows = [
+        csv_row(
+            f"P{k}",
+            timestamp=datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            measured_mm=f"{100.0 * (1 + 23.6e-6 * math.sin(k / 7)) + 0.0015 * math.sin(k / 3):.5f}",
+            part_temp_c=f"{20.0 + math.sin(k / 7):.3f}",
+        )
+        for k, t in enumerate(stamps)
+    ]
+    return HEADER + "".join(rows)
+
+
+def steer_the_page(url: str) -> tuple[list[list[dict[str, Any]]], dict[str, list[str]], list[str]]:
+    """Drive the time window and two widths; returns the charts' state per step, the layout
+    problems per width, and console or page errors."""
+    problems: list[str] = []
+    steps: list[list[dict[str, Any]]] = []
+    layout: dict[str, list[str]] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = watched_page(browser, url, problems)
+            steps.append(wait_for_window(page, 3_600_000, "n === 122"))  # the default: 1 h
+            page.click("#window-control button[data-window='10m']")
+            steps.append(wait_for_window(page, 600_000, "n > 0 && n < 40"))
+            page.click("#window-control button[data-window='24h']")
+            steps.append(wait_for_window(page, 86_400_000, "n === 122"))
+            page.reload()  # the choice survives a reload
+            steps.append(wait_for_window(page, 86_400_000, "n === 122"))
+            assert page.get_attribute("#window-control button[data-window='24h']", "aria-pressed") == "true"
+            page.click("#window-control button[data-window='1h']")
+            wait_for_window(page, 3_600_000, "n === 122")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            for width, height in ((1280, 800), (390, 844), (360, 740)):
+                page.set_viewport_size({"width": width, "height": height})
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('canvas.chart')].every(c => "
+                    "Math.abs(c.width / (window.devicePixelRatio || 1) - c.clientWidth) < 2)"
+                )
+                layout[str(width)] = page.evaluate(LAYOUT_PROBLEMS)
+                if width != 360:
+                    page.screenshot(path=str(ARTIFACTS / f"live-page-{width}.png"), full_page=True)
+        finally:
+            browser.close()
+    return steps, layout, problems
+
+
+async def test_the_time_window_governs_every_chart_and_gaps_break_lines(tmp_path: Path) -> None:
+    if shutil.which(CHROMIUM) is None:
+        raise AssertionError(f"{CHROMIUM} is not installed: run `make test` (it installs Debian's chromium as root)")
+    config = gateway_config(tmp_path / "data", historian="sqlite", health_interval_s=1.0)
+    async with running_gateway(config) as gateway:
+        drop_file(config.inbox, "gap.csv", gap_rows())
+        await wait_for(lambda: gateway.status.files_processed == 1, what="the file processed")
+        await wait_for(lambda: gateway.status.sinks["historian"].buffer_depth == 0, what="the history written")
+        steps, layout, problems = await asyncio.to_thread(steer_the_page, f"http://127.0.0.1:{gateway.http_port}/")
+    assert not problems, problems
+    one_hour, ten_minutes, a_day, reloaded = ({c["id"]: c for c in step} for step in steps)
+    assert set(one_hour) == {"chart-thermal", "chart-deviation", "chart-buffer"}
+    for charts in (one_hour, a_day, reloaded):
+        for chart_id in ("chart-thermal", "chart-deviation"):
+            assert (charts[chart_id]["points"], charts[chart_id]["segments"]) == (122, 2), charts  # the gap
+        assert charts["chart-buffer"]["points"] > 0, charts
+    assert all(c["span"] == 3_600_000 for c in one_hour.values())
+    assert all(c["span"] == 600_000 for c in ten_minutes.values())
+    assert all(c["span"] == 86_400_000 for c in a_day.values())
+    assert ten_minutes["chart-thermal"]["segments"] == ten_minutes["chart-deviation"]["segments"] == 1
+    assert layout == {"1280": [], "390": [], "360": []}, layout

@@ -14,6 +14,7 @@ plugin reads the value of an option it declared from `GatewayConfig.options` by 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import tomllib
@@ -48,6 +49,22 @@ if TYPE_CHECKING:
     from cmm_twin.gateway.sinks.plugin import SinkPlugin
 
 PROG = "cmm_edge_gateway.py"
+
+
+HTTP_TOKEN_ENV = "GATEWAY_TOKEN"
+"""The bearer token of the page and the APIs (docs/page.md): a secret, so only from the environment."""
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1): no one else can connect."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -99,6 +116,14 @@ CORE_OPTIONS: tuple[Option, ...] = option_table(
             "comma-separated extra Host names the HTTP API answers (e.g. a reverse proxy's); "
             "loopback names and the --http address are always answered, other names get 421",
             metavar="NAMES",
+        ),
+        Option(
+            "--http-allow-anonymous",
+            parse_switch,
+            False,
+            f"serve the page and the APIs without a token although --http is not loopback (else {HTTP_TOKEN_ENV} is"
+            " required there)",
+            is_switch=True,
         ),
         Option(
             "--once",
@@ -176,6 +201,7 @@ class GatewayConfig:
     data_dir: Path = Path("data")
     http: tuple[str, int] = ("127.0.0.1", 8080)
     http_allowed_hosts: tuple[str, ...] | None = None
+    http_allow_anonymous: bool = False
     once: bool = False
     settle_ms: float = 2000.0
     spool_limit_mb: float = 1024.0
@@ -273,6 +299,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
 
     config = GatewayConfig(**typed, options=values, **_sections(sections, str(config_path)))
     _check_combinations(config)
+    check_http_token(config, environ)
     for plugin in sink_plugins():  # each plugin validates its own settings now, not at first use
         plugin.validate(config)
     return config
@@ -440,3 +467,14 @@ def _check_combinations(config: GatewayConfig) -> None:
         parse_host(config.http[0])
     except ValueError as exc:
         raise ConfigError("--http", str(exc)) from None
+
+
+def check_http_token(config: GatewayConfig, environ: Mapping[str, str]) -> None:
+    """Refuse an HTTP side bound beyond loopback with neither a token nor --http-allow-anonymous."""
+    if is_loopback(config.http[0]) or config.http_allow_anonymous or environ.get(HTTP_TOKEN_ENV, "").strip():
+        return
+    raise ConfigError(
+        "--http",
+        f"{config.http[0]} is reachable from other hosts: set {HTTP_TOKEN_ENV} in the environment (the token the"
+        " page and the APIs then require) or pass --http-allow-anonymous",
+    )

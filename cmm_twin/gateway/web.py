@@ -380,7 +380,7 @@ class HttpServer:
         header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> None:
         self.host_check = HostCheck(host, allowed_hosts or ())
-        app.middlewares.append(_host_middleware(self.host_check))
+        app.middlewares.insert(0, _host_middleware(self.host_check))  # before the token check: 421 first
         # aiohttp arms its keep-alive timer when a connection opens and whenever a response is done,
         # and closes the connection when it fires while the handler still waits for a request: that
         # is the header timeout (a handler busy with a request, e.g. an event stream, is not cut).

@@ -1,5 +1,7 @@
-// cmm-twin live page. Hand-written, no library: an EventSource on /api/v1/events and small
-// canvas charts. Every chart canvas carries data-points="N" (points drawn in its last redraw).
+// cmm-twin live page. Hand-written, no library: an EventSource on /api/v1/events, /api/v1/history for
+// the chosen time window, and small canvas charts (docs/page.md). Every chart canvas carries, from its
+// last redraw, data-points (points drawn), data-x-min / data-x-max (its time range, epoch ms) and
+// data-segments (separate line pieces: a gap in the data breaks a line).
 "use strict";
 
 (() => {
@@ -29,33 +31,75 @@
   };
   const FONT = '12px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif';
   const MAX_LIVE = 3000; // live points kept per machine and feature
-  const MAX_HISTORY = 3000; // points taken from /api/v1/history per machine and feature
-  const BUFFER_WINDOW_MS = 10 * 60 * 1000;
+  const MAX_HISTORY = 5000; // newest points taken from /api/v1/history for the chosen characteristic
+  const MAX_BUFFER_SAMPLES = 90000; // live buffer samples kept (a day at one a second)
   const REDRAW_MS = 500; // at most two redraws a second
-  const HISTORY_FIELDS = "measured_mm,compensated_mm,part_temp_c";
+  const SLIDE_MS = 5000; // how often the measurement charts follow the clock without new records
+  const GAP_FACTOR = 5; // a pause longer than this many typical intervals breaks a line
+  const MIN_GAP_MS = 3000; // ... and never one shorter than this (the buffer is sampled each second)
+  const HISTORY_FIELDS = [
+    "part_id", "measured_mm", "compensated_mm", "part_temp_c", "deviation_um", "uncertainty_um",
+    "lower_tol_mm", "upper_tol_mm", "nominal_mm",
+  ].join(",");
   const CAPABILITY_MS = 3000; // how often /api/v1/capability is read
+  const WINDOWS = { "10m": 600000, "1h": 3600000, "8h": 28800000, "24h": 86400000 };
+  const WINDOW_STORE = "cmm-twin.window";
+  const SINK_COLORS = ["#3d4f9f", "#c2410c", "#0f766e", "#7c3aed", "#be185d", "#4d7c0f"];
 
   const $ = (id) => document.getElementById(id);
 
+  function initialWindow() {
+    const fromHash = /(?:^#|&)window=(10m|1h|8h|24h)(?:&|$)/.exec(window.location.hash);
+    if (fromHash) return fromHash[1];
+    try {
+      const stored = window.localStorage.getItem(WINDOW_STORE);
+      if (stored && WINDOWS[stored]) return stored;
+    } catch (e) {
+      /* storage refused (private mode): the default */
+    }
+    return "1h";
+  }
+
   const state = {
-    series: new Map(), // "machine\u0001feature" -> {live: [], hist: [], sorted: true}
-    machines: new Map(), // machine -> Set of features
+    series: new Map(), // "machine\u0001feature" -> {live: [], sorted: true}
+    machines: new Map(), // machine -> Set of features (from the stream, the history and capability)
     counts: {},
     tolerances: {},
     health: null,
     rejects: [],
     capability: null, // the /api/v1/capability document
-    buffer: [], // {t, depth, mes}
+    buffer: [], // {t, depth, mes, sinks: {name: {depth, state}}}, wall time
+    bufferSinks: new Set(), // sinks with a buffer (durable ones)
     historyAvailable: false,
-    historyRequested: new Set(),
+    epoch: 0, // +1 at each fresh snapshot (a new or restarted gateway): history is read again
+    hist: { key: "", points: [], truncated: false }, // the chosen characteristic over the window
+    healthHist: { key: "", points: [] }, // gateway_health (total buffer depth) over the window
+    found: { key: "" }, // characteristics looked up in the history for the window
+    windowName: initialWindow(),
+    newestT: -Infinity, // newest measurement time seen, epoch ms
     clockOffset: 0, // server wall clock minus this browser's, ms
     machine: "",
     feature: "",
-    dirty: new Set(["thermal", "deviation", "buffer", "verdicts", "rejects", "header", "selectors"]),
+    dirty: new Set(["thermal", "deviation", "buffer", "verdicts", "rejects", "header", "selectors", "window"]),
     lastBufferDraw: 0,
+    lastSlide: 0,
   };
 
   const key = (machine, feature) => machine + "\u0001" + feature;
+  const windowMs = () => WINDOWS[state.windowName];
+  const serverNow = () => Date.now() + state.clockOffset;
+
+  // The measurement charts end at the newest measurement when its clock runs ahead of the wall
+  // (a simulator with --speedup), else now; the buffer chart is on the wall clock. Same span.
+  function measurementDomain() {
+    const end = Math.max(serverNow(), state.newestT);
+    return [end - windowMs(), end];
+  }
+
+  function wallDomain() {
+    const now = serverNow();
+    return [now - windowMs(), now];
+  }
 
   // ------------------------------------------------------------------ data
 
@@ -63,28 +107,33 @@
     const k = key(machine, feature);
     let s = state.series.get(k);
     if (!s) {
-      s = { live: [], hist: [], sorted: true };
+      s = { live: [], sorted: true };
       state.series.set(k, s);
     }
     return s;
   }
 
+  function know(machine, feature) {
+    let features = state.machines.get(machine);
+    if (!features) {
+      features = new Set();
+      state.machines.set(machine, features);
+      state.dirty.add("selectors");
+    }
+    if (!features.has(feature)) {
+      features.add(feature);
+      state.dirty.add("selectors");
+    }
+  }
+
   function addRecords(records) {
     for (const r of records) {
-      let features = state.machines.get(r.machine_id);
-      if (!features) {
-        features = new Set();
-        state.machines.set(r.machine_id, features);
-        state.dirty.add("selectors");
-      }
-      if (!features.has(r.feature)) {
-        features.add(r.feature);
-        state.dirty.add("selectors");
-      }
+      know(r.machine_id, r.feature);
       const s = seriesOf(r.machine_id, r.feature);
       const last = s.live[s.live.length - 1];
       if (last && r.t < last.t) s.sorted = false;
       s.live.push(r);
+      if (r.t > state.newestT) state.newestT = r.t;
       if (s.live.length > MAX_LIVE * 1.25) s.live.splice(0, s.live.length - MAX_LIVE);
     }
     if (records.length) {
@@ -104,12 +153,22 @@
     return s;
   }
 
-  function addBufferSample(t, depth, mes) {
-    state.buffer.push({ t, depth, mes });
-    const cutoff = t - BUFFER_WINDOW_MS - 60000;
-    let drop = 0;
-    while (drop < state.buffer.length - 1 && state.buffer[drop + 1].t < cutoff) drop++;
-    if (drop) state.buffer.splice(0, drop);
+  // The chosen characteristic over the window: its history, then the live records after it.
+  function windowPoints() {
+    const [lo, hi] = measurementDomain();
+    const hist = state.hist.points;
+    const histMax = hist.length ? hist[hist.length - 1].t : -Infinity;
+    const s = liveOf(state.machine, state.feature);
+    const live = s ? s.live.filter((p) => p.t > histMax) : [];
+    return hist.concat(live).filter((p) => p.t >= lo && p.t <= hi);
+  }
+
+  function addBufferSample(t, depth, mes, sinks) {
+    const last = state.buffer[state.buffer.length - 1];
+    if (last && t < last.t) return;
+    state.buffer.push({ t, depth, mes, sinks: sinks || {} });
+    for (const name of Object.keys(sinks || {})) state.bufferSinks.add(name);
+    if (state.buffer.length > MAX_BUFFER_SAMPLES * 1.1) state.buffer.splice(0, state.buffer.length - MAX_BUFFER_SAMPLES);
   }
 
   function sinkState(health, name) {
@@ -120,7 +179,12 @@
   function onHealth(health) {
     state.health = health;
     state.clockOffset = health.t - Date.now();
-    addBufferSample(health.t, health.buffer_depth, sinkState(health, "mes"));
+    const sinks = {};
+    for (const name of health.buffered_sinks || []) {
+      const sink = health.sinks[name];
+      if (sink) sinks[name] = { depth: sink.buffer_depth, state: sink.state };
+    }
+    addBufferSample(health.t, health.buffer_depth, sinkState(health, "mes"), sinks);
     state.dirty.add("header");
     state.dirty.add("buffer");
   }
@@ -128,11 +192,14 @@
   function onSnapshot(snap) {
     if (!snap.resumed) {
       state.series.clear();
-      state.machines.clear();
-      state.historyRequested.clear();
+      state.newestT = -Infinity;
+      state.epoch += 1;
       state.buffer = [];
-      for (const sample of snap.buffer_history || []) addBufferSample(sample.t, sample.buffer_depth, sample.mes);
+      for (const sample of snap.buffer_history || []) {
+        addBufferSample(sample.t, sample.buffer_depth, sample.mes, sample.sinks);
+      }
       state.dirty.add("selectors");
+      state.dirty.add("window");
     }
     state.historyAvailable = Boolean(snap.history);
     state.counts = snap.counts || {};
@@ -163,7 +230,7 @@
     source.onopen = () => setStream("live");
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
-        // refused (e.g. too many page clients, or the gateway is stopping): try again later
+        // refused (e.g. too many page clients, the gateway is stopping, or the token expired): try again later
         setStream("disconnected");
         source.close();
         window.setTimeout(connect, 10000);
@@ -184,7 +251,7 @@
     });
   }
 
-  // ------------------------------------------------------------------ longer thermal history
+  // ------------------------------------------------------------------ the history over the window
 
   function parseIsoMs(text) {
     const m = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z$/.exec(text);
@@ -193,56 +260,112 @@
     return Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6], ms);
   }
 
-  function maybeFetchHistory(machine) {
-    if (!state.historyAvailable || !machine || state.historyRequested.has(machine)) return;
-    const features = state.machines.get(machine);
-    if (!features) return;
-    let oldest = Infinity;
-    let newest = -Infinity;
-    for (const feature of features) {
-      const s = liveOf(machine, feature);
-      if (s && s.live.length) {
-        oldest = Math.min(oldest, s.live[0].t);
-        newest = Math.max(newest, s.live[s.live.length - 1].t);
-      }
-    }
-    if (!Number.isFinite(oldest)) return;
-    state.historyRequested.add(machine);
-    // Measurement time, not wall time: the simulator's clock may run ahead of the wall.
-    const spanS = Math.max(3600, (2 * (newest - oldest)) / 1000);
-    const until = oldest / 1000;
-    const params = new URLSearchParams({
-      machine_id: machine,
-      fields: HISTORY_FIELDS,
-      since: (until - spanS).toFixed(3),
-      until: until.toFixed(3),
-      limit: String(MAX_HISTORY * Math.max(1, features.size)),
-    });
-    fetch("/api/v1/history?" + params.toString())
+  function historyUrl(params) {
+    return "/api/v1/history?" + new URLSearchParams(params).toString();
+  }
+
+  function readHistory(params, accept) {
+    fetch(historyUrl(params), { cache: "no-store" })
       .then((response) => (response.ok ? response.json() : null))
       .then((doc) => {
-        if (!doc || !Array.isArray(doc.points)) return;
-        const byFeature = new Map();
-        for (const p of doc.points) {
-          if (p.measured_mm == null || p.compensated_mm == null || p.part_temp_c == null) continue;
-          const list = byFeature.get(p.feature) || [];
-          list.push({
-            t: parseIsoMs(p.time),
-            measured_mm: p.measured_mm,
-            compensated_mm: p.compensated_mm,
-            part_temp_c: p.part_temp_c,
-          });
-          byFeature.set(p.feature, list);
-        }
-        for (const [feature, list] of byFeature) {
-          const s = seriesOf(machine, feature);
-          s.hist = list.slice(-MAX_HISTORY);
-        }
-        state.dirty.add("thermal");
+        if (doc && Array.isArray(doc.points)) accept(doc);
       })
       .catch(() => {
-        /* the live ring is enough */
+        /* the gateway restarts: the next snapshot reads again */
       });
+  }
+
+  // Read what the window needs: the chosen characteristic, the characteristics there are, and
+  // the total buffer depth (gateway_health). Each is read once per window, selection and gateway.
+  function loadHistory() {
+    if (!state.historyAvailable || state.newestT === -Infinity) return;
+    const [lo, hi] = measurementDomain();
+    const since = ((lo - windowMs() * 0.05) / 1000).toFixed(3); // a margin: the window slides on
+    const until = ((hi + 60000) / 1000).toFixed(3);
+    const base = state.windowName + "|" + state.epoch;
+    if (state.found.key !== base) {
+      state.found = { key: base };
+      readHistory({ since, until, fields: "deviation_um", limit: "2000" }, (doc) => {
+        for (const p of doc.points) know(p.machine_id, p.feature);
+      });
+    }
+    const [wlo, whi] = wallDomain();
+    if (state.healthHist.key !== base) {
+      state.healthHist = { key: base, points: [] };
+      const params = {
+        measurement: "gateway_health",
+        fields: "buffer_depth,mes_connected",
+        since: ((wlo - windowMs() * 0.05) / 1000).toFixed(3),
+        until: ((whi + 60000) / 1000).toFixed(3),
+        limit: "20000",
+      };
+      readHistory(params, (doc) => {
+        if (state.healthHist.key !== base) return;
+        state.healthHist.points = doc.points.map((p) => ({ t: parseIsoMs(p.time), depth: p.buffer_depth }));
+        state.dirty.add("buffer");
+      });
+    }
+    if (!state.machine || !state.feature) return;
+    const k = base + "|" + key(state.machine, state.feature);
+    if (state.hist.key === k) return;
+    state.hist = { key: k, points: [], truncated: false };
+    const params = {
+      machine_id: state.machine,
+      feature: state.feature,
+      fields: HISTORY_FIELDS,
+      since,
+      until,
+      limit: String(MAX_HISTORY),
+    };
+    readHistory(params, (doc) => {
+      if (state.hist.key !== k) return;
+      const points = [];
+      for (const p of doc.points) {
+        if (p.deviation_um == null) continue;
+        const t = parseIsoMs(p.time);
+        points.push({ ...p, t });
+        if (t > state.newestT) state.newestT = t;
+      }
+      state.hist.points = points;
+      state.hist.truncated = Boolean(doc.truncated);
+      ["thermal", "deviation", "header"].forEach((d) => state.dirty.add(d));
+    });
+  }
+
+  function setWindow(name) {
+    if (!WINDOWS[name]) return;
+    state.windowName = name;
+    try {
+      window.localStorage.setItem(WINDOW_STORE, name);
+    } catch (e) {
+      /* the URL keeps it */
+    }
+    window.history.replaceState(null, "", "#window=" + name);
+    ["window", "thermal", "deviation", "buffer", "header"].forEach((d) => state.dirty.add(d));
+    redraw();
+  }
+
+  function drawWindow() {
+    for (const button of document.querySelectorAll("#window-control button")) {
+      button.setAttribute("aria-pressed", String(button.dataset.window === state.windowName));
+    }
+    document.body.dataset.window = state.windowName;
+    loadHistory();
+  }
+
+  // Consecutive points split where the pause is longer than GAP_FACTOR typical intervals.
+  function runsOf(points, minGapMs) {
+    if (points.length < 3) return points.length ? [points] : [];
+    const steps = [];
+    for (let i = 1; i < points.length; i++) steps.push(points[i].t - points[i - 1].t);
+    steps.sort((a, b) => a - b);
+    const limit = Math.max(minGapMs, GAP_FACTOR * steps[steps.length >> 1]);
+    const runs = [[points[0]]];
+    for (let i = 1; i < points.length; i++) {
+      if (points[i].t - points[i - 1].t > limit) runs.push([]);
+      runs[runs.length - 1].push(points[i]);
+    }
+    return runs;
   }
 
   // ------------------------------------------------------------------ chart helpers
@@ -397,17 +520,6 @@
     ctx.restore();
   }
 
-  function timeDomain(points) {
-    let lo = points[0].t;
-    let hi = points[points.length - 1].t;
-    if (hi - lo < 2000) {
-      lo -= 30000;
-      hi += 30000;
-    }
-    const pad = (hi - lo) * 0.02;
-    return [lo - pad, hi + pad];
-  }
-
   function marker(ctx, verdict, x, y) {
     ctx.fillStyle = COLORS[verdict] || COLORS.ink;
     ctx.beginPath();
@@ -433,6 +545,13 @@
 
   function setPoints(canvas, n) {
     canvas.dataset.points = String(n);
+  }
+
+  // The time range a chart shows (epoch ms) and how many line pieces it drew, for tests and tools.
+  function setRange(canvas, domain, segments) {
+    canvas.dataset.xMin = String(Math.round(domain[0]));
+    canvas.dataset.xMax = String(Math.round(domain[1]));
+    canvas.dataset.segments = String(segments);
   }
 
   // ------------------------------------------------------------------ chart 1: thermal correlation
@@ -480,12 +599,13 @@
   function drawThermal() {
     const canvas = $("chart-thermal");
     const { ctx, w, h } = prepare(canvas);
-    const s = liveOf(state.machine, state.feature);
-    const points = s ? s.hist.concat(s.live) : [];
+    const points = windowPoints();
+    const xDomain = measurementDomain();
     const note = $("thermal-slope");
     if (!points.length) {
-      drawMessage(ctx, w, h, state.machine ? "No measurements of this feature yet." : "Waiting for measurements…");
+      drawMessage(ctx, w, h, state.machine ? "No measurements of this feature in the window." : "Waiting for measurements…");
       setPoints(canvas, 0);
+      setRange(canvas, xDomain, 0);
       note.textContent = "Sensitivity to part temperature: waiting for data.";
       return;
     }
@@ -496,12 +616,13 @@
       temps.push(p.part_temp_c);
     }
     const tol = state.tolerances[state.feature];
-    const nominal = s.live.length ? s.live[s.live.length - 1].nominal_mm : tol ? tol.nominal_mm : null;
+    const latestNominal = points[points.length - 1].nominal_mm;
+    const nominal = latestNominal != null ? latestNominal : tol ? tol.nominal_mm : null;
     if (nominal != null) lengths.push(nominal);
     // When the expansion coefficient can be read from the records, the right axis is scaled so
     // that 1 K spans the expansion of the nominal length (L·α): the measured points then ride on
     // the temperature curve while the compensated ones stay on the nominal line.
-    const alpha = nominal != null ? estimateAlpha(s.live) : null;
+    const alpha = nominal != null ? estimateAlpha(points) : null;
     const mmPerK = alpha != null ? nominal * alpha : null;
     if (mmPerK != null) for (const t of temps) lengths.push(nominal + mmPerK * (t - 20));
     const yDomain = paddedRange(lengths, 0.002, 0.08);
@@ -509,7 +630,6 @@
       mmPerK != null
         ? [20 + (yDomain[0] - nominal) / mmPerK, 20 + (yDomain[1] - nominal) / mmPerK]
         : paddedRange(temps, 1, 0.08);
-    const xDomain = timeDomain(points);
     const area = plotArea(w, h, { left: 78, right: 58, top: 8, bottom: 36 }, xDomain, yDomain);
     const yT = (v) => area.bottom - ((v - tDomain[0]) / (tDomain[1] - tDomain[0])) * area.height;
     const yTicks = linearTicks(yDomain[0], yDomain[1], Math.max(3, Math.floor(area.height / 40)));
@@ -549,14 +669,17 @@
     ctx.strokeStyle = COLORS.temp;
     ctx.globalAlpha = 0.85;
     ctx.lineWidth = 1.3;
-    ctx.beginPath();
-    points.forEach((p, i) => {
-      const x = area.x(p.t);
-      const y = yT(p.part_temp_c);
-      if (i === 0) ctx.moveTo(x, y);
-      else ctx.lineTo(x, y);
-    });
-    ctx.stroke();
+    const runs = runsOf(points, MIN_GAP_MS);
+    for (const run of runs) {
+      ctx.beginPath(); // one path per run: no line across a gap
+      run.forEach((p, i) => {
+        const x = area.x(p.t);
+        const y = yT(p.part_temp_c);
+        if (i === 0) ctx.moveTo(x, y);
+        else ctx.lineTo(x, y);
+      });
+      ctx.stroke();
+    }
     ctx.globalAlpha = 1;
     for (const [field, color] of [
       ["measured_mm", COLORS.measured],
@@ -571,6 +694,7 @@
     }
     ctx.restore();
     setPoints(canvas, points.length);
+    setRange(canvas, xDomain, runs.length);
 
     const measured = regressionSlope(points, "measured_mm");
     const compensated = regressionSlope(points, "compensated_mm");
@@ -605,11 +729,12 @@
   function drawDeviation() {
     const canvas = $("chart-deviation");
     const { ctx, w, h } = prepare(canvas);
-    const s = liveOf(state.machine, state.feature);
-    const points = s ? s.live : [];
+    const points = windowPoints();
+    const xDomain = measurementDomain();
     if (!points.length) {
-      drawMessage(ctx, w, h, state.machine ? "No measurements of this feature yet." : "Waiting for measurements…");
+      drawMessage(ctx, w, h, state.machine ? "No measurements of this feature in the window." : "Waiting for measurements…");
       setPoints(canvas, 0);
+      setRange(canvas, xDomain, 0);
       return;
     }
     // limits relative to the nominal in µm (millidegrees for an angle); null: no limit on that side
@@ -621,7 +746,7 @@
       limit = Math.max(limit, ...sides, Math.abs(p.deviation_um) * 1.08);
     }
     limit = Math.max(limit, 1);
-    const xDomain = timeDomain(points);
+    const runs = runsOf(points, MIN_GAP_MS);
     const area = plotArea(w, h, { left: 78, right: 66, top: 8, bottom: 36 }, xDomain, [-limit, limit]);
     const yTicks = linearTicks(-limit, limit, Math.max(4, Math.floor(area.height / 36)));
     const xTicks = timeTicks(xDomain[0], xDomain[1], Math.max(3, Math.floor(area.width / 90)));
@@ -634,22 +759,28 @@
     ctx.clip();
     // acceptance zone [lower + U, upper − U]: a step band following each part's own limits and
     // uncertainty (a side without a limit is open: the band runs off the chart; none at all: no band)
+    // each part's step reaches the next part of its run; the last of a run (before a gap) a few px
+    const span = (run, i) => {
+      const x0 = area.x(run[i].t);
+      return [x0, i + 1 < run.length ? area.x(run[i + 1].t) : x0 + 4];
+    };
     const edges = (level) => {
-      const runs = [];
-      let run = [];
-      points.forEach((p, i) => {
-        const y = level(p);
-        if (y == null) {
-          if (run.length) runs.push(run);
-          run = [];
-          return;
-        }
-        const x0 = i === 0 ? area.left : area.x(p.t);
-        const x1 = i === points.length - 1 ? area.right : area.x(points[i + 1].t);
-        run.push([x0, area.y(y)], [x1, area.y(y)]);
-      });
-      if (run.length) runs.push(run);
-      return runs;
+      const pieces = [];
+      for (const part of runs) {
+        let piece = [];
+        part.forEach((p, i) => {
+          const y = level(p);
+          if (y == null) {
+            if (piece.length) pieces.push(piece);
+            piece = [];
+            return;
+          }
+          const [x0, x1] = span(part, i);
+          piece.push([x0, area.y(y)], [x1, area.y(y)]);
+        });
+        if (piece.length) pieces.push(piece);
+      }
+      return pieces;
     };
     const open = limit * 2; // beyond the chart
     // [low, high] of a part's acceptance zone, null without any limit; a zone emptied by a large
@@ -663,13 +794,14 @@
       return low <= high ? [low, high] : [(down + up) / 2, (down + up) / 2];
     };
     ctx.fillStyle = COLORS.acceptance;
-    points.forEach((p, i) => {
-      const zone = acceptance(p);
-      if (zone == null) return;
-      const x0 = i === 0 ? area.left : area.x(p.t);
-      const x1 = i === points.length - 1 ? area.right : area.x(points[i + 1].t);
-      ctx.fillRect(x0, area.y(zone[1]), x1 - x0, area.y(zone[0]) - area.y(zone[1]));
-    });
+    for (const part of runs) {
+      part.forEach((p, i) => {
+        const zone = acceptance(p);
+        if (zone == null) return;
+        const [x0, x1] = span(part, i);
+        ctx.fillRect(x0, area.y(zone[1]), x1 - x0, area.y(zone[0]) - area.y(zone[1]));
+      });
+    }
     const polyline = (pts, color, dash) => {
       ctx.strokeStyle = color;
       ctx.setLineDash(dash);
@@ -711,80 +843,151 @@
     }
     ctx.restore();
     setPoints(canvas, points.length);
+    setRange(canvas, xDomain, runs.length);
   }
 
   // ------------------------------------------------------------------ chart 3: buffer depth
 
-  function mesColor(mes) {
-    if (mes === "connected") return COLORS.connected;
-    if (mes === "buffering" || mes === "starting") return COLORS.buffering;
-    if (mes === "disconnected" || mes === "refused" || mes === "failed" || mes === "closed") return COLORS.down;
+  function stateColor(value) {
+    if (value === "connected") return COLORS.connected;
+    if (value === "buffering" || value === "starting") return COLORS.buffering;
+    if (value === "disconnected" || value === "refused" || value === "failed" || value === "closed") return COLORS.down;
     return COLORS.unknown;
   }
 
+  function sinkColor(name) {
+    const names = Array.from(state.bufferSinks).sort();
+    return SINK_COLORS[Math.max(0, names.indexOf(name)) % SINK_COLORS.length];
+  }
+
+  function drawBufferLegend(names, total) {
+    const legend = $("buffer-legend");
+    const signature = names.join(",") + "|" + total;
+    if (legend.dataset.signature === signature) return;
+    legend.dataset.signature = signature;
+    legend.textContent = "";
+    const item = (className, color, text) => {
+      const li = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch " + className;
+      swatch.style.background = color;
+      li.append(swatch, text);
+      legend.append(li);
+    };
+    for (const name of names) item("line", sinkColor(name), name);
+    if (total) item("line total", COLORS.nominal, "all sinks (history)");
+    item("band", COLORS.connected, "up");
+    item("band", COLORS.buffering, "buffering");
+    item("band", COLORS.down, "down");
+  }
+
+  // A step line through (t, value) samples, one path per run (no line across a gap).
+  function stepLine(ctx, area, runs, value, color, dash) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1.6;
+    ctx.setLineDash(dash);
+    for (const run of runs) {
+      ctx.beginPath();
+      run.forEach((p, i) => {
+        const x = Math.max(area.left, area.x(p.t));
+        const x1 = i + 1 < run.length ? area.x(run[i + 1].t) : Math.min(area.right, x + 4);
+        if (i === 0) ctx.moveTo(x, area.y(value(p)));
+        else ctx.lineTo(x, area.y(value(p)));
+        ctx.lineTo(Math.max(x, x1), area.y(value(p)));
+      });
+      ctx.stroke();
+    }
+    ctx.setLineDash([]);
+  }
+
+  // The stream reports health only when it changes: while it is live, the last sample still holds
+  // (a second at a time, so that a real pause, the stream down, stays a gap).
+  function carryBufferForward() {
+    const last = state.buffer[state.buffer.length - 1];
+    const now = serverNow();
+    if (last && $("stream-state").dataset.state === "live" && now - last.t >= 1000) {
+      addBufferSample(now, last.depth, last.mes, last.sinks);
+    }
+  }
+
   function drawBuffer() {
+    carryBufferForward();
     const canvas = $("chart-buffer");
     const { ctx, w, h } = prepare(canvas);
-    const now = Date.now() + state.clockOffset;
-    const start = now - BUFFER_WINDOW_MS;
+    const domain = wallDomain();
+    const [start, now] = domain;
     const samples = state.buffer;
     let first = samples.findIndex((p) => p.t >= start);
     if (first === -1) first = samples.length;
     if (first > 0) first -= 1; // the sample in force at the window's start
     const shown = samples.slice(first);
+    if (shown.length) shown.push({ ...shown[shown.length - 1], t: now }); // in force until now
+    const liveFrom = shown.length ? shown[0].t : Infinity;
+    const total = state.healthHist.points.filter((p) => p.t >= start && p.t < liveFrom);
+    const names = Array.from(state.bufferSinks).sort();
     let maxDepth = 10;
-    for (const p of shown) maxDepth = Math.max(maxDepth, p.depth);
+    for (const p of shown) for (const name of names) maxDepth = Math.max(maxDepth, (p.sinks[name] || {}).depth || 0);
+    for (const p of total) maxDepth = Math.max(maxDepth, p.depth);
     maxDepth *= 1.15;
-    const area = plotArea(w, h, { left: 62, right: 12, top: 6, bottom: 44 }, [start, now], [0, maxDepth]);
+    // one state strip per sink above the plot, so nothing covers the axis labels below it
+    const stripTop = 2;
+    const stripH = 8;
+    const stripGap = 5;
+    const top = stripTop + names.length * (stripH + stripGap) + 4;
+    const area = plotArea(w, h, { left: 62, right: 12, top, bottom: 36 }, domain, [0, maxDepth]);
     const yTicks = linearTicks(0, maxDepth, 3);
     yTicks.label = (v) => String(Math.round(v));
-    drawFrame(ctx, area, timeTicks(start, now, 5), yTicks, "wall time (UTC), last 10 minutes", "records");
+    const xTicks = timeTicks(start, now, Math.max(3, Math.floor(area.width / 90)));
+    drawFrame(ctx, area, xTicks, yTicks, "wall time (UTC)", "records");
     ctx.save();
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    names.forEach((name, row) => {
+      const y = stripTop + row * (stripH + stripGap);
+      ctx.fillStyle = COLORS.muted;
+      ctx.fillText(name, area.left - 5, y + stripH / 2);
+      shown.forEach((p, i) => {
+        if (i + 1 >= shown.length) return;
+        const sink = p.sinks[name];
+        const x0 = Math.max(area.left, area.x(p.t));
+        const x1 = area.x(shown[i + 1].t);
+        if (x1 <= x0) return;
+        ctx.fillStyle = stateColor(sink ? sink.state : null);
+        ctx.fillRect(x0, y, Math.max(1, x1 - x0), stripH);
+      });
+    });
     ctx.beginPath();
-    ctx.rect(area.left, area.top, area.width, area.height + 9);
+    ctx.rect(area.left, area.top, area.width, area.height);
     ctx.clip();
-    if (shown.length) {
-      const xs = shown.map((p) => Math.max(area.left, area.x(p.t)));
-      // MES connectivity strip under the plot
-      const mesNames = shown.some((p) => p.mes != null);
-      shown.forEach((p, i) => {
-        const x1 = i + 1 < shown.length ? xs[i + 1] : area.right;
-        ctx.fillStyle = mesNames ? mesColor(p.mes) : COLORS.unknown;
-        ctx.fillRect(xs[i], area.bottom + 2, Math.max(1, x1 - xs[i]), 6);
-      });
-      // depth as a step line
-      ctx.beginPath();
-      ctx.moveTo(xs[0], area.bottom);
-      shown.forEach((p, i) => {
-        const x1 = i + 1 < shown.length ? xs[i + 1] : area.right;
-        ctx.lineTo(xs[i], area.y(p.depth));
-        ctx.lineTo(x1, area.y(p.depth));
-      });
-      ctx.lineTo(area.right, area.bottom);
-      ctx.closePath();
-      ctx.fillStyle = COLORS.depthFill;
-      ctx.fill();
-      ctx.strokeStyle = COLORS.depth;
-      ctx.lineWidth = 1.6;
-      ctx.beginPath();
-      shown.forEach((p, i) => {
-        const x1 = i + 1 < shown.length ? xs[i + 1] : area.right;
-        if (i === 0) ctx.moveTo(xs[i], area.y(p.depth));
-        else ctx.lineTo(xs[i], area.y(p.depth));
-        ctx.lineTo(x1, area.y(p.depth));
-      });
-      ctx.stroke();
+    let segments = 0;
+    if (total.length) {
+      const runs = runsOf(total, MIN_GAP_MS);
+      stepLine(ctx, area, runs, (p) => p.depth, COLORS.nominal, [4, 3]);
+      segments += runs.length;
+    }
+    const liveRuns = runsOf(shown, MIN_GAP_MS);
+    for (const name of names) {
+      for (const run of liveRuns) {
+        const pieces = [];
+        let piece = [];
+        for (const p of run) {
+          if (p.sinks[name]) piece.push(p);
+          else if (piece.length) {
+            pieces.push(piece);
+            piece = [];
+          }
+        }
+        if (piece.length) pieces.push(piece);
+        stepLine(ctx, area, pieces, (p) => p.sinks[name].depth, sinkColor(name), []);
+        segments += pieces.length;
+      }
     }
     ctx.restore();
-    if (!shown.some((p) => p.mes != null)) {
-      ctx.save();
-      ctx.fillStyle = COLORS.muted;
-      ctx.textAlign = "right";
-      ctx.textBaseline = "top";
-      ctx.fillText("no MES configured", area.right - 4, area.top + 4);
-      ctx.restore();
-    }
-    setPoints(canvas, shown.length);
+    if (!names.length && !total.length) drawMessage(ctx, w, h, "No sink with a buffer (MES, historian) configured.");
+    drawBufferLegend(names, total.length > 0);
+    canvas.dataset.series = names.join(",");
+    setPoints(canvas, Math.max(0, shown.length - 1) + total.length);
+    setRange(canvas, domain, segments);
   }
 
   // ------------------------------------------------------------------ header, selectors, tables
@@ -820,14 +1023,15 @@
     setNumber("buffer-depth", health.buffer_depth);
     setNumber("files-processed", health.files_processed);
     setNumber("rows-rejected", health.rows_rejected);
-    const s = liveOf(state.machine, state.feature);
+    const points = windowPoints();
     const latest = $("latest-measurement");
-    if (s && s.live.length) {
-      const last = s.live[s.live.length - 1];
+    if (points.length) {
+      const last = points[points.length - 1];
       const unit = last.unit === "deg" ? " (angle, °)" : "";
+      const cut = state.hist.truncated ? " (the newest " + MAX_HISTORY + " from the history)" : "";
       latest.textContent =
         "latest " + last.part_id + unit + " at " + formatUtc(last.t) + " UTC · " + limitsText(last) + " · " +
-        last.verdict + " · " + s.live.length + " parts shown";
+        last.verdict + " · " + points.length + " parts shown" + cut;
     } else {
       latest.textContent = "";
     }
@@ -869,7 +1073,7 @@
       state.dirty.add("deviation");
       state.dirty.add("header");
     }
-    maybeFetchHistory(machine);
+    loadHistory();
   }
 
   function drawVerdicts() {
@@ -972,6 +1176,9 @@
       .then((doc) => {
         if (doc) {
           state.capability = doc;
+          for (const machine of Object.keys(doc.machines || {})) {
+            for (const feature of Object.keys(doc.machines[machine])) know(machine, feature);
+          }
           state.dirty.add("capability");
         }
       })
@@ -1004,6 +1211,8 @@
         tile.dataset.machine = machine;
         tile.dataset.feature = feature;
         tile.dataset.alarm = String(c.alarm);
+        tile.title = "show " + machine + " " + feature + " in the charts";
+        tile.addEventListener("click", () => choose(machine, feature));
         const name = document.createElement("div");
         name.className = "name";
         const machineName = document.createElement("span");
@@ -1062,7 +1271,15 @@
 
   // ------------------------------------------------------------------ redraw loop
 
+  function choose(machine, feature) {
+    state.machine = machine;
+    state.feature = feature;
+    ["selectors", "thermal", "deviation", "header"].forEach((d) => state.dirty.add(d));
+    redraw();
+  }
+
   const DRAW = {
+    window: drawWindow,
     selectors: drawSelectors,
     header: drawHeader,
     verdicts: drawVerdicts,
@@ -1075,6 +1292,10 @@
 
   function redraw() {
     if (Date.now() - state.lastBufferDraw >= 1000) state.dirty.add("buffer");
+    if (Date.now() - state.lastSlide >= SLIDE_MS) {
+      state.lastSlide = Date.now();
+      ["thermal", "deviation", "window"].forEach((d) => state.dirty.add(d));
+    }
     for (const name of Object.keys(DRAW)) {
       if (!state.dirty.has(name)) continue;
       state.dirty.delete(name);
@@ -1091,9 +1312,13 @@
     });
     $("feature-select").addEventListener("change", (event) => {
       state.feature = event.target.value;
-      ["thermal", "deviation", "header"].forEach((d) => state.dirty.add(d));
+      ["selectors", "thermal", "deviation", "header"].forEach((d) => state.dirty.add(d));
       redraw();
     });
+    for (const button of document.querySelectorAll("#window-control button")) {
+      button.addEventListener("click", () => setWindow(button.dataset.window));
+    }
+    window.addEventListener("hashchange", () => setWindow(initialWindow()));
     window.addEventListener("resize", () => ["thermal", "deviation", "buffer"].forEach((d) => state.dirty.add(d)));
     connect();
     fetchCapability();

@@ -9,8 +9,9 @@
   `write` counts what it takes and `superseded` what the LiveRunner drops in a burst, so the
   counts stay exact;
 - the newest tolerance, limits, nominal and unit per feature;
-- a wall-clock history of the buffer depth and the MES and historian states (one sample a second,
-  the last ten minutes), fed by the gateway's health source (`write_health`).
+- a wall-clock history of the buffer depth, the MES and historian states and each durable sink's
+  own depth and state (one sample a second, the last ten minutes), fed by the gateway's health
+  source (`write_health`).
 
 It is fed by a LiveRunner like the OPC UA sink (non-durable: it never holds up a file or the
 spool). `write` does a bounded amount of work without awaiting anything, so it never blocks the
@@ -23,7 +24,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
@@ -32,8 +33,12 @@ from numpy.typing import NDArray
 from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks.base import Delivered, Sink, WriteOutcome
 from cmm_twin.gateway.sinks.page.rejects import RejectsReader
+from cmm_twin.gateway.status import GatewayStatus
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch
+
+if TYPE_CHECKING:
+    from cmm_twin.gateway.sinks.page.auth import HttpAuth
 
 PAGE_SINK_NAME = "page"
 RING_CAPACITY = 3000
@@ -76,8 +81,12 @@ class PageFeed(Sink):
     health_interval_s = HEALTH_SAMPLE_S
     live_queue_batches = QUEUE_BATCHES
 
-    def __init__(self, quarantine: Path, capacity: int = RING_CAPACITY) -> None:
+    def __init__(self, quarantine: Path, capacity: int = RING_CAPACITY, auth: HttpAuth | None = None) -> None:
         self.capacity = capacity
+        self.auth = auth
+        """The token the whole HTTP side requires (installed by `add_routes`), None: none."""
+        self.status: GatewayStatus | None = None
+        """The gateway's live figures (set by `add_routes`): each durable sink's buffer depth."""
         self._chunks: deque[tuple[int, RecordBatch]] = deque()
         """(id of the first record, records) per batch taken, oldest first."""
         self._held = 0
@@ -110,7 +119,7 @@ class PageFeed(Sink):
     async def write_health(self, samples: Sequence[GatewayHealth]) -> WriteOutcome:
         """Keep the newest sample in the buffer-depth history."""
         if samples:
-            self.health.append(health_sample(samples[-1]))
+            self.health.append(health_sample(samples[-1], self.status))
         return Delivered()
 
     def add_routes(self, app: web.Application) -> None:
@@ -216,11 +225,14 @@ def _page_records(batch: RecordBatch, ids: NDArray[np.int64]) -> list[dict[str, 
     return [dict(zip(RECORD_FIELDS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
-def health_sample(sample: GatewayHealth) -> dict[str, Any]:
-    """`{"t": epoch ms, "buffer_depth": n, "mes": state|null, "historian": state|null}`."""
+def health_sample(sample: GatewayHealth, status: GatewayStatus | None = None) -> dict[str, Any]:
+    """`{"t": epoch ms, "buffer_depth": n, "mes": state|null, "historian": state|null, "sinks":
+    {name: {"depth": n, "state": state}}}`, `sinks` holding each durable sink (one with a buffer)."""
+    durable = {} if status is None else {name: s for name, s in status.sinks.items() if s.durable}
     return {
         "t": sample.timestamp_ns // 1_000_000,
         "buffer_depth": sample.buffer_depth,
         "mes": sample.state_of("mes"),
         "historian": sample.state_of("historian"),
+        "sinks": {name: {"depth": s.buffer_depth, "state": s.state} for name, s in durable.items()},
     }

@@ -6,12 +6,13 @@ SSE stream (`text/event-stream`, one JSON object per `data:` line):
 - on connect, `event: snapshot` (with `id: <boot>-<last_id>`): `records` (the ring, oldest
   first, of one machine with `?machine_id=`), `last_id`, `resumed` (true when a valid
   `Last-Event-ID` let the stream resume: `records` then holds only what came after it and the
-  client keeps what it has), `counts`, `tolerances`, `health` (the /health document plus `time`
-  and `t`), `buffer_history` (one sample a second, the last ten minutes), `rejects`,
+  client keeps what it has), `counts`, `tolerances`, `health` (the /health document plus `time`,
+  `t` and `buffered_sinks`), `buffer_history` (one sample a second, the last ten minutes, with each
+  durable sink's depth and state: `feed.health_sample`), `rejects`,
   `history` (whether `/api/v1/history` is served), `machine_id`, `ring_capacity`, `server_time`, `t`;
 - then, at most once a second and only when something changed: `event: records` (with an `id:`)
-  `{"records", "last_id", "gap", "counts"}`; `event: health` (the /health document plus `time`
-  and `t`); `event: rejects` `{"rejects"}`;
+  `{"records", "last_id", "gap", "counts"}`; `event: health` (as the snapshot's `health`);
+  `event: rejects` `{"rejects"}`;
 - a comment `: heartbeat` when nothing was written for 15 s.
 
 At most `MAX_CLIENTS` streams at once (503 beyond). Each client is served by its own request
@@ -33,9 +34,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cmm_twin.gateway.sinks.page.auth import auth_middleware
 from cmm_twin.gateway.sinks.page.feed import PageFeed
 from cmm_twin.gateway.waits import wait_or_stop
-from cmm_twin.gateway.web import HEALTH_DOC_KEY, HISTORY_KEY
+from cmm_twin.gateway.web import HEALTH_DOC_KEY, HISTORY_KEY, STATUS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +95,12 @@ class EventStreams:
         self.closing.set()
 
     def health_event(self) -> dict[str, Any]:
-        """The /health document with the wall time it was taken (`time` ISO, `t` epoch ms)."""
+        """The /health document with the wall time it was taken (`time` ISO, `t` epoch ms) and
+        `buffered_sinks`, the names of the sinks that have a buffer (the durable ones)."""
         iso, ms = _now()
-        return {"time": iso, "t": ms, **self.health()}
+        status = self.feed.status
+        buffered = sorted(name for name, s in status.sinks.items() if s.durable) if status is not None else []
+        return {"time": iso, "t": ms, "buffered_sinks": buffered, **self.health()}
 
     def event_id(self, last_id: int) -> str:
         """The SSE id of a stream position: `<boot>-<last_id>`."""
@@ -264,7 +269,11 @@ class StaticFiles:
 
 def add_page_routes(app: web.Application, feed: PageFeed) -> EventStreams:
     """Serve the page, its files, the SSE stream and the rejects list from `app` (the gateway's
-    application: its /health document and whether it serves /api/v1/history come from there)."""
+    application: its /health document and whether it serves /api/v1/history come from there), and
+    require the feed's token on every route but /health when it has one."""
+    if feed.auth is not None:
+        app.middlewares.append(auth_middleware(feed.auth))
+    feed.status = app.get(STATUS_KEY)
     hub = EventStreams(feed, app[HEALTH_DOC_KEY], lambda: app.get(HISTORY_KEY) is not None)
     app[STREAMS_KEY] = hub
     app.on_shutdown.append(hub.on_shutdown)
