@@ -27,6 +27,7 @@ from cmm_twin.gateway.config import GatewayConfig
 from cmm_twin.gateway.health import GatewayHealth
 from cmm_twin.gateway.sinks import opcua as opcua_plugin
 from cmm_twin.gateway.sinks.base import Delivered, SinkStartError
+from cmm_twin.gateway.sinks.deferred import DeferredSink
 from cmm_twin.gateway.sinks.opcua import security as opcua_security
 from cmm_twin.gateway.sinks.opcua.address_space import NAMESPACE_URI, machine_node_id, unece_unit_id
 from cmm_twin.gateway.sinks.opcua.certificates import APPLICATION_URI
@@ -190,8 +191,10 @@ def test_plugin_builds_the_sink_from_the_configuration(tmp_path: Path) -> None:
     config = GatewayConfig(
         data_dir=tmp_path, options={"opcua_endpoint": "opc.tcp://10.0.0.5:4841/x", "opcua_trust_dir": tmp_path}
     )
-    sink = opcua_plugin.build(config, {"OPCUA_USER": "op", "OPCUA_PASSWORD": "pw"})
-    assert isinstance(sink, OpcUaSink)
+    deferred = opcua_plugin.build(config, {"OPCUA_USER": "op", "OPCUA_PASSWORD": "pw"})
+    assert isinstance(deferred, DeferredSink) and deferred.target is None  # asyncua waits for the first open
+    sink = deferred.build()
+    assert isinstance(sink, OpcUaSink) and deferred.target is sink
     assert sink.settings.endpoint == "opc.tcp://10.0.0.5:4841/x"
     assert (sink.settings.username, sink.settings.password) == ("op", "pw")
     assert sink.settings.state_dir == config.state_dir
@@ -355,7 +358,7 @@ async def test_limits_unit_compensation_and_source_format_are_published(tmp_path
 async def test_gateway_object_shows_the_newest_health_sample(tmp_path: Path) -> None:
     settings = OpcUaSettings(endpoint=f"opc.tcp://127.0.0.1:{free_port()}/cmm-twin/", state_dir=tmp_path)
     sink = OpcUaSink(settings)
-    assert sink.health_interval_s == 0.25
+    assert sink.health_interval_s == 1.0
     status = GatewayStatus(
         files_processed=3,
         rows_rejected=2,

@@ -75,6 +75,8 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self._live: list[LiveRunner] = []
         self._durable: list[DurableRunner] = []
+        self._delivery = asyncio.Event()
+        """Set by every delivery: the spool has acknowledged records to trim."""
 
     def sink(self, name: str) -> Sink | None:
         """The sink of that name, or None when it is off."""
@@ -99,8 +101,6 @@ class Gateway:
         config = self.config
         durable = [s for s in self.sinks if s.durable]
         await state.call(state.store.register_sinks, [s.name for s in durable])
-        # Capability and alarms survive a restart: before a sink opens (OPC UA shows them at once).
-        await asyncio.to_thread(history.rebuild_from_config, self.quality, config)
         async with contextlib.AsyncExitStack() as stack:
             openers: dict[str, SinkOpener] = {}
             for sink in self.sinks:
@@ -114,14 +114,19 @@ class Gateway:
                 *config.http,
                 allowed_hosts=config.http_allowed_hosts,
             )
-            for opener in openers.values():  # a sink that fails here is retried by its runner
-                await opener.try_open()
+            # A sink that fails here is retried by its runner; a slow one opens in its runner's task.
+            for opener in openers.values():
+                if not opener.sink.opens_in_background:
+                    await opener.try_open()
             try:
                 await http.start()
             except OSError as exc:
                 raise GatewayStartError(f"--http: cannot listen on {config.http[0]}:{config.http[1]}: {exc}") from None
             stack.push_async_callback(http.stop)
             self.http_port = http.port
+            # Capability and alarms survive a restart: before the intake starts and before OPC UA
+            # opens (it shows them at once).
+            await asyncio.to_thread(history.rebuild_from_config, self.quality, config)
 
             spooled = asyncio.Event()
             self._live = [
@@ -167,11 +172,10 @@ class Gateway:
             # otherwise stop every thread for a few hundred ms under load (a history query's
             # garbage triggers one). Nothing is freed or leaked by this: they live for the process.
             gc.freeze()
-            self._log_ready()
-            self.ready.set()
             inner_stop = asyncio.Event()
             exit_code = 0
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._announce_ready([o for o in openers.values() if o.sink.opens_in_background]))
                 tasks.create_task(queue.watch(inner_stop))
                 tasks.create_task(self.pipeline.run(queue, inner_stop))
                 for runner in runners:
@@ -189,6 +193,16 @@ class Gateway:
             )
             return exit_code
 
+    async def _announce_ready(self, background: Sequence[SinkOpener]) -> None:
+        """Say "gateway ready" (and set `ready`) once the sinks opening in the background have
+        made their first attempt; HTTP and the intake run already."""
+        for opener in background:
+            await opener.attempted.wait()
+        if background:
+            gc.freeze()  # what the slow sinks built at start-up lives on, as the rest (see _serve)
+        self._log_ready()
+        self.ready.set()
+
     def _runner_settings(self, sink: Sink) -> RunnerSettings:
         config = self.config
         batch_size = sink.batch_size or config.sink_batch_size
@@ -204,13 +218,14 @@ class Gateway:
         """Wait for `stop`, or in --once mode for everything to be delivered; then stop the tasks."""
         exit_code = 0
         try:
+            if not self.config.once:
+                await stop.wait()  # nothing to look at meanwhile: an idle gateway stays asleep
             while not stop.is_set():
                 await wait_or_stop(stop, 0.05)
-                if self.config.once:
-                    done = self._once_done(queue)
-                    if done is not None:
-                        exit_code = done
-                        break
+                done = self._once_done(queue)
+                if done is not None:
+                    exit_code = done
+                    break
         finally:
             inner_stop.set()
         return exit_code
@@ -253,6 +268,7 @@ class Gateway:
             live.offer_rejected(keys)
 
     def _delivered(self, sink_name: str, records: RecordBatch) -> None:
+        self._delivery.set()
         self.metrics.rows_out.labels(sink_name).inc(len(records))
         now_ns = time.time_ns()
         latency = self.metrics.latency.labels(sink_name)
@@ -260,9 +276,12 @@ class Gateway:
         latency.observe(max(0.0, (now_ns - int(records.timestamp_ns.max())) / 1e9))
 
     async def _purge_loop(self, state: AsyncState, stop: asyncio.Event) -> None:
-        """Trim from the spool what every durable sink has acknowledged, every few seconds."""
+        """Trim from the spool what every durable sink has acknowledged: a few seconds after a
+        delivery (one trim serves every delivery of those seconds); asleep while nothing is delivered."""
         while not stop.is_set():
-            await wait_or_stop(stop, PURGE_INTERVAL_S)
+            await wait_or_stop(stop, None, self._delivery)
+            await wait_or_stop(stop, PURGE_INTERVAL_S)  # the acknowledgement follows the delivery
+            self._delivery.clear()
             await state.call(state.store.purge)
 
     def _health_extra(self) -> dict[str, Any]:

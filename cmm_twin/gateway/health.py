@@ -1,11 +1,12 @@
 """Gateway health as an internal source (like Vector's `internal_metrics`).
 
-Every `TICK_S` the `HealthSource` takes a `GatewayHealth` snapshot of the gateway's figures and
-offers it to the runner of every sink that asks for health (`Sink.health_interval_s`), each at its
-own interval. The runners deliver it through the same sink interface as the measurements
-(`Sink.write_health`): a live runner hands over the newest sample; a durable runner keeps a bounded
-queue of samples and forgets them only once the receiver holds them, so the rise and fall of the
-buffer during an outage of the receiver itself is written when it comes back.
+When a sink's interval comes round (`Sink.health_interval_s`) the `HealthSource` takes a
+`GatewayHealth` snapshot of the gateway's figures and offers it to that sink's runner; between two
+due times it sleeps (an idle gateway wakes only when a sample is due). The runners deliver it
+through the same sink interface as the measurements (`Sink.write_health`): a live runner hands over
+the newest sample; a durable runner keeps a bounded queue of samples and forgets them only once the
+receiver holds them, so the rise and fall of the buffer during an outage of the receiver itself is
+written when it comes back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cmm_twin.gateway.waits import wait_or_stop
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
-"""How often the source looks at the gateway; a sink's own interval is a multiple of it at best."""
+"""Samples due within this much of each other are taken together (one snapshot, one wake-up)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,10 @@ class HealthSource:
             consumer.offer_health(sample)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every `TICK_S` until `stop` is set."""
+        """Offer samples as they fall due until `stop` is set; sleep in between."""
         while not stop.is_set():
             self.tick()
-            await wait_or_stop(stop, TICK_S)
+            if not self._due:
+                await stop.wait()
+                return
+            await wait_or_stop(stop, min(self._due) - time.monotonic() + TICK_S / 2)

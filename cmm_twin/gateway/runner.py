@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 STATUS_REFRESH_S = 0.25
 """How often a busy durable runner refreshes its buffer depth and oldest age."""
-IDLE_PING_S = 1.0
-"""How often an idle durable runner asks its sink whether the receiver is reachable."""
+IDLE_PING_S = 10.0
+"""How often an idle durable runner asks its sink whether the receiver is reachable (an idle edge
+gateway must not keep a core busy: every wake-up costs; a new record wakes the runner at once)."""
 DISK_RETRY_MIN_S = 0.5
 DISK_RETRY_MAX_S = 5.0
 """Backoff of a write retried because the disk is full (space is freed by a person: seconds matter)."""

@@ -35,12 +35,20 @@ class SinkOpener:
         self.retry_max_s = retry_max_s
         self.is_open = False
         self.attempts = 0
+        self.attempted = asyncio.Event()
+        """Set once the first attempt to open has ended (opened or failed)."""
 
     async def try_open(self) -> bool:
         """One attempt to open the sink; False (state `failed`, error logged) when it failed.
         The gateway's own local stores raise DiskFullError / StateUnavailableError on the first
         attempt: those stop the gateway with one line naming the file."""
         self.attempts += 1
+        try:
+            return await self._open()
+        finally:
+            self.attempted.set()
+
+    async def _open(self) -> bool:
         try:
             await self.sink.open()
         except (StateUnavailableError, DiskFullError):

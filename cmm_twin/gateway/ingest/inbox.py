@@ -1,11 +1,13 @@
 """The inbox: which files are waiting, and whether a file is complete enough to read.
 
 Files are found two ways: a scan (at start-up, oldest first, and every few seconds as a safety net
-against missed events) and watchfiles events (tuned `debounce`/`step` so a renamed file is seen in
-about a millisecond). Only names a source claims (`cmm_twin.gateway.sources`: `*.csv` today),
-never dot-files nor temporary files; others stay in the inbox untouched. The queue knows a file
-by its name in the inbox, and the inbox by its absolute, resolved path (fixed once, when the queue
-is made), so a scan and an event always name a file the same way.
+against missed events) and events: Linux inotify on the event loop (`ingest.inotify`: a renamed file
+is seen at once, and nothing polls while the inbox is quiet), elsewhere watchfiles (tuned
+`debounce`/`step` so a renamed file is seen in about a millisecond). Only names a source claims
+(`cmm_twin.gateway.sources`: `*.csv` today), never dot-files nor temporary files; others stay in the
+inbox untouched. The queue knows a file by its name in the inbox, and the inbox by its absolute,
+resolved path (fixed once, when the queue is made), so a scan and an event always name a file the
+same way.
 
 A writer that renames into place hands over a complete file. For a writer that does not, the
 gateway asks the kernel whether anyone still has the file open for writing: a read lease
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
+from cmm_twin.gateway.ingest.inotify import DirectoryWatch
 from cmm_twin.gateway.sources import Source, source_for
 from cmm_twin.gateway.sources.registry import SOURCES
 from cmm_twin.gateway.waits import wait_or_stop
@@ -364,6 +367,45 @@ class InboxQueue:
                 await watcher
 
     async def _watch_events(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                watch = DirectoryWatch(self.inbox)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSYS, errno.EMFILE, errno.ENOSPC):  # no inotify here, or none left
+                    log.info("inotify unavailable (%s): watching the inbox with watchfiles", exc.strerror or exc)
+                    await self._watch_watchfiles(stop)
+                    return
+                await wait_or_stop(stop, self._watch_retry.failed(exc))  # e.g. the inbox is being recreated
+                continue
+            try:
+                await self._watch_inotify(watch, stop)
+            except Exception as exc:  # the periodic rescan still finds files meanwhile
+                await wait_or_stop(stop, self._watch_retry.failed(exc))
+            finally:
+                watch.close()
+
+    async def _watch_inotify(self, watch: DirectoryWatch, stop: asyncio.Event) -> None:
+        """Queue the names inotify reports until `stop`; raises OSError when the inbox went."""
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(watch.fileno(), readable.set)
+        try:
+            self.rescan()  # what arrived before the watch existed
+            while not stop.is_set():
+                await wait_or_stop(stop, None, readable)
+                readable.clear()
+                names, overflow = watch.read()
+                self._watch_retry.succeeded()
+                if overflow:
+                    self.rescan()
+                wanted = {n for n in names if is_inbox_name(n, self.sources)}
+                self.add(sorted((self.inbox / n for n in wanted), key=_mtime_or_zero))
+        finally:
+            loop.remove_reader(watch.fileno())
+
+    async def _watch_watchfiles(self, stop: asyncio.Event) -> None:
+        """Where inotify is unavailable: watchfiles, whose loop wakes every `step` ms even when idle."""
+
         def wanted(change: Change, path: str) -> bool:
             return change != Change.deleted and is_inbox_name(os.path.basename(path), self.sources)
 

@@ -115,6 +115,10 @@ class Sink(abc.ABC):
     """Records per `write` for a durable sink (None: the gateway's `[sinks] batch_size`)."""
     health_interval_s: float | None = None
     """Seconds between the gateway health samples this sink wants (None: none)."""
+    opens_in_background: bool = False
+    """True for a sink whose `open` takes seconds (the OPC UA server's address space): it opens in
+    its runner's task once HTTP and the intake are up, and /health shows it `starting` meanwhile.
+    Other sinks open before HTTP starts."""
     live_queue_batches: int = 2
     """For a live sink: batches its runner holds before it coalesces them to the newest record per
     characteristic (see `superseded`)."""

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/cmm-twin/"
 USER_ENV = "OPCUA_USER"
 PASSWORD_ENV = "OPCUA_PASSWORD"
+HEALTH_INTERVAL_S = 1.0
+"""The Gateway tags and the Machinery state follow the gateway once a second (an idle gateway wakes
+once a second for them; at 4 Hz an idle gateway used 0.2 % of a core more)."""
 ENDPOINT_FLAG = "--opcua-endpoint"
 NODESETS_FLAG = "--opcua-nodesets"
 MACHINE_IDLE_FLAG = "--opcua-machine-idle-s"

@@ -40,7 +40,13 @@ from cmm_twin.gateway.sinks.opcua.security import (
     TrustList,
     plan_security,
 )
-from cmm_twin.gateway.sinks.opcua.settings import PASSWORD_ENV, USER_ENV, OpcUaSettings, parse_endpoint
+from cmm_twin.gateway.sinks.opcua.settings import (
+    HEALTH_INTERVAL_S,
+    PASSWORD_ENV,
+    USER_ENV,
+    OpcUaSettings,
+    parse_endpoint,
+)
 from cmm_twin.physics.compensation import COMPENSATION_NAMES
 from cmm_twin.physics.thermal import VERDICT_NAMES
 from cmm_twin.records import RecordBatch, newest_per_characteristic
@@ -65,7 +71,7 @@ class OpcUaSink(Sink):
 
     name = "opcua"
     durable = False
-    health_interval_s = 0.25
+    health_interval_s = HEALTH_INTERVAL_S
 
     def __init__(self, settings: OpcUaSettings, history_path: Path | None = None) -> None:
         self.settings = settings
