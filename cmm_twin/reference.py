@@ -25,6 +25,11 @@ SECRETS: tuple[tuple[str, str], ...] = (
     ("INFLUX_TOKEN", "InfluxDB API token of the gateway (`--historian influx`)"),
     ("OPCUA_USER", "OPC UA user name the gateway accepts (with `OPCUA_PASSWORD`)"),
     ("OPCUA_PASSWORD", "OPC UA password (never logged)"),
+    (
+        "GATEWAY_TOKEN",
+        "token of the gateway's page and APIs (not /health): required when set, and when --http is not"
+        " loopback unless --http-allow-anonymous (docs/page.md)",
+    ),
 )
 """Secrets: only from the environment or an untracked `.env`, never flags."""
 

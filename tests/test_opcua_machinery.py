@@ -314,7 +314,7 @@ async def test_without_nodesets_the_server_still_serves_the_cmm_tree(
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert warnings == [
             f"OPC UA serves no Machinery model (OPC 40001-1): OPC UA nodesets not found in {empty} "
-            "(no Opc.Ua.Di.NodeSet2.xml there); run scripts/nodesets.sh (make does) to fetch them"
+            "(no Opc.Ua.Di.NodeSet2.xml there); run cmm-twin nodesets (in a checkout make does it) to fetch them"
         ]
         await model.observe(T0, ok=[("CMM-01", "length")])  # harmless
         await model.tick(T0 + dt.timedelta(days=1))

@@ -30,7 +30,6 @@ from cmm_twin.simulator.machines import DEFAULT_MPE, parse_mpe
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-GATEWAY_SCRIPT = ROOT / "cmm_edge_gateway.py"
 SCENARIOS = ("lab", "shop", "hot-parts")
 START = "2026-01-05T06:00:00Z"
 """Time stamp of part 0: fixed, so a seed gives the same measurement ids in every run."""
@@ -116,11 +115,14 @@ def gateway_config_text(settings: AccuracySettings) -> str:
 
 
 def run_gateway(data_dir: Path, config: Path, log_path: Path) -> int:
-    """`cmm_edge_gateway.py --once` on `data_dir` (sqlite historian, MES off, OPC UA on a free port);
-    returns its exit code. Its environment has no CMM_* variable and its working directory no .env."""
+    """The gateway (`python -m cmm_twin gateway`, installed or in a checkout) with `--once` on
+    `data_dir` (sqlite historian, MES off, OPC UA on a free port); returns its exit code. Its
+    environment has no CMM_* variable and its working directory no .env."""
     command = [
         sys.executable,
-        str(GATEWAY_SCRIPT),
+        "-m",
+        "cmm_twin",
+        "gateway",
         "--data-dir",
         str(data_dir),
         "--config",

@@ -37,7 +37,7 @@ NODESET_FILES: tuple[tuple[str, str], ...] = (
     (MACHINERY_URI, "Opc.Ua.Machinery.NodeSet2.xml"),
 )
 """(namespace URI, file name) of each nodeset, in load order."""
-FETCH_HINT = "run scripts/nodesets.sh (make does) to fetch them"
+FETCH_HINT = "run cmm-twin nodesets (in a checkout make does it) to fetch them"
 _NODES_PER_YIELD = 20
 
 

@@ -253,7 +253,7 @@ OPTIONS = (
         Path,
         None,
         "directory of the OPC UA nodesets DI, IA and Machinery (default: <python prefix>/share/cmm-twin/nodesets,"
-        " filled by scripts/nodesets.sh); without them OPC UA serves no Machinery model",
+        " filled by `cmm-twin nodesets`); without them OPC UA serves no Machinery model",
         metavar="DIR",
     ),
     Option(
